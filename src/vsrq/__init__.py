@@ -1,0 +1,7 @@
+"""vsrq: low-bit post-training quantization for video super-resolution."""
+
+from vsrq.api import degrade_path, evaluate, load, upscale
+from vsrq.errors import VsrqError
+
+__version__ = "0.1.0"
+__all__ = ["VsrqError", "__version__", "degrade_path", "evaluate", "load", "upscale"]

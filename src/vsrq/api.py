@@ -1,0 +1,68 @@
+"""What users import: one function per job, each a thin layer over the modules that do the work.
+
+>>> import vsrq
+>>> model = vsrq.load("basicvsr-vimeo-bi")             # or a quantized "model.vsrq"
+>>> vsrq.upscale(model, "clip.mp4", "out/")            # PNG frames, streamed in chunks
+>>> report = vsrq.evaluate("out/", "gt/", y=True)      # PSNR/SSIM per frame, clip and dataset
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from vsrq.data.degrade import degrade, modcrop
+from vsrq.data.frames import atomic_output
+from vsrq.data.sources import Clip, discover_clips, open_sink
+from vsrq.metrics.report import EvalReport, evaluate_paths
+from vsrq.models.registry import load_model
+from vsrq.progress import progress
+from vsrq.runtime.upscale import StreamConfig, torch_runner, upscale_path
+
+
+def load(name_or_path: str) -> nn.Module:
+    """A ready-to-run model: a named/official full-precision model, a ``.pth`` checkpoint or a ``.vsrq`` file."""
+    return load_model(name_or_path).model
+
+
+def upscale(
+    model: nn.Module,
+    source: str | Path,
+    output: str | Path,
+    chunk: int = 16,
+    overlap: int = 8,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> list[Clip]:
+    """Super-resolve a video, a frame folder or a folder of clips into PNG folders or an .mp4."""
+    return upscale_path(
+        torch_runner(model), Path(source), Path(output), StreamConfig(chunk, overlap), overwrite, show_progress
+    )
+
+
+def evaluate(pred: str | Path, gt: str | Path, y: bool = False, crop: int = 0, show_progress: bool = True) -> EvalReport:
+    """PSNR/SSIM of a prediction tree against ground truth of the same layout."""
+    return evaluate_paths(Path(pred), Path(gt), y=y, crop=crop, show_progress=show_progress)
+
+
+def degrade_path(
+    source: str | Path,
+    output: str | Path,
+    mode: str = "bi",
+    scale: int = 4,
+    crop_to_multiple: bool = False,
+    overwrite: bool = False,
+    show_progress: bool = True,
+) -> list[Clip]:
+    """Make LR frames from GT frames with the BI or BD degradation, mirroring the input layout."""
+    clips = discover_clips(Path(source))
+    with atomic_output(Path(output), overwrite) as tmp:
+        for clip in clips:
+            sink = open_sink(tmp, clip, len(clips))
+            with progress(total=clip.num_frames, desc=clip.name or "degrade", unit="frame", enabled=show_progress) as bar:
+                for frame in clip.frames():
+                    sink.write(degrade(modcrop(frame, scale) if crop_to_multiple else frame, mode, scale))
+                    bar.update(1)
+            sink.close()
+    return clips

@@ -1,0 +1,1 @@
+"""Frames, videos, degradations, datasets and calibration clips."""

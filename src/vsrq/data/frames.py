@@ -1,0 +1,73 @@
+"""PNG/JPEG frames on disk: listing, reading, writing, and all-or-nothing output folders."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from vsrq.errors import VsrqError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+def list_frames(folder: Path) -> list[Path]:
+    """Image files in a folder, sorted by name (BasicSR names frames 00000000.png, ...)."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+
+
+def frame_size(path: Path) -> tuple[int, int]:
+    """(height, width) from the image header, without decoding pixels."""
+    try:
+        with Image.open(path) as im:
+            return im.height, im.width
+    except (UnidentifiedImageError, OSError) as exc:
+        raise VsrqError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+
+
+def read_frame(path: Path) -> np.ndarray:
+    """An RGB uint8 array (H, W, 3)."""
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise VsrqError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
+
+
+def write_frame(path: Path, frame: np.ndarray) -> None:
+    """Write an RGB uint8 (H, W, 3) frame; PNG is lossless, the default for results."""
+    Image.fromarray(np.ascontiguousarray(frame, dtype=np.uint8), mode="RGB").save(path)
+
+
+@contextlib.contextmanager
+def atomic_output(target: Path, overwrite: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` and move it into place only if the block succeeds.
+
+    Refuses an existing ``target`` unless ``overwrite``; on any error nothing is left behind, so a
+    failed run never leaves a half-written folder or video.
+    """
+    target = Path(target)
+    if target.exists() and not overwrite:
+        raise VsrqError(f"{target} exists; pass --overwrite to replace it")
+    parent = target.parent if str(target.parent) else Path(".")
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+    tmp = tmp_dir / target.name
+    try:
+        yield tmp
+        if not tmp.exists():
+            raise VsrqError(f"nothing was written for {target}")
+        if target.exists():
+            if target.is_dir():
+                shutil.rmtree(target)
+            else:
+                target.unlink()
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)

@@ -1,0 +1,1 @@
+"""Quantization recipes over the primitives, joined by a registry."""

@@ -1,0 +1,1 @@
+"""Architectures and the weights resolver; no quantization here."""

@@ -1,0 +1,1 @@
+"""Model-agnostic quantization primitives: quantizers, observers, layers, swapping, packing, accounting."""

