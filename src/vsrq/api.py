@@ -10,20 +10,49 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from typing import Callable
+
 from torch import nn
 
+from vsrq import checkpoint
+from vsrq.config import QuantConfig
+from vsrq.data.clips import CalibrationSet
 from vsrq.data.degrade import degrade, modcrop
 from vsrq.data.frames import atomic_output
 from vsrq.data.sources import Clip, discover_clips, open_sink
 from vsrq.metrics.report import EvalReport, evaluate_paths
+from vsrq.methods.pipeline import quantize_model
 from vsrq.models.registry import load_model
+from vsrq.quant.qmodel import QuantizedModel
 from vsrq.progress import progress
 from vsrq.runtime.upscale import StreamConfig, torch_runner, upscale_path
 
 
-def load(name_or_path: str) -> nn.Module:
+def load(name_or_path: str | Path) -> nn.Module:
     """A ready-to-run model: a named/official full-precision model, a ``.pth`` checkpoint or a ``.vsrq`` file."""
-    return load_model(name_or_path).model
+    if str(name_or_path).endswith(checkpoint.SUFFIX):
+        return checkpoint.load(name_or_path)
+    return load_model(str(name_or_path)).model
+
+
+def quantize(
+    model: str,
+    config: QuantConfig = QuantConfig(),
+    calib: CalibrationSet | None = None,
+    log: Callable[[str], None] = print,
+    show_progress: bool = True,
+) -> QuantizedModel:
+    """Quantize a named model or ``.pth`` checkpoint with ``config`` (method, bits, scope, calibration).
+
+    The result runs like the float model (a fake-quant simulation) and carries its manifest;
+    :func:`save` writes it with packed integer weights.
+    """
+    return quantize_model(load_model(model), config, calib, log, show_progress)
+
+
+def save(model: QuantizedModel, path: str | Path, overwrite: bool = False) -> Path:
+    """Write a quantized model as a ``.vsrq`` checkpoint (packed integer weights + manifest)."""
+    return checkpoint.save(model, path, overwrite)
 
 
 def upscale(

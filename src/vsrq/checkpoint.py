@@ -1,0 +1,149 @@
+"""The ``.vsrq`` checkpoint: one safetensors file with packed integer weights and a JSON manifest.
+
+Quantized layers store their weights as integer codes packed at the real bit-width (``*.weight_int``,
+uint8 bit stream) with a float32 scale and zero-point per row; activation ranges, biases, low-rank
+branches, rotation signs and every unquantized layer are stored as they are. The manifest (method,
+bits, per-layer settings, calibration clips and hash, seed, versions) sits in the safetensors
+metadata under ``vsrq_manifest``. Loading rebuilds the architecture from the manifest and gives
+outputs identical to the model that was saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from vsrq.config import QuantizerSpec
+from vsrq.errors import VsrqError
+from vsrq.methods.base import get_method
+from vsrq.methods.pipeline import FORMAT_VERSION, layer_manifest
+from vsrq.models.registry import ModelSpec, build_model
+from vsrq.quant.layers import SUPPORTED, QuantLayer
+from vsrq.quant.packing import pack_codes, unpack_codes
+from vsrq.quant.qmodel import QuantizedModel
+from vsrq.quant.swap import quant_layers
+
+MANIFEST_KEY = "vsrq_manifest"
+SUFFIX = ".vsrq"
+
+
+def _packed_state(model: QuantizedModel) -> dict[str, torch.Tensor]:
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    for name, layer in model.layers().items():
+        if layer.weight_quantizer is None:
+            continue
+        prefix = f"base.{name}."
+        codes, scale, zp = layer.weight_codes()
+        state.pop(prefix + "weight", None)
+        q = layer.weight_quantizer
+        state[prefix + "weight_int"] = pack_codes(codes, q.current_bits(), q.spec.symmetric)
+        state[prefix + "weight_scale"] = scale.float().contiguous()
+        state[prefix + "weight_zero_point"] = zp.float().contiguous()
+    return {k: v.clone() for k, v in state.items()}  # safetensors refuses shared storage
+
+
+def save(model: QuantizedModel, path: str | Path, overwrite: bool = False) -> Path:
+    """Write ``model`` to ``path`` atomically (a failed save leaves no file)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise VsrqError(f"{path} exists; pass --overwrite to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = {**model.manifest, "layers": {name: layer_manifest(layer) for name, layer in model.layers().items()}}
+    if model.controller is not None:
+        manifest["controller"] = model.controller.state_manifest()
+    tensors = _packed_state(model)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def read_manifest(path: str | Path) -> dict:
+    """The manifest of a ``.vsrq`` file, without loading tensors."""
+    path = Path(path)
+    if not path.is_file():
+        raise VsrqError(f"{path}: no such checkpoint")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+    except Exception as exc:  # safetensors raises its own error types for foreign files
+        raise VsrqError(f"{path}: not a vsrq checkpoint ({type(exc).__name__})") from None
+    if MANIFEST_KEY not in meta:
+        raise VsrqError(f"{path}: a safetensors file without a vsrq manifest")
+    manifest = json.loads(meta[MANIFEST_KEY])
+    if manifest.get("format") != FORMAT_VERSION:
+        raise VsrqError(f"{path}: checkpoint format {manifest.get('format')} is not {FORMAT_VERSION}")
+    return manifest
+
+
+def _rebuild_layer(module: torch.nn.Module, name: str, entry: dict, tensors: dict[str, torch.Tensor]) -> QuantLayer:
+    kind = SUPPORTED.get(type(module))
+    if kind != entry["kind"]:
+        found = type(module).__name__
+        raise VsrqError(f"manifest does not match the model: layer {name} is {found}, the manifest says {entry['kind']}")
+    wq, aq = entry["weight"], entry["input"]
+    layer = QuantLayer(
+        module, None if wq is None else QuantizerSpec.from_dict(wq["spec"]), None if aq is None else QuantizerSpec.from_dict(aq["spec"])
+    )
+    prefix = f"base.{name}."
+    for quantizer, info, key in ((layer.weight_quantizer, wq, "weight_quantizer"), (layer.input_quantizer, aq, "input_quantizer")):
+        if quantizer is None:
+            continue
+        quantizer.bits = info["bits"]
+        quantizer.observer = None
+        if prefix + f"{key}.lower" in tensors:
+            quantizer.set_range(tensors[prefix + f"{key}.lower"], tensors[prefix + f"{key}.upper"])
+    if entry.get("rotation"):
+        layer.add_rotation(seed=0)
+    if entry.get("rank"):
+        layer.add_lowrank(tensors[prefix + "lowrank_up"], tensors[prefix + "lowrank_down"])
+    if entry.get("bias_align"):
+        layer.add_bias_alignment()
+    if wq is not None:
+        shape = tuple(entry["weight_shape"])
+        if tuple(module.weight.shape) != shape:
+            raise VsrqError(f"manifest does not match the model: {name} weight is {tuple(module.weight.shape)}, manifest {shape}")
+        codes = unpack_codes(tensors[prefix + "weight_int"], wq["bits"], wq["spec"]["symmetric"], shape)
+        layer.freeze_weight(codes, tensors[prefix + "weight_scale"], tensors[prefix + "weight_zero_point"])
+    return layer
+
+
+def load(path: str | Path) -> QuantizedModel:
+    """Rebuild a quantized model from a ``.vsrq`` file."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    with safe_open(str(path), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    base = build_model(ModelSpec.from_dict(manifest["model"]["spec"])).eval()
+    modules = dict(base.named_modules())
+    for name, entry in manifest["layers"].items():
+        if name not in modules:
+            raise VsrqError(f"manifest does not match the model: no layer {name} in {manifest['model']['spec']['arch']}")
+        parent_name, _, child = name.rpartition(".")
+        parent = base.get_submodule(parent_name) if parent_name else base
+        setattr(parent, child, _rebuild_layer(modules[name], name, entry, tensors))
+    method = get_method(manifest["method"])
+    controller = method.build_controller(manifest.get("controller"), base)
+    model = QuantizedModel(base, manifest, controller)
+    state = dict(tensors)
+    for name, layer in quant_layers(base).items():
+        if layer.weight is None:
+            state[f"base.{name}.weight_int"] = layer.weight_int
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        shown = ", ".join((missing + unexpected)[:3])
+        raise VsrqError(f"{path}: tensors do not match the manifest's model ({shown})")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()

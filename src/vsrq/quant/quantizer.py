@@ -1,0 +1,227 @@
+"""Uniform affine fake-quantization with a straight-through estimator.
+
+The arithmetic is PyTorch's ``fake_quantize_per_*_affine``: ``q = clamp(round(x/S + z), qmin, qmax)``
+and ``x_hat = (q - z) * S`` with an integer zero-point ``z``, so simulated outputs equal what an
+integer kernel computes. Rounding passes gradients straight through; the clip bounds (``lower``,
+``upper``) and a fractional bit offset are learnable, which range fine-tuning and bit adaptation
+(QBasicVSR) need.
+
+Outputs of this module are a *simulation* of integer inference (float tensors on the integer
+grid); real integer execution lives in :mod:`vsrq.runtime`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vsrq.config import MAX_BITS, MIN_BITS, QuantizerSpec
+from vsrq.errors import VsrqError
+from vsrq.quant.observers import Observer, make_observer
+
+_EPS = 1e-8
+Bits = torch.Tensor | int
+
+
+def round_ste(x: torch.Tensor) -> torch.Tensor:
+    """Round in the forward pass, identity in the backward pass."""
+    return x + (torch.round(x) - x).detach()
+
+
+def int_range(bits: Bits, symmetric: bool) -> tuple[Bits, Bits]:
+    """(qmin, qmax) of the integer grid: signed narrow for symmetric, 0..2^b-1 otherwise."""
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        return -qmax, qmax
+    return 0, 2**bits - 1
+
+
+def _clamp(x: torch.Tensor, lo: Bits, hi: Bits) -> torch.Tensor:
+    if isinstance(lo, int) and isinstance(hi, int):
+        return torch.clamp(x, lo, hi)
+    return torch.minimum(torch.maximum(x, torch.as_tensor(lo, dtype=x.dtype)), torch.as_tensor(hi, dtype=x.dtype))
+
+
+def scale_zero_point(lower: torch.Tensor, upper: torch.Tensor, bits: Bits, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and integer zero-point for the clip range [lower, upper], widened to contain 0.
+
+    A symmetric grid is set by ``|upper|`` alone (its range is [-|upper|, |upper|], the single clip
+    bound QBasicVSR learns for weights); ``lower`` is ignored.
+    """
+    qmin, qmax = int_range(bits, symmetric)
+    if symmetric:
+        scale = torch.clamp(upper.abs() / qmax, min=_EPS)
+        return scale, torch.zeros_like(scale)
+    lo = torch.clamp(lower, max=0.0)
+    hi = torch.clamp(upper, min=0.0)
+    scale = torch.clamp((hi - lo) / qmax, min=_EPS)
+    return scale, _clamp(round_ste(-lo / scale), 0, qmax)
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: Bits, qmax: Bits) -> torch.Tensor:
+    """x -> (clamp(round(x/S + z), qmin, qmax) - z) * S, rounding straight-through."""
+    q = _clamp(round_ste(x * (1.0 / scale) + zero_point), qmin, qmax)
+    return (q - zero_point) * scale
+
+
+def quantize_to_int(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
+    """The integer codes (int32) that :func:`fake_quantize` dequantizes; packing and export use them."""
+    qmin, qmax = int_range(bits, symmetric)
+    return torch.clamp(torch.round(x * (1.0 / scale) + zero_point), qmin, qmax).to(torch.int32)
+
+
+class FakeQuantizer(nn.Module):
+    """Quantizes one tensor: a layer's weight (``role="weight"``) or its input (``role="act"``).
+
+    ``axis`` is the weight's output-channel axis or the activation's channel axis. Ranges are one
+    per *row*: the whole tensor, each channel, each token (activation positions, dynamic only) or
+    each group of ``group_size`` values (along a weight's inputs; along an activation's channels
+    per token, dynamic only).
+
+    ``mode`` is ``"quant"`` (fake-quantize) or ``"off"`` (identity); :meth:`observe` feeds the
+    observer during calibration.
+
+    Bits are ``bits + round(bit_offset) + shared_offset``: ``bits`` is the layer's base width,
+    ``bit_offset`` an optional learnable per-layer offset (TS-LBA), ``shared_offset`` a tensor set
+    per input by a controller (FG-VBA's per-video offset); the sum is kept within 2..8.
+    """
+
+    def __init__(self, spec: QuantizerSpec, role: str = "act", axis: int = 1) -> None:
+        super().__init__()
+        if role not in ("weight", "act"):
+            raise ValueError(role)
+        if not spec.dynamic and spec.granularity == "token":
+            raise VsrqError("per-token ranges exist only at run time: use a dynamic quantizer")
+        if role == "act" and not spec.dynamic and spec.granularity == "group":
+            raise VsrqError("activation groups are per token: use a dynamic quantizer")
+        self.spec = spec
+        self.role = role
+        self.axis = axis
+        self.bits = spec.bits
+        self.mode = "quant"
+        self.bit_offset: nn.Parameter | None = None
+        self.shared_offset: torch.Tensor | None = None
+        self.observer: Observer | None = None if spec.dynamic else make_observer(spec)
+        self.lower: nn.Parameter | None = None
+        self.upper: nn.Parameter | None = None
+
+    # --- rows -----------------------------------------------------------------------------------
+    def to_rows(self, x: torch.Tensor) -> torch.Tensor:
+        """View ``x`` as (rows, values), one independently quantized slice per row."""
+        g = self.spec.granularity
+        if g == "tensor":
+            return x.reshape(1, -1)
+        if g == "channel":
+            return x.movedim(self.axis, 0).reshape(x.shape[self.axis], -1)
+        if g == "token":
+            return x.movedim(self.axis, -1).reshape(-1, x.shape[self.axis])
+        size = self.spec.group_size
+        rows = x.movedim(self.axis, 0 if self.role == "weight" else -1)
+        if rows.numel() % size or (self.role == "act" and rows.shape[-1] % size):
+            raise VsrqError(f"group size {size} does not divide the {x.shape[self.axis]} channels of {tuple(x.shape)}")
+        if self.role == "weight" and rows[0].numel() % size:
+            raise VsrqError(f"group size {size} does not divide the {rows[0].numel()} inputs per output channel")
+        return rows.reshape(-1, size)
+
+    def from_rows(self, rows: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        g = self.spec.granularity
+        if g == "tensor":
+            return rows.reshape(like.shape)
+        moved_to = -1 if g == "token" or (g == "group" and self.role == "act") else 0
+        moved_shape = like.movedim(self.axis, moved_to).shape
+        return rows.reshape(moved_shape).movedim(moved_to, self.axis)
+
+    # --- bits -----------------------------------------------------------------------------------
+    def effective_bits(self) -> Bits:
+        """The bit-width in use now: an int when nothing adapts, else a tensor that carries gradients."""
+        if self.bit_offset is None and self.shared_offset is None:
+            return self.bits
+        b = torch.tensor(float(self.bits))
+        if self.bit_offset is not None:
+            b = b + round_ste(self.bit_offset)
+        if self.shared_offset is not None:
+            b = b + self.shared_offset
+        return torch.clamp(b, MIN_BITS, MAX_BITS)
+
+    def current_bits(self) -> int:
+        """The integer bit-width of the next forward pass (for accounting, packing and export)."""
+        b = self.effective_bits()
+        return int(round(float(b.detach()))) if isinstance(b, torch.Tensor) else int(b)
+
+    # --- ranges ---------------------------------------------------------------------------------
+    @property
+    def calibrated(self) -> bool:
+        return self.spec.dynamic or self.upper is not None
+
+    def set_range(self, lower: torch.Tensor, upper: torch.Tensor) -> None:
+        """Install a static clip range (one value per row) as learnable parameters."""
+        lower = lower.detach().float().reshape(-1).clone()
+        upper = upper.detach().float().reshape(-1).clone()
+        if self.lower is None:
+            self.lower, self.upper = nn.Parameter(lower), nn.Parameter(upper)
+        else:
+            self.lower.data, self.upper.data = lower, upper
+
+    def finish_observation(self, bits: int | None = None) -> None:
+        """Turn the observer's statistics into a clip range for ``bits`` (default: current bits)."""
+        if self.observer is None:
+            return
+        if not self.observer.seen:
+            raise VsrqError("a quantizer saw no data during calibration: the calibration clips never reached it")
+        lower, upper = self.observer.compute(bits or self.current_bits(), self.spec.symmetric)
+        self.set_range(lower, upper)
+
+    def observe(self, x: torch.Tensor) -> None:
+        """Feed calibration statistics (static quantizers only)."""
+        if self.observer is not None:
+            self.observer.update(self.to_rows(x.detach()))
+
+    def init_from_tensor(self, x: torch.Tensor) -> None:
+        """Calibrate a static range from one tensor (a weight)."""
+        if self.observer is not None:
+            self.observe(x)
+            self.finish_observation()
+
+    def release_observer(self) -> None:
+        """Drop stored statistics once ranges are final (OMSE keeps a sample of values per layer)."""
+        if self.observer is not None:
+            self.observer.reset()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "off":
+            return x
+        bits = self.effective_bits()
+        qmin, qmax = int_range(bits, self.spec.symmetric)
+        if self.spec.granularity == "tensor":
+            if self.spec.dynamic:
+                lower, upper = x.amin(), x.amax()
+            else:
+                lower, upper = self._static_range()
+            scale, zp = scale_zero_point(lower, upper, bits, self.spec.symmetric)
+            return fake_quantize(x, scale, zp, qmin, qmax)
+        rows = self.to_rows(x)
+        if self.spec.dynamic:
+            lower, upper = rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)
+        else:
+            lower, upper = (t.view(-1, 1) for t in self._static_range())
+        scale, zp = scale_zero_point(lower, upper, bits, self.spec.symmetric)
+        return self.from_rows(fake_quantize(rows, scale, zp, qmin, qmax), x)
+
+    def _static_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.upper is None:
+            raise VsrqError("quantizer used before calibration: run a method's calibration first")
+        if self.spec.granularity == "tensor":
+            return self.lower.reshape(()), self.upper.reshape(())
+        return self.lower, self.upper
+
+    def scale_and_zero_point(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Static scale and zero-point per row at the current bits (for packing and export)."""
+        lower, upper = self._static_range()
+        with torch.no_grad():
+            return scale_zero_point(lower, upper, self.current_bits(), self.spec.symmetric)
+
+    def extra_repr(self) -> str:
+        s = self.spec
+        kind = "sym" if s.symmetric else "asym"
+        rng = "dynamic" if s.dynamic else s.observer
+        return f"{self.role}, bits={self.bits}, {kind}, per-{s.granularity}, {rng}, mode={self.mode}"
