@@ -135,3 +135,24 @@ def test_fake_quantize_function_is_idempotent():
     s, z = torch.tensor(0.1), torch.tensor(8.0)
     once = fake_quantize(x, s, z, 0, 15)
     torch.testing.assert_close(fake_quantize(once, s, z, 0, 15), once)
+
+
+def test_custom_backward_equals_autograd_of_the_formula():
+    """The memory-lean backward gives the gradients autograd computes for the same STE formula."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    s = torch.tensor([0.2, 0.3, 0.25]).view(1, 3, 1, 1).requires_grad_()
+    z = torch.tensor([3.0, 4.0, 5.0]).view(1, 3, 1, 1).requires_grad_()
+    g = torch.randn(2, 3, 4, 4)
+
+    def autograd_reference(x, s, z):
+        return (torch.clamp(round_ste(x * (1.0 / s) + z), 0.0, 15.0) - z) * s
+
+    grads = []
+    for f in (lambda x, s, z: fake_quantize(x, s, z, 0, 15), autograd_reference):
+        for t in (x, s, z):
+            t.grad = None
+        (f(x, s, z) * g).sum().backward()
+        grads.append([t.grad.clone() for t in (x, s, z)])
+    for ours, ref in zip(*grads):
+        torch.testing.assert_close(ours, ref, atol=1e-5, rtol=1e-5)

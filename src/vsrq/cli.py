@@ -124,6 +124,15 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from vsrq.demo import run_demo
+
+    config = QuantConfig(method=args.method, wbits=args.wbits, abits=args.abits, scope="pq" if args.pq else "fq",
+                         calib=CalibConfig(clips=args.calib_clips, frames=args.calib_frames, crop=args.calib_crop))
+    run_demo(Path(args.output), config, args.model, args.frames, args.overwrite)
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from vsrq.methods import METHODS
 
@@ -185,6 +194,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", required=True, help="the .vsrq checkpoint to write")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_quantize)
+
+    p = sub.add_parser("demo", help="quantize the official BasicVSR and compare FP vs quantized on a real clip")
+    p.add_argument("--model", default="basicvsr-vimeo-bi")
+    p.add_argument("--method", default="omse")
+    p.add_argument("--wbits", type=int, default=6)
+    p.add_argument("--abits", type=int, default=6)
+    p.add_argument("--pq", action="store_true", help="quantize the propagation bodies only")
+    p.add_argument("--frames", type=int, default=20, help="frames of the test clip (default 20)")
+    p.add_argument("--calib-clips", type=int, default=8)
+    p.add_argument("--calib-frames", type=int, default=8)
+    p.add_argument("--calib-crop", type=int, default=64)
+    p.add_argument("-o", "--output", default="out/demo", help="folder for the checkpoint and SR frames")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("info", help="show a .vsrq checkpoint's manifest")
     p.add_argument("checkpoint")

@@ -15,7 +15,7 @@ from typing import Any
 from vsrq.errors import VsrqError
 
 GRANULARITIES = ("tensor", "channel", "token", "group")
-OBSERVERS = ("minmax", "ema", "percentile", "omse", "dbdc")
+OBSERVERS = ("minmax", "ema", "percentile", "omse", "ema_omse", "dbdc")
 MIN_BITS, MAX_BITS = 2, 8
 
 

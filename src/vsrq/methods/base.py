@@ -33,6 +33,7 @@ class CalibContext:
     layers: dict[str, QuantLayer]
     calib: CalibrationSet
     config: QuantConfig
+    arch: str = ""  # the architecture name, for model facts such as feature blocks
     log: Log = print
     show_progress: bool = True
     notes: dict[str, Any] = field(default_factory=dict)  # method facts recorded in the manifest

@@ -29,7 +29,7 @@ def layer_manifest(layer: QuantLayer) -> dict[str, Any]:
     def q(quantizer) -> dict[str, Any] | None:
         if quantizer is None:
             return None
-        return {"spec": quantizer.spec.to_dict(), "bits": quantizer.current_bits()}
+        return {"spec": quantizer.spec.to_dict(), "bits": quantizer.layer_bits()}
 
     return {
         "kind": layer.kind,
@@ -77,7 +77,7 @@ def quantize_model(
     if calib is None:
         calib = load_calibration(config.calib, config.seed)
     torch.manual_seed(config.seed)
-    ctx = CalibContext(loaded.model, base, layers, calib, config, log, show_progress)
+    ctx = CalibContext(loaded.model, base, layers, calib, config, loaded.spec.arch, log, show_progress)
     start = time.perf_counter()
     controller = method.calibrate(ctx)
     seconds = time.perf_counter() - start

@@ -88,16 +88,22 @@ class BasicVSR(nn.Module):
         if x.shape[1] < 2:
             raise VsrqError("BasicVSR needs at least 2 frames: it aligns neighbours with optical flow")
 
-    def forward(self, x: torch.Tensor, output_frames: range | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        output_frames: range | None = None,
+        flows: tuple[torch.Tensor | None, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Super-resolve all frames, or only ``output_frames`` (the rest still feed the recurrence).
 
         Streaming uses ``output_frames`` to skip the upsampler, a third of the cost, on the overlap
-        frames that only warm up the propagation.
+        frames that only warm up the propagation. ``flows`` passes flows already computed by
+        :meth:`compute_flows` (a caller that analyses motion first need not run SPyNet twice).
         """
         self.check_input(x)
         n, t, _, h, w = x.shape
         wanted = range(t) if output_frames is None else output_frames
-        flows_backward, flows_forward = self.compute_flows(x)
+        flows_backward, flows_forward = self.compute_flows(x) if flows is None else flows
 
         backward_feats: dict[int, torch.Tensor] = {}
         if self.bidirectional:

@@ -60,6 +60,12 @@ SCOPES: dict[str, dict[str, tuple[str, ...]]] = {
     "basicvsr": {"pq": ("*_trunk.main.2.*",), "fq": ("*",), "flow": ("spynet", "spynet.*")},
 }
 
+# Regexes naming each architecture's "blocks", whose outputs feature-level losses compare
+# (QBasicVSR's normalized feature loss hooks every residual block of both propagation trunks).
+FEATURE_BLOCKS: dict[str, str] = {
+    "basicvsr": r"^(forward|backward)_trunk\.main\.2\.\d+$",
+}
+
 NAMED_MODELS: dict[str, NamedWeights] = {
     "basicvsr-reds4": NamedWeights(
         ModelSpec("basicvsr"), "BasicVSR_REDS4.pth", "bi", "BasicVSR trained on REDS (BI x4); test on REDS4, RGB"

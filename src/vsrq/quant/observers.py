@@ -10,6 +10,7 @@ recurrent networks.
 - ``percentile``: mean over updates of the p-th / (100-p)-th percentiles.
 - ``omse``: the range minimizing the quantization MSE (Choukroun et al., 2019), searched on the
   values (weights) or on a uniform sample of them (activations).
+- ``ema_omse``: the OMSE search started from EMA min/max instead of the extremes.
 - ``dbdc``: density-based dual clipping (Tu et al., CVPR 2023): a 2048-bin histogram is trimmed
   from whichever end has the lower density until only ``1 - tail`` of the mass remains; per-update
   boundaries are averaged with an EMA.
@@ -199,6 +200,18 @@ class OMSEObserver(MinMaxObserver):
         return mse_search(values, lower, upper, bits, symmetric)
 
 
+class EMAOMSEObserver(OMSEObserver):
+    """OMSE whose search starts from EMA min/max (QBasicVSR: EMA init, OMSE refresh at the final bits)."""
+
+    def _update(self, rows: torch.Tensor) -> None:
+        lo, hi = self.lo, self.hi
+        super()._update(rows)
+        if lo is not None:
+            d = self.spec.ema_decay
+            self.lo = d * lo + (1 - d) * rows.amin(dim=1)
+            self.hi = d * hi + (1 - d) * rows.amax(dim=1)
+
+
 class DBDCObserver(MinMaxObserver):
     """Per-update density-based dual clipping, aggregated with an EMA over updates (frames)."""
 
@@ -221,6 +234,7 @@ _OBSERVERS: dict[str, type[Observer]] = {
     "ema": EMAMinMaxObserver,
     "percentile": PercentileObserver,
     "omse": OMSEObserver,
+    "ema_omse": EMAOMSEObserver,
     "dbdc": DBDCObserver,
 }
 

@@ -12,9 +12,13 @@ from vsrq.quant.swap import quant_layers
 
 
 class InputController(nn.Module):
-    """Sets input-dependent quantization state (e.g. FG-VBA's per-video bits) before each forward."""
+    """Sets input-dependent quantization state (e.g. FG-VBA's per-video bits) before each forward.
 
-    def prepare(self, x: torch.Tensor, base: nn.Module) -> None:  # pragma: no cover - interface
+    ``prepare`` returns extra keyword arguments for the base model's forward (e.g. flows it
+    already computed), so analysis of the input costs nothing twice.
+    """
+
+    def prepare(self, x: torch.Tensor, base: nn.Module) -> dict[str, Any]:  # pragma: no cover - interface
         raise NotImplementedError
 
     def state_manifest(self) -> dict[str, Any]:
@@ -34,9 +38,8 @@ class QuantizedModel(nn.Module):
         self.manifest = manifest
 
     def forward(self, x: torch.Tensor, output_frames: range | None = None) -> torch.Tensor:
-        if self.controller is not None:
-            self.controller.prepare(x, self.base)
-        return self.base(x, output_frames=output_frames)
+        extra = self.controller.prepare(x, self.base) if self.controller is not None else {}
+        return self.base(x, output_frames=output_frames, **extra)
 
     def layers(self) -> dict[str, QuantLayer]:
         return quant_layers(self.base)

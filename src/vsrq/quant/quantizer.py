@@ -58,10 +58,59 @@ def scale_zero_point(lower: torch.Tensor, upper: torch.Tensor, bits: Bits, symme
     return scale, _clamp(round_ste(-lo / scale), 0, qmax)
 
 
+def _sum_to(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Sum a broadcast gradient back to the shape of ``like``."""
+    if t.shape == like.shape:
+        return t
+    lead = t.dim() - like.dim()
+    t = t.sum(dim=tuple(range(lead))) if lead > 0 else t
+    dims = tuple(i for i, n in enumerate(like.shape) if n == 1 and t.shape[i] != 1)
+    return t.sum(dim=dims, keepdim=True) if dims else t
+
+
+class _FakeQuantize(torch.autograd.Function):
+    """Fake-quantization with straight-through rounding, written out so backward keeps only ``x``.
+
+    Inside the grid: d/dx = 1, d/dS = round(v) - v, d/dz = 0 (v = x/S + z). Clamped below/above:
+    d/dx = 0, d/dS = qmin - z / qmax - z, d/dz = -S, d/dqmin = S / d/dqmax = S. The autograd graph
+    of the same formula would hold five full-size intermediates per call; recurrent fine-tuning
+    cannot afford that.
+    """
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax):  # type: ignore[override]
+        v = x * (1.0 / scale) + zero_point
+        q = torch.minimum(torch.maximum(torch.round(v), qmin), qmax)
+        ctx.save_for_backward(x, scale, zero_point, qmin, qmax)
+        return (q - zero_point) * scale
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        x, scale, zero_point, qmin, qmax = ctx.saved_tensors
+        v = x * (1.0 / scale) + zero_point
+        r = torch.round(v)
+        below, above = r < qmin, r > qmax
+        inside = ~(below | above)
+        gx = gs = gz = gmin = gmax = None
+        if ctx.needs_input_grad[0]:
+            gx = grad * inside
+        if ctx.needs_input_grad[1]:
+            ds = torch.where(inside, r - v, torch.where(below, qmin - zero_point, qmax - zero_point))
+            gs = _sum_to(grad * ds, scale)
+        if ctx.needs_input_grad[2]:
+            gz = _sum_to(torch.where(inside, torch.zeros_like(grad), -grad * scale), zero_point)
+        if ctx.needs_input_grad[3]:
+            gmin = _sum_to(grad * below * scale, qmin)
+        if ctx.needs_input_grad[4]:
+            gmax = _sum_to(grad * above * scale, qmax)
+        return gx, gs, gz, gmin, gmax
+
+
 def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: Bits, qmax: Bits) -> torch.Tensor:
     """x -> (clamp(round(x/S + z), qmin, qmax) - z) * S, rounding straight-through."""
-    q = _clamp(round_ste(x * (1.0 / scale) + zero_point), qmin, qmax)
-    return (q - zero_point) * scale
+    qmin_t = torch.as_tensor(qmin, dtype=x.dtype)
+    qmax_t = torch.as_tensor(qmax, dtype=x.dtype)
+    return _FakeQuantize.apply(x, scale.to(x.dtype), zero_point.to(x.dtype), qmin_t, qmax_t)
 
 
 def quantize_to_int(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, bits: int, symmetric: bool) -> torch.Tensor:
@@ -142,6 +191,11 @@ class FakeQuantizer(nn.Module):
         if self.shared_offset is not None:
             b = b + self.shared_offset
         return torch.clamp(b, MIN_BITS, MAX_BITS)
+
+    def layer_bits(self) -> int:
+        """The layer's own bits, base plus its (rounded) offset, without the transient per-input offset."""
+        offset = 0 if self.bit_offset is None else int(round(float(self.bit_offset.detach())))
+        return int(min(MAX_BITS, max(MIN_BITS, self.bits + offset)))
 
     def current_bits(self) -> int:
         """The integer bit-width of the next forward pass (for accounting, packing and export)."""

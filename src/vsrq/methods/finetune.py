@@ -1,0 +1,158 @@
+"""The shared reconstruction loop: the float model supervises the quantized one on unlabeled clips.
+
+Losses (QBasicVSR, Eqs. 14-16): a per-frame Charbonnier distance between the float and quantized
+outputs, ``mean_t sqrt(||P(I_t) - Q(I_t)||^2 + eps^2)``, plus ``lambda_skt`` times the normalized
+feature loss, ``mean_{t,k} || F_P/||F_P|| - F_Q/||F_Q|| ||^2`` over every feature block k and frame t.
+Training runs in stages; each stage trains only its own parameters (Adam, learning rate decayed by
+``lr_decay`` per epoch) and leaves every other tensor bit-identical.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import nn
+
+from vsrq.methods.base import CalibContext
+from vsrq.progress import progress
+
+
+def charbonnier_frames(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """mean over batch and frames of sqrt(||pred_t - target_t||_2^2 + eps^2), tensors (B, T, C, H, W)."""
+    sq = (pred - target).flatten(2).pow(2).sum(dim=-1)
+    return torch.sqrt(sq + eps**2).mean()
+
+
+def normalized_feature_loss(fp_feats: list[torch.Tensor], q_feats: list[torch.Tensor]) -> torch.Tensor:
+    """mean over (block, frame) pairs and batch of || f/||f|| - g/||g|| ||^2, each map (B, C, H, W)."""
+    if len(fp_feats) != len(q_feats) or not fp_feats:
+        raise ValueError(f"feature lists differ: {len(fp_feats)} float vs {len(q_feats)} quantized maps")
+    total = 0.0
+    for f, g in zip(fp_feats, q_feats):
+        f, g = f.flatten(1), g.flatten(1)
+        f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        total = total + (f - g).pow(2).sum(dim=1).mean()
+    return total / len(fp_feats)
+
+
+@contextmanager
+def feature_tap(model: nn.Module, pattern: str) -> Iterator[list[torch.Tensor]]:
+    """Collect, in call order, the outputs of every module whose name matches ``pattern`` (a regex)."""
+    feats: list[torch.Tensor] = []
+    regex = re.compile(pattern)
+    hooks = [m.register_forward_hook(lambda _m, _i, out: feats.append(out))
+             for name, m in model.named_modules() if regex.search(name)]
+    if not hooks:
+        raise ValueError(f"feature pattern {pattern!r} matches no module")
+    try:
+        yield feats
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+@dataclass
+class Stage:
+    """One fine-tuning stage: which parameters train, at what learning rate, and an optional projection."""
+
+    name: str
+    params: list[nn.Parameter]
+    lr: float
+    after_step: Callable[[], None] | None = None
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 1  # per stage
+    batch: int = 2
+    lr_decay: float = 0.9
+    eps: float = 1e-6
+    lambda_skt: float = 0.1
+
+
+@dataclass
+class StageLog:
+    name: str
+    steps: int = 0
+    seconds: float = 0.0
+    first_loss: float | None = None
+    last_loss: float | None = None
+    losses: list[float] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"stage": self.name, "steps": self.steps, "seconds": round(self.seconds, 1),
+                "loss_first": self.first_loss, "loss_last": self.last_loss}
+
+
+def run_stages(
+    ctx: CalibContext,
+    student: nn.Module,
+    stages: list[Stage],
+    cfg: FinetuneConfig,
+    feature_pattern: str | None,
+) -> list[StageLog]:
+    """Train ``stages`` in order on the calibration clips, the float model as teacher.
+
+    ``student`` is called like the float model (it may be a QuantizedModel with a controller);
+    features for the normalized feature loss are tapped on ``ctx.fp_model`` and ``ctx.base``.
+    """
+    all_params = [p for p in student.parameters()]
+    logs = []
+    for stage in stages:
+        log = StageLog(stage.name)
+        params = [p for p in stage.params if p is not None]
+        if not params:
+            logs.append(log)
+            continue
+        for p in all_params:
+            p.requires_grad_(False)
+        for p in params:
+            p.requires_grad_(True)
+        opt = torch.optim.Adam(params, lr=stage.lr)
+        sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
+        start = time.perf_counter()
+        batches = list(ctx.batches(cfg.batch))
+        with progress(total=cfg.epochs * len(batches), desc=f"finetune {stage.name}", unit="step",
+                      enabled=ctx.show_progress) as bar:
+            for _ in range(cfg.epochs):
+                for x in batches:
+                    loss = _step_loss(ctx, student, x, cfg, feature_pattern)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    if stage.after_step is not None:
+                        with torch.no_grad():
+                            stage.after_step()
+                    value = float(loss.detach())
+                    log.first_loss = value if log.first_loss is None else log.first_loss
+                    log.last_loss = value
+                    log.losses.append(value)
+                    log.steps += 1
+                    bar.update(1)
+                sched.step()
+        for p in params:
+            p.requires_grad_(False)
+        log.seconds = time.perf_counter() - start
+        ctx.log(f"stage {stage.name}: {log.steps} steps, loss {log.first_loss:.4g} -> {log.last_loss:.4g}, "
+                f"{log.seconds:.0f} s")
+        logs.append(log)
+    return logs
+
+
+def _step_loss(ctx: CalibContext, student: nn.Module, x: torch.Tensor, cfg: FinetuneConfig,
+               feature_pattern: str | None) -> torch.Tensor:
+    if feature_pattern is None or cfg.lambda_skt == 0:
+        with torch.no_grad():
+            target = ctx.fp_model(x)
+        return charbonnier_frames(student(x), target, cfg.eps)
+    with torch.no_grad(), feature_tap(ctx.fp_model, feature_pattern) as fp_feats:
+        target = ctx.fp_model(x)
+    with feature_tap(ctx.base, feature_pattern) as q_feats:
+        out = student(x)
+    return charbonnier_frames(out, target, cfg.eps) + cfg.lambda_skt * normalized_feature_loss(fp_feats, q_feats)

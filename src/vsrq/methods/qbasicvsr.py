@@ -1,0 +1,389 @@
+"""QBasicVSR (temporal awareness adaptation quantization for recurrent VSR).
+
+Calibration (Algorithm 1 of the paper):
+
+1. weights: OMSE clip bounds, symmetric per output channel;
+2. activations: EMA min/max per tensor from the float network;
+3. FG-VBA: every calibration clip's flow-gradient complexity ``C_video`` (Eq. 9: spatial gradient
+   energy S_t plus lambda times SPyNet flow magnitude and gamma-weighted flow-Jacobian consistency);
+   thresholds at the p_V-th / (100-p_V)-th percentiles; at inference a video above the upper
+   threshold gets b_v = +1 activation bit, one below the lower threshold -1;
+4. TS-LBA: per layer, s_space (std over channels) and s_temp (unbiased std over frames) of its input
+   stacked over time (Eqs. 10-11); thresholds at the p-th / (100-p)-th percentiles over layers;
+   b_L = -1 when both fall below, +1 when both exceed (Eq. 12);
+5. activation ranges refreshed by OMSE at each layer's b_base + b_L bits;
+6. fine-tuning in three stages (weight bounds, activation bounds, bit-adaptation parameters) with
+   the Charbonnier + normalized feature loss of :mod:`vsrq.methods.finetune`.
+
+Activation bits per layer and video are b_base + b_v + b_L; weights stay at b_base. The FG-VBA
+thresholds train through a tanh surrogate of the step, in units where the initial thresholds are
+0 and 1. Beyond the paper, ``fab_budget`` caps the feature average bit-width of every video: +1
+video bits are disabled and sum(b_L) is projected after every step so that FAB <= budget.
+The "+FT" baselines (minmax+ft, percentile+ft, dbdc+ft) run stages 1-2 on their own initialization.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vsrq.config import MIN_BITS, QuantizerSpec
+from vsrq.errors import VsrqError
+from vsrq.methods.base import CalibContext, Method, init_weight_ranges, observe_activations, register_method
+from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
+from vsrq.models.registry import FEATURE_BLOCKS
+from vsrq.progress import progress
+from vsrq.quant.layers import QuantLayer
+from vsrq.quant.qmodel import InputController, QuantizedModel
+from vsrq.quant.swap import LayerChoice
+
+# --- FG-VBA: flow-gradient video complexity -------------------------------------------------------
+
+
+def _grad_l1(t: torch.Tensor) -> torch.Tensor:
+    """Per-pixel |d/dx| + |d/dy| by forward differences (zero past the last row/column), (..., H, W)."""
+    dx = torch.zeros_like(t)
+    dy = torch.zeros_like(t)
+    dx[..., :, :-1] = t[..., :, 1:] - t[..., :, :-1]
+    dy[..., :-1, :] = t[..., 1:, :] - t[..., :-1, :]
+    return dx.abs() + dy.abs()
+
+
+def spatial_complexity(x: torch.Tensor) -> torch.Tensor:
+    """S_t (Eq. 3): 10^3 x mean L1 gradient norm per frame; x (B, T, C, H, W) in [0, 1] -> (B, T).
+
+    For colour frames the per-pixel norm is averaged over channels.
+    """
+    return 1e3 * _grad_l1(x).mean(dim=(2, 3, 4))
+
+
+def temporal_complexity(flows: list[torch.Tensor], gamma: float) -> torch.Tensor:
+    """T_t (Eqs. 4-8): mean flow magnitude + gamma x mean flow-Jacobian L1 norm over the given flows.
+
+    ``flows``: each (B, T-1, 2, H, W) in pixels (forward and backward). Returns (B, T-1).
+    """
+    magnitude = torch.stack([f.norm(dim=2).mean(dim=(2, 3)) for f in flows]).mean(dim=0)
+    consistency = torch.stack([_grad_l1(f).sum(dim=2).mean(dim=(2, 3)) for f in flows]).mean(dim=0)
+    return magnitude + gamma * consistency
+
+
+def video_complexity(x: torch.Tensor, flows: list[torch.Tensor], gamma: float = 200.0, lam: float = 10.0) -> torch.Tensor:
+    """C_video (Eq. 9) per video in the batch: mean_t S_t + lambda mean_t T_t."""
+    return spatial_complexity(x).mean(dim=1) + lam * temporal_complexity(flows, gamma).mean(dim=1)
+
+
+def both_flows(base: nn.Module, x: torch.Tensor) -> tuple[tuple[torch.Tensor | None, torch.Tensor], list[torch.Tensor]]:
+    """(flows for the model's forward, [forward, backward] flows for the complexity)."""
+    flows_backward, flows_forward = base.compute_flows(x)
+    both = [flows_forward]
+    if flows_backward is None:  # the unidirectional model does not compute them; the metric needs both
+        n, t, c, h, w = x.shape
+        back = base.spynet(x[:, :-1].reshape(-1, c, h, w), x[:, 1:].reshape(-1, c, h, w)).view(n, t - 1, 2, h, w)
+        both.append(back)
+    else:
+        both.append(flows_backward)
+    return (flows_backward, flows_forward), both
+
+
+class _SurrogateStep(torch.autograd.Function):
+    """Heaviside step forward; derivative of (1 + tanh(d / tau)) / 2 backward."""
+
+    @staticmethod
+    def forward(ctx, d, tau):  # type: ignore[override]
+        ctx.save_for_backward(d)
+        ctx.tau = tau
+        return (d > 0).to(d.dtype)
+
+    @staticmethod
+    def backward(ctx, grad):  # type: ignore[override]
+        (d,) = ctx.saved_tensors
+        return grad * (1 - torch.tanh(d / ctx.tau) ** 2) / (2 * ctx.tau), None
+
+
+class VideoBitController(InputController):
+    """FG-VBA at inference: complexity of the input video -> b_v in {-1, 0, +1} on every activation quantizer.
+
+    Complexity is normalized so that the initial thresholds sit at 0 (the p_V-th percentile of the
+    calibration clips, ``ref_low``) and 1 (``ref_high``); ``lower``/``upper`` are the trainable thresholds.
+    """
+
+    def __init__(self, ref_low: float, ref_high: float, gamma: float = 200.0, lam: float = 10.0, tau: float = 0.1,
+                 allow_up: bool = True, lower: float = 0.0, upper: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("ref", torch.tensor([ref_low, ref_high], dtype=torch.float64))
+        self.lower = nn.Parameter(torch.tensor(float(lower)))
+        self.upper = nn.Parameter(torch.tensor(float(upper)))
+        self.gamma, self.lam, self.tau, self.allow_up = gamma, lam, tau, allow_up
+        self._quantizers: list = []
+        self.last_complexity: torch.Tensor | None = None
+        self.last_bits: torch.Tensor | None = None
+
+    def attach(self, base: nn.Module) -> "VideoBitController":
+        self._quantizers = [m.input_quantizer for m in base.modules() if isinstance(m, QuantLayer) and m.input_quantizer is not None]
+        for q in self._quantizers:
+            if q.spec.granularity != "tensor":
+                raise VsrqError("per-video activation bits need per-tensor activation quantizers")
+        return self
+
+    def normalized(self, complexity: torch.Tensor) -> torch.Tensor:
+        lo, hi = float(self.ref[0]), float(self.ref[1])
+        return (complexity - lo) / max(hi - lo, 1e-12)
+
+    def video_bits(self, complexity: torch.Tensor) -> torch.Tensor:
+        c = self.normalized(complexity).to(self.lower.dtype)
+        b = -_SurrogateStep.apply(self.lower - c, self.tau)
+        if self.allow_up:
+            b = b + _SurrogateStep.apply(c - self.upper, self.tau)
+        return b
+
+    def prepare(self, x: torch.Tensor, base: nn.Module) -> dict[str, Any]:
+        with torch.no_grad():
+            flows, both = both_flows(base, x)
+            complexity = video_complexity(x, both, self.gamma, self.lam)
+        bits = self.video_bits(complexity).view(-1, 1, 1, 1)
+        self.last_complexity, self.last_bits = complexity, bits.detach().view(-1)
+        for q in self._quantizers:
+            q.shared_offset = bits
+        return {"flows": flows}
+
+    def state_manifest(self) -> dict[str, Any]:
+        return {"ref_low": float(self.ref[0]), "ref_high": float(self.ref[1]), "gamma": self.gamma, "lam": self.lam,
+                "tau": self.tau, "allow_up": self.allow_up, "lower": float(self.lower), "upper": float(self.upper)}
+
+
+# --- TS-LBA: per-layer temporal/spatial sensitivity ------------------------------------------------
+
+
+class LayerSensitivity:
+    """Accumulates s_space and s_temp of each layer's input over calibration batches (Eqs. 10-11).
+
+    s_temp needs the std over frames of every element: a running mean and sum of squares per
+    element (Welford) over the T calls of a batch keeps memory at one activation per layer.
+    """
+
+    def __init__(self, layers: dict[str, QuantLayer]) -> None:
+        self.layers = layers
+        self.space: dict[str, list[float]] = {n: [] for n in layers}
+        self.temp: dict[str, list[float]] = {n: [] for n in layers}
+        self._run: dict[str, list] = {}
+        self._hooks = []
+
+    def __enter__(self) -> "LayerSensitivity":
+        for name, layer in self.layers.items():
+            self._hooks.append(layer.register_forward_pre_hook(self._make_hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._hooks:
+            h.remove()
+
+    def _make_hook(self, name: str):
+        def hook(_module: nn.Module, inputs: tuple) -> None:
+            x = inputs[0].detach().double()
+            self.space[name].append(float(x.std(dim=1).mean()))
+            run = self._run.get(name)
+            if run is None:
+                self._run[name] = [1, x.clone(), torch.zeros_like(x)]
+            else:
+                run[0] += 1
+                delta = x - run[1]
+                run[1] += delta / run[0]
+                run[2] += delta * (x - run[1])
+        return hook
+
+    def end_batch(self) -> None:
+        for name, (count, _mean, m2) in self._run.items():
+            if count > 1:
+                self.temp[name].append(float(torch.sqrt(m2 / (count - 1)).mean()))
+        self._run = {}
+
+    def result(self) -> dict[str, tuple[float, float]]:
+        return {n: (float(np.mean(self.space[n])), float(np.mean(self.temp[n]))) for n in self.layers if self.temp[n]}
+
+
+def assign_layer_bits(stats: dict[str, tuple[float, float]], p_space: float, p_temp: float) -> dict[str, int]:
+    """b_L per layer (Eq. 12): -1 if both below their p-th percentiles, +1 if both above their (100-p)-th."""
+    space = np.array([s for s, _ in stats.values()])
+    temp = np.array([t for _, t in stats.values()])
+    ls, us = np.percentile(space, p_space), np.percentile(space, 100 - p_space)
+    lt, ut = np.percentile(temp, p_temp), np.percentile(temp, 100 - p_temp)
+    bits = {}
+    for name, (s, t) in stats.items():
+        bits[name] = -1 if (s <= ls and t <= lt) else (1 if (s >= us and t >= ut) else 0)
+    return bits
+
+
+def project_bit_budget(offsets: list[nn.Parameter], budget_sum: float, floor: float) -> None:
+    """Make sum(round(b_L)) <= budget_sum, no b_L below ``floor``: lower the layers whose
+    continuous b_L sits lowest relative to its rounded value first (those wanted the bit least).
+
+    Runs after each optimizer step; a lowered layer's parameter is snapped to its new integer.
+    """
+    values = torch.stack([p.detach() for p in offsets])
+    rounded = torch.round(values)
+    excess = int(rounded.sum().item() - np.floor(budget_sum + 1e-9))
+    order = [int(i) for i in torch.argsort(values - rounded)]
+    while excess > 0:
+        lowered = False
+        for i in order:
+            if excess > 0 and rounded[i] > floor:
+                rounded[i] -= 1
+                excess -= 1
+                lowered = True
+        if not lowered:
+            raise VsrqError(f"a FAB budget this low cannot be met: every layer is at {MIN_BITS} bits")
+    for p, v, r in zip(offsets, values, rounded):
+        if torch.round(v) != r:
+            p.data.fill_(float(r))
+
+
+# --- the methods -----------------------------------------------------------------------------------
+
+
+def _specs(choice: LayerChoice, weight_obs: str, act_obs: str) -> tuple[QuantizerSpec, QuantizerSpec]:
+    return (QuantizerSpec(bits=choice.wbits, symmetric=True, granularity="channel", observer=weight_obs),
+            QuantizerSpec(bits=choice.abits, symmetric=False, granularity="tensor", observer=act_obs))
+
+
+_FT_OPTIONS = {"epochs": 1, "batch": 2, "lr_weight": 1e-3, "lr_act": 1e-5, "lr_bits": 0.1, "lr_decay": 0.9,
+               "lambda_skt": 0.1, "eps": 1e-6}
+
+
+def _finetune_cfg(opts: dict[str, Any]) -> FinetuneConfig:
+    return FinetuneConfig(epochs=int(opts["epochs"]), batch=int(opts["batch"]), lr_decay=float(opts["lr_decay"]),
+                          eps=float(opts["eps"]), lambda_skt=float(opts["lambda_skt"]))
+
+
+def _observe(ctx: CalibContext, sensitivity: LayerSensitivity | None) -> None:
+    """The float pass that feeds every activation observer (and, if given, the TS-LBA statistics)."""
+    for layer in ctx.layers.values():
+        layer.mode = "observe"
+    batches = list(ctx.batches())
+    try:
+        with torch.no_grad(), progress(total=len(batches), desc="observe", unit="batch", enabled=ctx.show_progress) as bar:
+            for x in batches:
+                ctx.base(x)
+                if sensitivity is not None:
+                    sensitivity.end_batch()
+                bar.update(1)
+    finally:
+        for layer in ctx.layers.values():
+            layer.mode = "quant"
+
+
+def _range_stages(ctx: CalibContext, opts: dict[str, Any]) -> list[Stage]:
+    weights = [l.weight_quantizer.upper for l in ctx.layers.values() if l.weight_quantizer is not None]
+    acts = [p for l in ctx.layers.values() if l.input_quantizer is not None
+            for p in (l.input_quantizer.lower, l.input_quantizer.upper)]
+    return [Stage("weight-bounds", weights, float(opts["lr_weight"])),
+            Stage("act-bounds", acts, float(opts["lr_act"]))]
+
+
+@register_method
+class QBasicVSR(Method):
+    name = "qbasicvsr"
+    description = "QBasicVSR: FG-VBA video bits + TS-LBA layer bits, OMSE/EMA calibration, 3-stage fine-tuning"
+    default_options = {
+        "fg_vba": True, "ts_lba": True, "finetune": True, **_FT_OPTIONS,
+        "gamma": 200.0, "lambda_video": 10.0, "p_video": 10.0, "p_space": 30.0, "p_temp": 30.0, "tau": 0.1,
+        "fab_budget": None,
+    }
+
+    def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec, QuantizerSpec]:
+        return _specs(choice, "omse", "ema_omse")
+
+    def calibrate(self, ctx: CalibContext) -> InputController | None:
+        o = self.options
+        budget = o["fab_budget"]
+        init_weight_ranges(ctx.layers)
+        controller = self._fg_vba(ctx, budget is None) if o["fg_vba"] else None
+        sensitivity = LayerSensitivity(ctx.layers) if o["ts_lba"] else None
+        if sensitivity is not None:
+            with sensitivity:
+                _observe(ctx, sensitivity)
+        else:
+            _observe(ctx, None)
+        acts = {n: l.input_quantizer for n, l in ctx.layers.items() if l.input_quantizer is not None}
+        layer_bits = {n: 0 for n in acts}
+        if sensitivity is not None:
+            layer_bits.update(assign_layer_bits(sensitivity.result(), o["p_space"], o["p_temp"]))
+        offsets = []
+        for name, q in acts.items():
+            q.bit_offset = nn.Parameter(torch.tensor(float(layer_bits[name])), requires_grad=False)
+            offsets.append(q.bit_offset)
+        budget_sum = None
+        if budget is not None:
+            base_bits = np.mean([q.bits for q in acts.values()])
+            budget_sum = (float(budget) - base_bits) * len(acts)
+            floor = MIN_BITS - base_bits
+            project_bit_budget(offsets, budget_sum, floor)
+        for q in acts.values():  # OMSE at each layer's own bits, from the EMA range
+            q.finish_observation(q.layer_bits())
+            q.release_observer()
+        ctx.notes["layer_bits_init"] = {str(k): int(v) for k, v in zip(*np.unique(list(layer_bits.values()), return_counts=True))}
+        student = QuantizedModel(ctx.base, {}, controller)
+        if o["finetune"]:
+            stages = _range_stages(ctx, o)
+            bit_params = (offsets if o["ts_lba"] else []) + ([controller.lower, controller.upper] if controller else [])
+            if bit_params:
+                project = (lambda: project_bit_budget(offsets, budget_sum, floor)) if budget_sum is not None else None
+                stages.append(Stage("bit-adaptation", bit_params, float(o["lr_bits"]), project))
+            logs = run_stages(ctx, student, stages, _finetune_cfg(o), FEATURE_BLOCKS.get(ctx.arch))
+            ctx.notes["stages"] = [log.to_dict() for log in logs]
+        for q in acts.values():  # b_L is fixed after calibration: fold it into the layer's bits
+            q.bits = q.layer_bits()
+            q.bit_offset = None
+            q.shared_offset = None
+        final = [q.bits - self.config.abits for q in acts.values()]
+        ctx.notes["layer_bits"] = {str(k): int(v) for k, v in zip(*np.unique(final, return_counts=True))}
+        if controller is not None:
+            ctx.notes["video_thresholds"] = controller.state_manifest()
+        if budget is not None:
+            ctx.notes["fab_budget"] = float(budget)
+        return controller
+
+    def _fg_vba(self, ctx: CalibContext, allow_up: bool) -> VideoBitController:
+        o = self.options
+        values = []
+        with torch.no_grad():
+            for x in ctx.batches():
+                _, both = both_flows(ctx.fp_model, x)
+                values.extend(video_complexity(x, both, o["gamma"], o["lambda_video"]).tolist())
+        low, high = np.percentile(values, o["p_video"]), np.percentile(values, 100 - o["p_video"])
+        ctx.notes["calib_complexity"] = [round(v, 3) for v in values]
+        return VideoBitController(float(low), float(high), o["gamma"], o["lambda_video"], o["tau"], allow_up).attach(ctx.base)
+
+    @classmethod
+    def build_controller(cls, state: dict[str, Any] | None, base: nn.Module) -> InputController | None:
+        if not state:
+            return None
+        return VideoBitController(state["ref_low"], state["ref_high"], state["gamma"], state["lam"], state["tau"],
+                                  state["allow_up"], state["lower"], state["upper"]).attach(base)
+
+
+class _FinetunedStatic(Method):
+    """A static baseline's initialization followed by QBasicVSR's stages 1-2 (weight, activation bounds)."""
+
+    weight_observer = "minmax"
+    act_observer = "minmax"
+    default_options = dict(_FT_OPTIONS)
+
+    def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec, QuantizerSpec]:
+        return _specs(choice, self.weight_observer, self.act_observer)
+
+    def calibrate(self, ctx: CalibContext) -> InputController | None:
+        init_weight_ranges(ctx.layers)
+        observe_activations(ctx)
+        logs = run_stages(ctx, ctx.base, _range_stages(ctx, self.options), _finetune_cfg(self.options),
+                          FEATURE_BLOCKS.get(ctx.arch))
+        ctx.notes["stages"] = [log.to_dict() for log in logs]
+        return None
+
+
+for _name, _w, _a in (("minmax", "minmax", "minmax"), ("percentile", "minmax", "percentile"), ("dbdc", "minmax", "dbdc")):
+    register_method(type(f"FT_{_name}", (_FinetunedStatic,), {
+        "name": f"{_name}+ft", "weight_observer": _w, "act_observer": _a,
+        "description": f"{_name} initialization + QBasicVSR fine-tuning of weight and activation bounds"}))

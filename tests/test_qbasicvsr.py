@@ -1,0 +1,175 @@
+"""QBasicVSR: statistics against hand-computed values, thresholds, bits reaching layers, stages, losses, budget."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import smooth_frames
+from tests.test_quant_layers import _loaded, _synthetic_calib
+from vsrq.config import QuantConfig
+from vsrq.methods.base import CalibContext
+from vsrq.methods.finetune import FinetuneConfig, Stage, charbonnier_frames, normalized_feature_loss, run_stages
+from vsrq.methods.pipeline import quantize_model
+from vsrq.methods.qbasicvsr import (
+    LayerSensitivity,
+    VideoBitController,
+    assign_layer_bits,
+    project_bit_budget,
+    spatial_complexity,
+    temporal_complexity,
+    video_complexity,
+)
+from vsrq.models.registry import FEATURE_BLOCKS
+from vsrq.quant import accounting
+
+QUIET = dict(log=lambda s: None, show_progress=False)
+
+
+# --- statistics ---------------------------------------------------------------------------------
+
+
+def test_spatial_complexity_of_a_ramp():
+    """I = a*j: |dI/dx| = a on all but the last column, dI/dy = 0 -> S = 1e3 * a * (W-1)/W."""
+    h, w, a = 5, 8, 0.01
+    frame = (a * torch.arange(w, dtype=torch.float64)).expand(3, h, w)
+    x = frame[None, None].repeat(1, 2, 1, 1, 1)
+    assert torch.allclose(spatial_complexity(x), torch.full((1, 2), 1e3 * a * (w - 1) / w, dtype=torch.float64))
+
+
+def test_temporal_complexity_of_constant_and_sheared_flows():
+    h, w = 6, 7
+    const = torch.zeros(1, 1, 2, h, w, dtype=torch.float64)
+    const[:, :, 0], const[:, :, 1] = 3.0, 4.0  # |F| = 5 everywhere, Jacobian 0
+    assert temporal_complexity([const, const], gamma=200).item() == pytest.approx(5.0)
+    shear = torch.zeros(1, 1, 2, h, w, dtype=torch.float64)
+    shear[:, :, 0] = 0.1 * torch.arange(w, dtype=torch.float64)  # u = 0.1 x: du/dx = 0.1 except last column
+    mag = shear.norm(dim=2).mean().item()
+    # averaged over the two flows (the second one is zero): half the magnitude, half the consistency
+    expected = mag / 2 + 200 * (0.1 * (w - 1) / w) / 2
+    assert temporal_complexity([shear, torch.zeros_like(shear)], gamma=200).item() == pytest.approx(expected)
+
+
+def test_video_complexity_combines_with_lambda():
+    x = torch.rand(2, 3, 3, 8, 8, dtype=torch.float64)
+    flows = [torch.rand(2, 2, 2, 8, 8, dtype=torch.float64) for _ in range(2)]
+    c = video_complexity(x, flows, gamma=200, lam=10)
+    ref = spatial_complexity(x).mean(1) + 10 * temporal_complexity(flows, 200).mean(1)
+    assert torch.allclose(c, ref)
+
+
+def test_layer_sensitivity_matches_numpy():
+    layer = torch.nn.Identity()
+    rng = np.random.default_rng(0)
+    frames = rng.normal(size=(4, 2, 3, 5, 5))  # T, B, C, H, W
+    stats = LayerSensitivity({"l": layer})
+    with stats:
+        for t in range(4):
+            layer(torch.from_numpy(frames[t]))
+        stats.end_batch()
+    space, temp = stats.result()["l"]
+    assert space == pytest.approx(frames.std(axis=2, ddof=1).mean())
+    assert temp == pytest.approx(frames.std(axis=0, ddof=1).mean())
+
+
+# --- thresholds -------------------------------------------------------------------------------------
+
+
+def test_layer_bits_need_both_sensitivities():
+    stats = {f"l{i}": (float(i), float(i)) for i in range(10)}  # both rise together
+    stats["mixed"] = (100.0, -100.0)  # spatially extreme, temporally dull: stays at 0
+    bits = assign_layer_bits(stats, 30, 30)
+    assert bits["l0"] == bits["l1"] == bits["l2"] == -1
+    assert bits["l8"] == bits["l9"] == 1
+    assert bits["l5"] == 0 and bits["mixed"] == 0
+
+
+def test_video_bits_threshold_logic_and_surrogate_gradient():
+    ctrl = VideoBitController(ref_low=10.0, ref_high=20.0)
+    bits = ctrl.video_bits(torch.tensor([5.0, 15.0, 25.0]))
+    assert bits.tolist() == [-1.0, 0.0, 1.0]
+    near = ctrl.video_bits(torch.tensor([19.9]))  # just under the upper threshold
+    near.sum().backward()
+    assert ctrl.upper.grad.item() < 0  # lowering the threshold would raise the bits: gradient points there
+    no_up = VideoBitController(10.0, 20.0, allow_up=False)
+    assert no_up.video_bits(torch.tensor([1e6])).item() == 0.0
+
+
+def test_project_bit_budget():
+    offsets = [torch.nn.Parameter(torch.tensor(v)) for v in (0.9, 0.6, 1.2, -0.2)]
+    project_bit_budget(offsets, budget_sum=0.0, floor=-2)
+    assert sum(round(float(p.detach())) for p in offsets) <= 0
+    assert round(float(offsets[2].detach())) == 1  # the layer that wanted its bit most keeps it
+
+
+# --- losses -------------------------------------------------------------------------------------------
+
+
+def test_charbonnier_frames_closed_form():
+    p = torch.zeros(2, 3, 3, 4, 4)
+    q = torch.full_like(p, 0.5)
+    n = 3 * 4 * 4
+    assert charbonnier_frames(p, q, eps=1e-3).item() == pytest.approx(math.sqrt(0.25 * n + 1e-6), rel=1e-6)
+    assert charbonnier_frames(p, p, eps=1e-3).item() == pytest.approx(1e-3)
+
+
+def test_normalized_feature_loss_closed_forms():
+    f = torch.randn(2, 4, 3, 3)
+    g = torch.randn(2, 4, 3, 3)
+    g = g - (g.flatten(1) * f.flatten(1)).sum(1).view(2, 1, 1, 1) / f.flatten(1).pow(2).sum(1).view(2, 1, 1, 1) * f
+    assert normalized_feature_loss([f], [3.0 * f]).item() == pytest.approx(0.0, abs=1e-6)  # scale-invariant
+    assert normalized_feature_loss([f], [-f]).item() == pytest.approx(4.0)
+    assert normalized_feature_loss([f, f], [g, f]).item() == pytest.approx(1.0)  # orthogonal (2) and equal (0)
+
+
+# --- the method on a tiny model ------------------------------------------------------------------------
+
+
+def test_each_stage_trains_only_its_own_parameters():
+    cfg = QuantConfig(method="ema", wbits=4, abits=4)
+    loaded = _loaded()
+    qm = quantize_model(loaded, cfg, _synthetic_calib(2, 3), **QUIET)
+    ctx = CalibContext(loaded.model, qm.base, qm.layers(), _synthetic_calib(2, 3), cfg, "basicvsr", **QUIET)
+    layers = list(qm.layers().values())
+    stages = [Stage("w", [l.weight_quantizer.upper for l in layers], 1e-2),
+              Stage("a", [p for l in layers for p in (l.input_quantizer.lower, l.input_quantizer.upper)], 1e-2)]
+    for stage in stages:
+        before = {k: v.clone() for k, v in qm.state_dict().items()}
+        run_stages(ctx, qm.base, [stage], FinetuneConfig(batch=2), FEATURE_BLOCKS["basicvsr"])
+        own = {id(p) for p in stage.params}
+        names = {n for n, p in qm.named_parameters() if id(p) in own}
+        after = qm.state_dict()
+        changed = {k for k in before if not torch.equal(before[k], after[k])}
+        assert changed and changed <= names, (stage.name, changed - names)
+
+
+def test_qbasicvsr_bits_reach_layers_and_survive_a_checkpoint(tmp_path):
+    from vsrq import checkpoint
+
+    cfg = QuantConfig(method="qbasicvsr", wbits=4, abits=4, options={"batch": 2})
+    qm = quantize_model(_loaded(), cfg, _synthetic_calib(4, 3), **QUIET)
+    layer_bits = [l.input_quantizer.bits for l in qm.layers().values()]
+    assert set(layer_bits) <= {3, 4, 5} and len(set(layer_bits)) > 1  # TS-LBA spread the bits
+    busy = torch.rand(1, 3, 3, 64, 64)  # white noise: far above any smooth calibration clip
+    with torch.no_grad():
+        out = qm(busy)
+    assert qm.controller.last_bits.item() == 1.0
+    assert [l.input_quantizer.current_bits() for l in qm.layers().values()] == [min(b + 1, 8) for b in layer_bits]
+    fab = accounting.count(qm).fab
+    assert fab == pytest.approx(np.mean(layer_bits) + 1)
+    loaded = checkpoint.load(checkpoint.save(qm, tmp_path / "q.vsrq"))
+    with torch.no_grad():
+        assert torch.equal(loaded(busy), out)
+
+
+def test_fab_budget_holds_for_every_video():
+    cfg = QuantConfig(method="qbasicvsr", wbits=4, abits=4, options={"fab_budget": 4.0, "batch": 2})
+    qm = quantize_model(_loaded(), cfg, _synthetic_calib(4, 3), **QUIET)
+    for video in (torch.rand(1, 3, 3, 64, 64), torch.zeros(1, 3, 3, 64, 64),
+                  torch.from_numpy(smooth_frames(3, 64, 64)).float().div(255).permute(0, 3, 1, 2)[None]):
+        with torch.no_grad():
+            qm(video)
+        assert accounting.count(qm).fab <= 4.0 + 1e-9
