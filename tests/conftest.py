@@ -16,10 +16,10 @@ from vsrq.models.registry import packaged_weights_dir
 torch.set_num_threads(2)
 
 
-def tiny_basicvsr(seed: int = 0, bidirectional: bool = True) -> BasicVSR:
-    """A BasicVSR with 8 features and 1 block per trunk; SPyNet stays full size."""
+def tiny_basicvsr(seed: int = 0, bidirectional: bool = True, num_feat: int = 8) -> BasicVSR:
+    """A BasicVSR with 8 features (or ``num_feat``) and 1 block per trunk; SPyNet stays full size."""
     torch.manual_seed(seed)
-    return BasicVSR(num_feat=8, num_block=1, bidirectional=bidirectional).eval()
+    return BasicVSR(num_feat=num_feat, num_block=1, bidirectional=bidirectional).eval()
 
 
 @pytest.fixture

@@ -97,8 +97,9 @@ def _synthetic_calib(n: int = 2, t: int = 3, size: int = 64) -> CalibrationSet:
     return CalibrationSet(clips, [f"synthetic{i}" for i in range(n)], "0" * 64, "synthetic test clips")
 
 
-def _loaded(seed: int = 0) -> LoadedModel:
-    return LoadedModel(tiny_basicvsr(seed), ModelSpec("basicvsr", {"num_feat": 8, "num_block": 1}), "tiny", "-", "bi")
+def _loaded(seed: int = 0, num_feat: int = 8) -> LoadedModel:
+    model = tiny_basicvsr(seed, num_feat=num_feat)
+    return LoadedModel(model, ModelSpec("basicvsr", {"num_feat": num_feat, "num_block": 1}), "tiny", "-", "bi")
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "omse", "dbdc", "ema"])

@@ -166,11 +166,22 @@ class Bench:
         qm = quantize_model(self.loaded, config, self.calib, log=lambda s: None, show_progress=self.show_progress)
         return qm, time.perf_counter() - start
 
-    def quantized_row(self, config: QuantConfig, method_label: str | None = None, notes: str = "") -> tuple[Row, nn.Module]:
+    def quantized_row(self, config: QuantConfig, method_label: str | None = None, notes: str = "",
+                      **extra: Any) -> tuple[Row, nn.Module]:
+        """Quantize with ``config``, score, and record a row with the method's notes and the MACs per frame."""
         qm, calib_s = self.quantize(config)
+        acct = accounting.count(qm, self._example())
         row = self.row(qm, method_label or config.method, config.wbits, config.abits, config.scope, calib_s, notes,
-                       calib_clips=len(self.calib.clips), calib_sha256=self.calib.sha256[:16])
+                       calib_clips=len(self.calib.clips), calib_sha256=self.calib.sha256[:16],
+                       options=config.options, gmacs_per_frame=round(acct.macs / 2, 3),
+                       gmacs_effective_per_frame=round(acct.macs_effective / 2, 3),
+                       method_notes=qm.manifest["notes"], **extra)
         return row, qm
+
+    def _example(self) -> torch.Tensor:
+        """Two frames at the first clip's LR size: accounting runs one forward on it."""
+        lr = self.clips[0].lr[:2]
+        return torch.from_numpy(lr).float().div(255).permute(0, 3, 1, 2)[None]
 
     def write(self, results_dir: Path) -> tuple[Path, Path]:
         return write_results(self.rows, self.name, results_dir)
@@ -194,11 +205,24 @@ def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
         lines.append(f"{r0['model']} on {r0['dataset']} ({r0['degradation'].upper()}), Y channel, "
                      f"{r0['frames']} frames; commit {r0['commit']}, {r0['date']}.")
         lines.append("")
-    lines.append("| method | W/A | scope | PSNR-Y | SSIM-Y | FAB | size (MB) | calib (s) | notes |")
-    lines.append("| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |")
+    ranks = any("average_rank" in r for r in rows)
+    macs = any("gmacs_effective_per_frame" in r for r in rows)
+    head = "| method | W/A | scope | PSNR-Y | SSIM-Y | FAB | size (MB) |"
+    rule = "| --- | --- | --- | ---: | ---: | ---: | ---: |"
+    if ranks:
+        head, rule = head + " avg rank |", rule + " ---: |"
+    if macs:
+        head, rule = head + " GMAC/frame (FP32-eq.) |", rule + " ---: |"
+    lines += [head + " calib (s) | notes |", rule + " ---: | --- |"]
     for r in rows:
         scope = (r["scope"] or "-").upper()
-        calib = "-" if r["calib_s"] is None else f"{r['calib_s']:.0f}"
-        lines.append(f"| {r['method']} | {r['wbits']}/{r['abits']} | {scope} | {r['psnr_y']:.2f} | {r['ssim_y']:.4f} | "
-                     f"{r['fab']:.2f} | {r['size_mb']:.2f} | {calib} | {r['notes']} |")
+        cells = [r["method"], f"{r['wbits']}/{r['abits']}", scope, f"{r['psnr_y']:.2f}", f"{r['ssim_y']:.4f}",
+                 f"{r['fab']:.2f}", f"{r['size_mb']:.2f}"]
+        if ranks:
+            cells.append(f"{r['average_rank']:.1f}" if "average_rank" in r else "-")
+        if macs:
+            eff = r.get("gmacs_effective_per_frame")
+            cells.append("-" if eff is None else f"{eff:.1f} of {r['gmacs_per_frame']:.1f}")
+        cells += ["-" if r["calib_s"] is None else f"{r['calib_s']:.0f}", r["notes"]]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

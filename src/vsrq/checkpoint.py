@@ -104,6 +104,8 @@ def _rebuild_layer(module: torch.nn.Module, name: str, entry: dict, tensors: dic
         quantizer.observer = None
         if prefix + f"{key}.lower" in tensors:
             quantizer.set_range(tensors[prefix + f"{key}.lower"], tensors[prefix + f"{key}.upper"])
+    if entry.get("smooth"):
+        layer.smooth = tensors[prefix + "smooth"].clone()
     if entry.get("rotation"):
         layer.add_rotation(seed=0)
     if entry.get("rank"):

@@ -69,11 +69,14 @@ class Stage:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
+    """``loss`` is "charbonnier_skt" (QBasicVSR, Eq. 16) or "mse" (QuantVSR: MSE of the outputs)."""
+
     epochs: int = 1  # per stage
     batch: int = 2
-    lr_decay: float = 0.9
+    lr_decay: float = 0.9  # per epoch
     eps: float = 1e-6
     lambda_skt: float = 0.1
+    loss: str = "charbonnier_skt"
 
 
 @dataclass
@@ -147,6 +150,10 @@ def run_stages(
 
 def _step_loss(ctx: CalibContext, student: nn.Module, x: torch.Tensor, cfg: FinetuneConfig,
                feature_pattern: str | None) -> torch.Tensor:
+    if cfg.loss == "mse":
+        with torch.no_grad():
+            target = ctx.fp_model(x)
+        return torch.nn.functional.mse_loss(student(x), target)
     if feature_pattern is None or cfg.lambda_skt == 0:
         with torch.no_grad():
             target = ctx.fp_model(x)

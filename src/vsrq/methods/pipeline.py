@@ -39,6 +39,7 @@ def layer_manifest(layer: QuantLayer) -> dict[str, Any]:
         "rank": layer.rank,
         "rotation": None if layer.rotation is None else layer.rotation.size,
         "bias_align": layer.bias_align is not None,
+        "smooth": layer.smooth is not None,
     }
 
 

@@ -58,6 +58,7 @@ class QuantLayer(nn.Module):
         self.lowrank_up: nn.Parameter | None = None
         self.lowrank_down: nn.Parameter | None = None
         self.bias_align: nn.Parameter | None = None
+        self.register_buffer("smooth", None)  # per-input-channel scale s (SmoothQuant): x/s, W*s
         self.mode = "quant"  # "quant" | "observe" (feed the input observer, output FP) | "fp"
         self._cache: tuple[tuple, torch.Tensor] | None = None
 
@@ -93,6 +94,26 @@ class QuantLayer(nn.Module):
         self.lowrank_up = nn.Parameter(up.detach().clone().float())
         self.lowrank_down = nn.Parameter(down.detach().clone().float())
         self._cache = None
+
+    def add_smoothing(self, scale: torch.Tensor) -> None:
+        """Migrate activation outliers into the weight: inputs divided by ``scale`` per channel, weight multiplied.
+
+        Must come before a low-rank branch or rotation is added (they are built on the smoothed weight).
+        """
+        if self.rank or self.rotation is not None:
+            raise VsrqError("add smoothing before the low-rank branch and the rotation")
+        shape = [1] * self.weight.dim()
+        shape[self.in_axis] = -1
+        self.weight.data = self.weight.data * scale.view(shape)
+        self.smooth = scale.detach().clone().float()
+        self._cache = None
+
+    def _unsmooth(self, x: torch.Tensor) -> torch.Tensor:
+        if self.smooth is None:
+            return x
+        shape = [1] * x.dim()
+        shape[self.act_axis] = -1
+        return x / self.smooth.view(shape)
 
     def add_bias_alignment(self) -> None:
         self.bias_align = nn.Parameter(torch.zeros(self.out_channels))
@@ -199,6 +220,7 @@ class QuantLayer(nn.Module):
         return F.conv3d(F.conv3d(x, down, None, **self.geometry), up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._unsmooth(x)
         if self.mode != "quant":  # calibration: the float layer, optionally observing its (rotated) input
             if self.weight is None:
                 raise VsrqError("a frozen (integer) layer has no float weight to run in full precision")

@@ -12,6 +12,8 @@ grid); real integer execution lives in :mod:`vsrq.runtime`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import nn
 
@@ -235,6 +237,13 @@ class FakeQuantizer(nn.Module):
         if self.observer is not None:
             self.observe(x)
             self.finish_observation()
+
+    def freeze_range(self, x: torch.Tensor) -> None:
+        """Turn a dynamic quantizer static, with min/max ranges of ``x`` (per row): what a checkpoint stores."""
+        rows = self.to_rows(x.detach())
+        self.spec = replace(self.spec, dynamic=False, observer="minmax")
+        self.observer = None
+        self.set_range(rows.amin(dim=1), rows.amax(dim=1))
 
     def release_observer(self) -> None:
         """Drop stored statistics once ranges are final (OMSE keeps a sample of values per layer)."""

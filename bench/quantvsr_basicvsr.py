@@ -1,0 +1,65 @@
+"""QuantVSR's layer and recipe applied to the official BasicVSR (Vimeo BIx4), Vid4 BI, W4A4 and W6A6 FQ.
+
+QuantVSR with its Table 1 ablations (no branch, no branch + LBA, SVD branch, SVD branch + LBA,
+STCA, STCA + LBA = quantvsr), QuaRot and SVDQuant, on the same calibration clips as the QBasicVSR
+benchmark; the QBasicVSR rows of bench/results/qbasicvsr_vid4.json are repeated for reference.
+Rows carry the average rank and the MACs per frame with the FP branch counted at 32 bits.
+
+    python bench/quantvsr_basicvsr.py            # quick: first 10 frames per clip
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import BENCH_CALIB, RESULTS, parse_args, wanted  # noqa: E402
+
+from vsrq.benchmark import Bench, Row  # noqa: E402
+from vsrq.config import QuantConfig  # noqa: E402
+
+ABLATIONS = (  # (notes, options) at W4A4; STCA + LBA is the quantvsr row itself
+    ("ablation: no branch", {"branch": "none", "lba": False}),
+    ("ablation: no branch + LBA", {"branch": "none"}),
+    ("ablation: SVD branch", {"branch": "svd", "lba": False}),
+    ("ablation: SVD branch + LBA", {"branch": "svd"}),
+    ("ablation: STCA", {"lba": False}),
+)
+
+
+def main() -> int:
+    args = parse_args(__doc__)
+    bench = Bench("quantvsr_basicvsr", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, BENCH_CALIB)
+    if wanted(args, "fp"):
+        bench.fp_row()
+    plan = []
+    for bits in (4, 6):
+        plan += [(f"quantvsr-w{bits}", "quantvsr", bits, {}, "STCA + LBA")]
+        if bits == 4:
+            plan += [(f"quantvsr-{n}", "quantvsr", 4, o, n) for n, o in ABLATIONS]
+        plan += [(f"quarot-w{bits}", "quarot", bits, {}, ""), (f"svdquant-w{bits}", "svdquant", bits, {}, "")]
+    for label, method, bits, options, notes in plan:
+        if not wanted(args, label):
+            continue
+        config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", calib=BENCH_CALIB, options=options)
+        row, qm = bench.quantized_row(config, method, notes)
+        row.extra["average_rank"] = qm.manifest["notes"].get("average_rank", 0.0)
+        print(f"{label}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  rank {row.extra['average_rank']:.1f}  "
+              f"calib {row.calib_s:.0f} s", flush=True)
+        bench.write(RESULTS)
+    qb = RESULTS / "qbasicvsr_vid4.json"
+    if qb.exists():
+        for r in json.loads(qb.read_text()):
+            if r["method"] == "qbasicvsr" and r["scope"] == "fq" and not r["notes"] and r["frames"] == bench.frames:
+                base = {k: r[k] for k in Row.__dataclass_fields__ if k != "extra" and k in r}
+                base["notes"] = f"from qbasicvsr_vid4.json ({r['commit']})"
+                bench.rows.append(Row(**base, extra={"average_rank": 0.0}))
+    bench.write(RESULTS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

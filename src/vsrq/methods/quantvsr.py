@@ -1,0 +1,265 @@
+"""QuantVSR (Chai et al., AAAI 2026) and the baselines it is compared with, for any model.
+
+The layer (paper Eq. 3): ``y = X L1 L2 + Q_A(X H) Q_W(H^T R) + A_bias`` with ``R = W - L1 L2``:
+a full-precision low-rank branch, a randomized-Hadamard-rotated low-bit branch, and a learnable
+bias. Weights are quantized per output channel (symmetric; ranges follow R while it trains and are
+fixed at the end), activations per tensor, asymmetric, with dynamic ranges (per token optional).
+
+Calibration, in the paper's three stages:
+
+1. STCA rank allocation: for each layer and calibration input (one clip's frames), the temporal
+   complexity C_t (Eq. 4, mean inter-frame difference energy) and spatial complexity C_s (Eq. 5,
+   mean spatial std per channel and frame); thresholds at the 25th / 75th percentiles of all
+   values; from r_min = 16 every input with both above the upper thresholds adds ``rank_step``,
+   every input with both below the lower ones removes it; clamped to [16, 64] and to half the
+   smaller weight dimension (a rank near full would leave nothing to quantize; layers too narrow
+   for 8 get no branch), rounded to a multiple of 8;
+2. SVD initialization of L1, L2 (randomized low-rank SVD for large matrices), then dual-branch
+   refinement: L1, L2 trained on the MSE between float and quantized model outputs;
+3. LBA: only A_bias trained, same loss; then folded into the bias (no inference cost).
+
+Training follows the paper's schedule scaled to the calibration set: 2 epochs over the clips,
+learning rate 1e-3 then 2e-4, Adam, batch 2.
+
+Baselines: ``quarot`` (rotation + round-to-nearest, no branch, no training) and ``svdquant``
+(SmoothQuant smoothing with alpha 0.5 + a fixed rank-32 SVD branch, no refinement), with the same
+weight/activation granularity as ``quantvsr`` so the table compares methods, not granularities.
+QuantVSR's Table 1 ablations are options: ``branch`` ("none" | "svd" | "stca") and ``lba``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from vsrq.config import QuantizerSpec
+from vsrq.errors import VsrqError
+from vsrq.methods.base import CalibContext, Method, register_method, run_model
+from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
+from vsrq.quant.layers import QuantLayer
+from vsrq.quant.qmodel import InputController
+from vsrq.quant.swap import LayerChoice
+
+SVD_FULL_LIMIT = 1 << 20  # matrices larger than this many entries use a randomized low-rank SVD
+
+
+def svd_lowrank_factors(w: torch.Tensor, rank: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L1, L2) with L1 L2 the best rank-``rank`` approximation of ``w`` (m x n); singular values split evenly."""
+    w = w.detach().double()
+    if w.numel() > SVD_FULL_LIMIT:
+        torch.manual_seed(seed)
+        u, s, v = torch.svd_lowrank(w, q=min(rank + 8, min(w.shape)), niter=4)
+        vh = v.T
+    else:
+        u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    root = s[:rank].sqrt()
+    return (u[:, :rank] * root).float(), (root[:, None] * vh[:rank]).float()
+
+
+def max_rank(layer: QuantLayer, r_max: int) -> int:
+    """Half the smaller dimension of the layer's weight matrix, capped at r_max, a multiple of 8 (0: no branch)."""
+    m, n = layer.weight_matrix().shape
+    return min(r_max, (min(m, n) // 2) // 8 * 8)
+
+
+class ComplexityStats:
+    """Per layer and per calibration input (each clip in a batch): C_t (Eq. 4) and C_s (Eq. 5)."""
+
+    def __init__(self, layers: dict[str, QuantLayer]) -> None:
+        self.layers = layers
+        self.values: dict[str, list[tuple[float, float]]] = {n: [] for n in layers}
+        self._run: dict[str, list] = {}
+        self._hooks: list = []
+
+    def __enter__(self) -> "ComplexityStats":
+        for name, layer in self.layers.items():
+            self._hooks.append(layer.register_forward_pre_hook(self._make_hook(name)))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._hooks:
+            h.remove()
+
+    def _make_hook(self, name: str):
+        def hook(_module: nn.Module, inputs: tuple) -> None:
+            x = inputs[0].detach().double()  # (B, C, H, W): one frame of every clip in the batch
+            spatial = x.flatten(2).std(dim=2).mean(dim=1)  # per clip: mean over channels of the spatial std
+            run = self._run.get(name)
+            if run is None:
+                self._run[name] = [x, torch.zeros(x.shape[0], dtype=torch.float64), spatial.clone(), 1]
+            else:
+                diff = (x - run[0]).pow(2).flatten(1).mean(dim=1)  # ||X_t+1 - X_t||^2 / CHW per clip
+                run[0], run[1], run[2], run[3] = x, run[1] + diff, run[2] + spatial, run[3] + 1
+        return hook
+
+    def end_batch(self) -> None:
+        for name, (_, diff_sum, spatial_sum, count) in self._run.items():
+            if count > 1:
+                for ct, cs in zip((diff_sum / (count - 1)).tolist(), (spatial_sum / count).tolist()):
+                    self.values[name].append((ct, cs))
+        self._run = {}
+
+
+def allocate_ranks(values: dict[str, list[tuple[float, float]]], caps: dict[str, int], r_min: int = 16,
+                   r_max: int = 64, low_pct: float = 25, high_pct: float = 75, step: int = 1) -> dict[str, int]:
+    """STCA's rank walk: thresholds over every (layer, input) pair, then +/- step per input, clamped, multiple of 8."""
+    all_ct = np.array([ct for v in values.values() for ct, _ in v])
+    all_cs = np.array([cs for v in values.values() for _, cs in v])
+    lt, ut = np.percentile(all_ct, low_pct), np.percentile(all_ct, high_pct)
+    ls, us = np.percentile(all_cs, low_pct), np.percentile(all_cs, high_pct)
+    ranks = {}
+    for name, pairs in values.items():
+        r = r_min
+        for ct, cs in pairs:
+            if ct > ut and cs > us:
+                r += step
+            elif ct < lt and cs < ls:
+                r -= step
+            r = min(max(r, r_min), r_max)
+        r = int(round(r / 8.0)) * 8
+        ranks[name] = min(r, caps[name])
+    return ranks
+
+
+def _weight_spec(choice: LayerChoice) -> QuantizerSpec:
+    # dynamic while R = W - L1 L2 trains; fixed to static per-channel ranges when calibration ends
+    return QuantizerSpec(bits=choice.wbits, symmetric=True, granularity="channel", dynamic=True)
+
+
+def _act_spec(choice: LayerChoice, per_token: bool) -> QuantizerSpec:
+    return QuantizerSpec(bits=choice.abits, symmetric=False, granularity="token" if per_token else "tensor", dynamic=True)
+
+
+def _freeze_weight_ranges(ctx: CalibContext) -> None:
+    for layer in ctx.layers.values():
+        layer.weight_quantizer.freeze_range(layer.residual_weight())
+
+
+class _LowRankMethod(Method):
+    """Shared by quantvsr, svdquant and quarot: rotation/smoothing, an optional branch, optional training."""
+
+    def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec, QuantizerSpec]:
+        return _weight_spec(choice), _act_spec(choice, bool(self.options.get("per_token", False)))
+
+    def add_rotations(self, ctx: CalibContext) -> None:
+        for i, layer in enumerate(ctx.layers.values()):
+            layer.add_rotation(seed=self.config.seed * 100003 + i)
+
+    def add_branches(self, ctx: CalibContext, ranks: dict[str, int]) -> None:
+        for name, layer in ctx.layers.items():
+            if ranks.get(name, 0) > 0:
+                up, down = svd_lowrank_factors(layer.weight_matrix(), ranks[name], self.config.seed)
+                layer.add_lowrank(up, down)
+        ctx.notes["ranks"] = {n: layer.rank for n, layer in ctx.layers.items()}
+        branch = [layer.rank for layer in ctx.layers.values()]
+        ctx.notes["average_rank"] = float(np.mean(branch)) if branch else 0.0
+        values, counts = np.unique(branch, return_counts=True)
+        ctx.notes["rank_histogram"] = {str(int(v)): int(c) for v, c in zip(values, counts)}
+
+
+@register_method
+class QuantVSR(_LowRankMethod):
+    name = "quantvsr"
+    description = "QuantVSR: STCA-ranked FP low-rank branch + Hadamard-rotated low-bit branch + learnable bias alignment"
+    default_options: dict[str, Any] = {
+        "branch": "stca", "lba": True, "rotation": True, "per_token": False, "r_min": 16, "r_max": 64,
+        "fixed_rank": 32, "rank_step": 1, "low_pct": 25.0, "high_pct": 75.0,
+        "epochs": 2, "batch": 2, "lr": 1e-3, "lr_decay": 0.2,
+    }
+
+    def calibrate(self, ctx: CalibContext) -> InputController | None:
+        o = self.options
+        if o["branch"] not in ("none", "svd", "stca"):
+            raise VsrqError(f"option branch must be none, svd or stca, got {o['branch']!r}")
+        if o["rotation"]:
+            self.add_rotations(ctx)
+        caps = {n: max_rank(layer, int(o["r_max"])) for n, layer in ctx.layers.items()}
+        if o["branch"] == "stca":
+            stats = ComplexityStats(ctx.layers)
+            for layer in ctx.layers.values():
+                layer.mode = "fp"
+            try:
+                with stats, torch.no_grad():
+                    for x in ctx.batches():
+                        ctx.base(x)
+                        stats.end_batch()
+            finally:
+                for layer in ctx.layers.values():
+                    layer.mode = "quant"
+            ranks = allocate_ranks(stats.values, caps, int(o["r_min"]), int(o["r_max"]), o["low_pct"], o["high_pct"],
+                                   int(o["rank_step"]))
+        elif o["branch"] == "svd":
+            ranks = {n: min(int(o["fixed_rank"]), caps[n]) for n in ctx.layers}
+        else:
+            ranks = {}
+        self.add_branches(ctx, ranks)
+        cfg = FinetuneConfig(epochs=int(o["epochs"]), batch=int(o["batch"]), lr_decay=float(o["lr_decay"]), loss="mse")
+        stages = []
+        if o["branch"] == "stca":  # dual-branch refinement
+            stages.append(Stage("dual-branch", [p for l in ctx.layers.values() if l.rank
+                                                for p in (l.lowrank_up, l.lowrank_down)], float(o["lr"])))
+        if o["lba"]:
+            for layer in ctx.layers.values():
+                layer.add_bias_alignment()
+            stages.append(Stage("bias-alignment", [l.bias_align for l in ctx.layers.values()], float(o["lr"])))
+        if stages:
+            logs = run_stages(ctx, ctx.base, stages, cfg, None)
+            ctx.notes["stages"] = [log.to_dict() for log in logs]
+        for layer in ctx.layers.values():
+            layer.fold_bias_alignment()
+        _freeze_weight_ranges(ctx)
+        return None
+
+
+@register_method
+class QuaRot(_LowRankMethod):
+    name = "quarot"
+    description = "QuaRot: randomized Hadamard rotation + round-to-nearest, no branch, no training"
+    default_options = {"per_token": False}
+
+    def calibrate(self, ctx: CalibContext) -> InputController | None:
+        self.add_rotations(ctx)
+        _freeze_weight_ranges(ctx)
+        return None
+
+
+@register_method
+class SVDQuant(_LowRankMethod):
+    name = "svdquant"
+    description = "SVDQuant: SmoothQuant smoothing (alpha 0.5) + fixed rank-32 SVD branch, no refinement"
+    default_options = {"per_token": False, "rank": 32, "alpha": 0.5}
+
+    def calibrate(self, ctx: CalibContext) -> InputController | None:
+        absmax = self._input_absmax(ctx)
+        alpha = float(self.options["alpha"])
+        for name, layer in ctx.layers.items():
+            w = layer.weight.detach().movedim(layer.in_axis, 0).reshape(layer.in_channels, -1).abs().amax(dim=1)
+            scale = (absmax[name].clamp_min(1e-5) ** alpha) / (w.clamp_min(1e-5) ** (1 - alpha))
+            layer.add_smoothing(scale.clamp(1e-2, 1e2))
+        self.add_branches(ctx, {n: min(int(self.options["rank"]), max_rank(l, 64)) for n, l in ctx.layers.items()})
+        _freeze_weight_ranges(ctx)
+        return None
+
+    @staticmethod
+    def _input_absmax(ctx: CalibContext) -> dict[str, torch.Tensor]:
+        absmax: dict[str, torch.Tensor] = {}
+        hooks = []
+        for name, layer in ctx.layers.items():
+            def hook(module: QuantLayer, inputs: tuple, name: str = name) -> None:
+                x = inputs[0].detach().abs().movedim(module.act_axis, 0)
+                m = x.reshape(x.shape[0], -1).amax(dim=1)
+                absmax[name] = m if name not in absmax else torch.maximum(absmax[name], m)
+            hooks.append(layer.register_forward_pre_hook(hook))
+            layer.mode = "fp"
+        try:
+            run_model(ctx, ctx.base, "smooth")
+        finally:
+            for h in hooks:
+                h.remove()
+            for layer in ctx.layers.values():
+                layer.mode = "quant"
+        return absmax
+

@@ -1,0 +1,148 @@
+"""QuantVSR's layer and recipe, QuaRot and SVDQuant: rotation, SVD branch, rank rule, LBA, stages."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from tests.conftest import smooth_frames
+from tests.test_quant_layers import _loaded, _synthetic_calib
+from vsrq import checkpoint
+from vsrq.config import QuantConfig, QuantizerSpec
+from vsrq.methods.base import CalibContext
+from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
+from vsrq.methods.pipeline import quantize_model
+from vsrq.methods.quantvsr import allocate_ranks, max_rank, svd_lowrank_factors
+from vsrq.quant.layers import QuantLayer
+from vsrq.quant.rotation import PALEY_ORDERS, HadamardRotation, block_plan, fwht, hadamard_block
+
+QUIET = dict(log=lambda s: None, show_progress=False)
+SUPPORTED_SIZES = sorted({m * 2**k for m in (1,) + PALEY_ORDERS for k in range(0, 8) if m * 2**k <= 4096})
+
+
+def _sylvester(n: int) -> torch.Tensor:
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < n:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    return h / math.sqrt(n)
+
+
+def test_fwht_equals_dense_sylvester_hadamard():
+    x = torch.randn(3, 64, dtype=torch.float64)
+    torch.testing.assert_close(fwht(x), x @ _sylvester(64).T)
+
+
+@pytest.mark.parametrize("n", SUPPORTED_SIZES + [3, 67, 100, 130])
+def test_rotation_is_orthogonal_and_transpose_inverts_it(n: int):
+    rot = HadamardRotation(n, seed=n)
+    q = rot.matrix().double()
+    eye = torch.eye(n, dtype=torch.float64)
+    torch.testing.assert_close(q @ q.T, eye, atol=1e-5, rtol=0)
+    x = torch.randn(n, dtype=torch.float64)
+    torch.testing.assert_close(q.T @ (q @ x), x, atol=1e-5, rtol=0)
+    if hadamard_block(n) is not None:
+        assert block_plan(n) == [n]  # a single Hadamard block mixes every channel
+        assert torch.allclose(q.abs() * math.sqrt(n), torch.ones_like(q), atol=1e-4)  # +-1/sqrt(n) entries
+
+
+def test_rotation_leaves_the_float_product_unchanged():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(20, 6, 3, padding=1)
+    layer = QuantLayer(conv, QuantizerSpec(bits=8, symmetric=True, granularity="channel", dynamic=True),
+                       QuantizerSpec(bits=8, dynamic=True))
+    layer.add_rotation(seed=3)
+    layer.weight_quantizer.mode = layer.input_quantizer.mode = "off"
+    x = torch.randn(2, 20, 7, 7)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), conv(x), atol=1e-5, rtol=1e-5)
+
+
+def test_svd_branch_is_exact_at_full_rank():
+    torch.manual_seed(1)
+    w = torch.randn(12, 30)
+    up, down = svd_lowrank_factors(w, 12)
+    torch.testing.assert_close(up @ down, w, atol=1e-5, rtol=1e-5)
+    conv = nn.Conv2d(4, 8, 3, padding=1)
+    layer = QuantLayer(conv, QuantizerSpec(bits=2, symmetric=True, granularity="channel", dynamic=True),
+                       QuantizerSpec(bits=2, dynamic=True))
+    layer.add_lowrank(*svd_lowrank_factors(layer.weight_matrix(), 8))  # full rank: R = 0, nothing left to quantize
+    x = torch.randn(1, 4, 6, 6)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), conv(x), atol=1e-4, rtol=1e-4)
+
+
+def test_randomized_svd_path_matches_best_low_rank():
+    torch.manual_seed(2)
+    big = torch.randn(1100, 8) @ torch.randn(8, 1000) + 0.01 * torch.randn(1100, 1000)  # > 2^20 entries
+    up, down = svd_lowrank_factors(big, 8)
+    assert (big - up @ down).norm() / big.norm() < 0.02
+
+
+def test_rank_rule_on_crafted_statistics():
+    values = {
+        "hot": [(20.0, 20.0)] * 12,  # both above the 75th percentiles on every input: 16 + 12 = 28 -> 32
+        "cold": [(0.0, 0.0)] * 12,  # never above: stays at r_min
+        "mixed": [(0.0, 15.0)] * 12,  # spatially busy, temporally still: unchanged
+        "mid": [(5.0, 5.0)] * 12,
+    }
+    ranks = allocate_ranks(values, {k: 64 for k in values})
+    assert ranks == {"hot": 32, "cold": 16, "mixed": 16, "mid": 16}
+    capped = allocate_ranks(values, {"hot": 24, "cold": 64, "mixed": 64, "mid": 64})
+    assert capped["hot"] == 24
+
+
+def test_folding_lba_changes_no_output():
+    conv = nn.Conv2d(4, 5, 3, padding=1)
+    layer = QuantLayer(conv, QuantizerSpec(bits=4, symmetric=True, granularity="channel", dynamic=True),
+                       QuantizerSpec(bits=4, dynamic=True))
+    layer.add_bias_alignment()
+    layer.bias_align.data = torch.randn(5)
+    x = torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        before = layer(x)
+        layer.fold_bias_alignment()
+        torch.testing.assert_close(layer(x), before, atol=1e-6, rtol=1e-6)
+    assert layer.bias_align is None
+
+
+def test_each_quantvsr_stage_trains_only_its_own_parameters():
+    cfg = QuantConfig(method="quantvsr", wbits=4, abits=4, options={"branch": "svd", "lba": False})
+    loaded = _loaded(num_feat=32)
+    qm = quantize_model(loaded, cfg, _synthetic_calib(2, 3), **QUIET)
+    for layer in qm.layers().values():
+        layer.add_bias_alignment()
+    ctx = CalibContext(loaded.model, qm.base, qm.layers(), _synthetic_calib(2, 3), cfg, "basicvsr", **QUIET)
+    layers = [l for l in qm.layers().values()]
+    for stage in (Stage("dual-branch", [p for l in layers if l.rank for p in (l.lowrank_up, l.lowrank_down)], 1e-2),
+                  Stage("lba", [l.bias_align for l in layers], 1e-2)):
+        before = {k: v.clone() for k, v in qm.state_dict().items()}
+        run_stages(ctx, qm.base, [stage], FinetuneConfig(batch=2, loss="mse"), None)
+        own = {n for n, p in qm.named_parameters() if any(p is q for q in stage.params)}
+        changed = {k for k, v in qm.state_dict().items() if not torch.equal(before[k], v)}
+        assert changed and changed <= own, (stage.name, changed - own)
+
+
+@pytest.mark.parametrize("method, options", [("quantvsr", {"batch": 2, "epochs": 1}), ("quarot", {}), ("svdquant", {})])
+def test_methods_end_to_end_with_checkpoint(method: str, options: dict, tmp_path: Path):
+    cfg = QuantConfig(method=method, wbits=4, abits=4, options=options)
+    qm = quantize_model(_loaded(num_feat=32), cfg, _synthetic_calib(2, 3), **QUIET)
+    x = torch.from_numpy(smooth_frames(3, 64, 64, seed=5)).float().div(255).permute(0, 3, 1, 2)[None]
+    with torch.no_grad():
+        y = qm(x)
+        y_fp = _loaded(num_feat=32).model(x)
+    assert (y - y_fp).abs().mean() < 0.05
+    for layer in qm.layers().values():
+        assert not layer.weight_quantizer.spec.dynamic  # static per-channel weights in the result
+        assert layer.bias_align is None  # LBA folded
+    if method == "quarot":
+        assert all(l.rotation is not None and l.rank == 0 for l in qm.layers().values())
+    if method == "svdquant":
+        assert all(l.rank == min(32, max_rank(l, 64)) for l in qm.layers().values())  # fixed rank 32 where it fits
+        assert any(l.rank for l in qm.layers().values()) and all(l.smooth is not None for l in qm.layers().values())
+    loaded = checkpoint.load(checkpoint.save(qm, tmp_path / "m.vsrq"))
+    with torch.no_grad():
+        assert torch.equal(loaded(x), y)
