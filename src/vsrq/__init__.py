@@ -1,6 +1,6 @@
 """vsrq: low-bit post-training quantization for video super-resolution."""
 
-from vsrq.api import degrade_path, evaluate, load, quantize, save, upscale
+from vsrq.api import degrade_path, evaluate, export, load, quantize, save, upscale
 from vsrq.config import CalibConfig, LayerRule, QuantConfig, QuantizerSpec
 from vsrq.errors import VsrqError
 
@@ -14,6 +14,7 @@ __all__ = [
     "__version__",
     "degrade_path",
     "evaluate",
+    "export",
     "load",
     "quantize",
     "save",

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import tempfile
 from typing import Callable
 
 from torch import nn
 
 from vsrq import checkpoint
-from vsrq.config import QuantConfig
-from vsrq.data.clips import CalibrationSet
+from vsrq.config import CalibConfig, QuantConfig
+from vsrq.data.clips import CalibrationSet, load_calibration
 from vsrq.data.degrade import degrade, modcrop
 from vsrq.data.frames import atomic_output
 from vsrq.data.sources import Clip, discover_clips, open_sink
@@ -25,6 +26,9 @@ from vsrq.methods.pipeline import quantize_model
 from vsrq.models.registry import load_model
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.progress import progress
+from vsrq.errors import VsrqError
+from vsrq.runtime.onnx_export import calibrate_outputs, export_basicvsr
+from vsrq.runtime.ort import OrtBasicVSR, OrtFromModel
 from vsrq.runtime.upscale import StreamConfig, torch_runner, upscale_path
 
 
@@ -56,18 +60,55 @@ def save(model: QuantizedModel, path: str | Path, overwrite: bool = False) -> Pa
 
 
 def upscale(
-    model: nn.Module,
+    model: nn.Module | str | Path,
     source: str | Path,
     output: str | Path,
     chunk: int = 16,
     overlap: int = 8,
     overwrite: bool = False,
     show_progress: bool = True,
+    runtime: str = "torch",
 ) -> list[Clip]:
-    """Super-resolve a video, a frame folder or a folder of clips into PNG folders or an .mp4."""
-    return upscale_path(
-        torch_runner(model), Path(source), Path(output), StreamConfig(chunk, overlap), overwrite, show_progress
-    )
+    """Super-resolve a video, a frame folder or a folder of clips into PNG folders or an .mp4.
+
+    ``runtime="onnxruntime"`` runs integer graphs: ``model`` may be an exported ``.onnx``, or a model
+    / ``.vsrq`` that is exported on the fly for each LR size met.
+    """
+    if runtime not in ("torch", "onnxruntime"):
+        raise VsrqError(f"unknown runtime {runtime!r}; use torch or onnxruntime")
+    with tempfile.TemporaryDirectory(prefix="vsrq-ort-") as tmp:
+        if runtime == "torch":
+            runner = torch_runner(load(model) if isinstance(model, (str, Path)) else model)
+        elif isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
+            runner = OrtBasicVSR(model)
+        else:
+            net = load(model) if isinstance(model, (str, Path)) else model
+            runner = OrtFromModel(net, export_ranges(net), Path(tmp), getattr(net, "manifest", None))
+        return upscale_path(runner, Path(source), Path(output), StreamConfig(chunk, overlap), overwrite, show_progress)
+
+
+def export_ranges(model: nn.Module, calib: CalibrationSet | None = None) -> dict[str, tuple[float, float]] | None:
+    """Output ranges an integer graph needs, measured on the checkpoint's own calibration clips.
+
+    The clips are cut again from the manifest's calibration config and seed; their SHA-256 must
+    match the manifest's (pass ``calib`` to use other clips).
+    """
+    if not isinstance(model, QuantizedModel):
+        return None
+    if calib is None:
+        m = model.manifest
+        calib = load_calibration(CalibConfig.from_dict(m["config"]["calib"]), m["seed"])
+        if calib.sha256 != m["calibration"]["sha256"]:
+            raise VsrqError("the calibration clips cut now differ from the checkpoint's (sha256 mismatch); "
+                            "pass the calibration clips explicitly (--calib)")
+    return calibrate_outputs(model, calib.clips)
+
+
+def export(model: nn.Module | str | Path, path: str | Path, lr_size: tuple[int, int] = (180, 320),
+           calib: CalibrationSet | None = None) -> list[Path]:
+    """Write ONNX step graphs (QDQ int8 for a quantized model) for LR frames of ``lr_size`` (h, w)."""
+    net = load(model) if isinstance(model, (str, Path)) else model
+    return export_basicvsr(net, path, lr_size, export_ranges(net, calib), getattr(net, "manifest", None))
 
 
 def evaluate(pred: str | Path, gt: str | Path, y: bool = False, crop: int = 0, show_progress: bool = True) -> EvalReport:

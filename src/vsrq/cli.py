@@ -20,8 +20,8 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
-    model = api.load(args.model)
-    clips = api.upscale(model, args.input, args.output, args.chunk, args.overlap, args.overwrite)
+    clips = api.upscale(args.model, args.input, args.output, args.chunk, args.overlap, args.overwrite,
+                        runtime=args.runtime)
     print(f"wrote {len(clips)} clip(s) to {args.output}")
     return 0
 
@@ -56,13 +56,13 @@ def _parse_options(items: list[str]) -> dict:
 
 
 def _parse_rule(text: str) -> LayerRule:
-    """'glob:skip', 'glob:w4a6', 'glob:a8' -> LayerRule."""
+    """'glob:skip', 'glob:w4a6', 'glob:a8', 'glob:w8a32' (weight-only) -> LayerRule."""
     pattern, sep, setting = text.rpartition(":")
     if not sep or not pattern:
         raise VsrqError(f"--rule expects GLOB:skip or GLOB:wNaM, got {text!r}")
     if setting == "skip":
         return LayerRule(pattern, skip=True)
-    m = re.fullmatch(r"(?:w(\d))?(?:a(\d))?", setting)
+    m = re.fullmatch(r"(?:w(\d+))?(?:a(\d+))?", setting)
     if not m or not any(m.groups()):
         raise VsrqError(f"--rule setting must be skip, wN, aM or wNaM, got {setting!r}")
     return LayerRule(pattern, wbits=int(m.group(1)) if m.group(1) else None, abits=int(m.group(2)) if m.group(2) else None)
@@ -90,6 +90,28 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     cal = model.manifest["calibration"]
     print(f"calibrated in {cal['seconds']:.1f} s on {len(cal['clips'])} clips ({cal['description']})")
     print(f"wrote {output} ({output.stat().st_size / 1e6:.2f} MB)")
+    return 0
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    m = re.fullmatch(r"(\d+)x(\d+)", text)
+    if not m:
+        raise VsrqError(f"--size expects HxW (LR pixels), got {text!r}")
+    return int(m.group(1)), int(m.group(2))
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    calib = None
+    if args.calib:
+        from vsrq.data.clips import load_calibration
+
+        calib = load_calibration(CalibConfig(source=args.calib, clips=args.calib_clips, frames=args.calib_frames, crop=64))
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise VsrqError(f"{out} exists; pass --overwrite to replace it")
+    files = api.export(args.model, out, _parse_size(args.size), calib)
+    for f in files:
+        print(f"wrote {f} ({f.stat().st_size / 1e6:.2f} MB)")
     return 0
 
 
@@ -133,6 +155,27 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from vsrq.benchmark import Bench
+
+    calib = CalibConfig(args.calib, args.calib_clips, args.calib_frames, args.calib_crop, args.calib_degrade)
+    bench = Bench(args.name, args.model, args.dataset, args.degradation, not args.full, calib, args.seed)
+    if not args.no_fp:
+        row = bench.fp_row()
+        print(f"fp: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}", flush=True)
+    for scope in args.scopes.split(","):
+        for bits in (int(b) for b in args.bits.split(",")):
+            for method in args.methods.split(","):
+                config = QuantConfig(method=method, wbits=bits, abits=bits, scope=scope, calib=calib, seed=args.seed)
+                row, _ = bench.quantized_row(config)
+                print(f"{method} W{bits}A{bits} {scope.upper()}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  "
+                      f"FAB {row.fab:.2f}  calib {row.calib_s:.0f} s", flush=True)
+                bench.write(Path(args.output))
+    json_path, md_path = bench.write(Path(args.output))
+    print(Path(md_path).read_text())
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from vsrq.methods import METHODS
 
@@ -152,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=16, help="output frames per window (default 16)")
     p.add_argument("--overlap", type=int, default=8, help="context frames either side of a window (default 8)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
+                   help="torch (float or fake-quant simulation) or onnxruntime (integer kernels)")
     p.set_defaults(func=_cmd_upscale)
 
     p = sub.add_parser("eval", help="PSNR/SSIM of predictions against ground truth")
@@ -187,7 +232,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-degrade", choices=("bi", "bd"), help="make LR from HR calibration clips first")
     p.add_argument("--include", action="append", default=[], help="glob of module names to quantize (repeatable)")
     p.add_argument("--exclude", action="append", default=[], help="glob of module names to keep FP (repeatable)")
-    p.add_argument("--rule", action="append", default=[], help="per-layer override GLOB:skip | GLOB:wNaM")
+    p.add_argument("--rule", action="append", default=[], help="per-layer override GLOB:skip | GLOB:wNaM (32 = float, e.g. spynet*:w8a32)")
     p.add_argument("--quantize-spynet", action="store_true", help="quantize the optical-flow network too")
     p.add_argument("--option", action="append", default=[], help="method option key=value (repeatable)")
     p.add_argument("--seed", type=int, default=0)
@@ -209,9 +254,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
+    p = sub.add_parser("export", help="export to ONNX (int8 QDQ step graphs for onnxruntime)")
+    p.add_argument("model", help=".vsrq checkpoint (or a model name / .pth for a float graph)")
+    p.add_argument("-o", "--output", required=True, help="target .onnx (a .backward.onnx is written beside it)")
+    p.add_argument("--size", default="180x320", help="LR frame size HxW the graphs are built for (default 180x320)")
+    p.add_argument("--calib", help="LR clips to measure output ranges on (default: the checkpoint's own clips)")
+    p.add_argument("--calib-clips", type=int, default=8)
+    p.add_argument("--calib-frames", type=int, default=8)
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_export)
+
     p = sub.add_parser("info", help="show a .vsrq checkpoint's manifest")
     p.add_argument("checkpoint")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("benchmark", help="methods x bit-widths x scopes on a dataset: paper-style table")
+    p.add_argument("--model", default="basicvsr-vimeo-bi")
+    p.add_argument("--methods", default="minmax,omse", help="comma-separated (see `vsrq methods`)")
+    p.add_argument("--bits", default="8,6,4", help="comma-separated W=A bit-widths")
+    p.add_argument("--scopes", default="fq", help="comma-separated: fq, pq")
+    p.add_argument("--dataset", default="vid4")
+    p.add_argument("--degradation", choices=("bi", "bd"), default="bi")
+    p.add_argument("--full", action="store_true", help="every frame (default: first 10 frames of each clip)")
+    p.add_argument("--no-fp", action="store_true", help="skip the full-precision row")
+    p.add_argument("--calib", default="default")
+    p.add_argument("--calib-clips", type=int, default=12)
+    p.add_argument("--calib-frames", type=int, default=8)
+    p.add_argument("--calib-crop", type=int, default=64)
+    p.add_argument("--calib-degrade", choices=("bi", "bd"))
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--name", default="benchmark", help="results file stem")
+    p.add_argument("-o", "--output", default="out/benchmark", help="folder for <name>.json and <name>.md")
+    p.set_defaults(func=_cmd_benchmark)
 
     p = sub.add_parser("methods", help="list quantization methods")
     p.set_defaults(func=_cmd_methods)

@@ -17,6 +17,7 @@ from vsrq.errors import VsrqError
 GRANULARITIES = ("tensor", "channel", "token", "group")
 OBSERVERS = ("minmax", "ema", "percentile", "omse", "ema_omse", "dbdc")
 MIN_BITS, MAX_BITS = 2, 8
+FP_BITS = 32  # in a LayerRule: keep this tensor in floating point (e.g. weight-only quantization with abits=32)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ class LayerRule:
     wbits: int | None = None
     abits: int | None = None
     skip: bool = False
+
+    def __post_init__(self) -> None:
+        for name, bits in (("wbits", self.wbits), ("abits", self.abits)):
+            if bits is not None and bits != FP_BITS and not MIN_BITS <= bits <= MAX_BITS:
+                raise VsrqError(f"rule {self.pattern}: {name}={bits} must be {MIN_BITS}..{MAX_BITS} or {FP_BITS} (float)")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

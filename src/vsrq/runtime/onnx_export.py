@@ -1,0 +1,277 @@
+"""Export a (quantized) BasicVSR to ONNX graphs that onnxruntime executes with integer kernels.
+
+The recurrence is driven from Python with two per-time-step graphs (chosen over an unrolled graph,
+whose size and memory grow with the number of frames and which fixes the clip length):
+
+- ``<name>.backward.onnx``: (x_t, x_t+1, h_t+1) -> h_t, SPyNet flow, warp, backward trunk;
+- ``<name>.onnx``: (x_t, x_t-1, g_t-1, h_t) -> (g_t, y_t), SPyNet flow, warp, forward trunk, upsampler.
+
+SPyNet and the warp (GridSample) stay float. Every quantized conv becomes the QDQ pattern
+onnxruntime fuses into ``QLinearConv``: ``DequantizeLinear(int8 weights, per-channel scales)``
+and ``QuantizeLinear -> DequantizeLinear`` on its input with the calibrated uint8 scale and
+zero-point (written in; nothing is recalibrated in the runtime). onnxruntime runs a conv in
+integers only when its output is quantized too: where a conv's output feeds a ReLU and then the
+next quantized conv, that conv's input quantizer serves (bit-exact with the simulation); elsewhere
+(before an Add, a LeakyReLU, a pixel shuffle) an 8-bit output quantizer is added, its range
+measured by vsrq on the calibration clips of the checkpoint's manifest. These output roundings and
+int32 accumulation are the only differences from the PyTorch simulation.
+
+Weights below 8 bits keep their grid: 4-bit codes are exact in int8. Activations below 8 bits run
+on uint8 with their own scale but are not clipped to 2^b levels (int8 kernels have no b-bit mode),
+so only W8A8 matches the simulation to the stated tolerance; int4 kernels (GPU: TensorRT, CUTLASS)
+would add real 4-bit activation execution and halve weight traffic again.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from vsrq.errors import VsrqError
+from vsrq.models.basicvsr import BasicVSR
+from vsrq.models.spynet import flow_warp
+from vsrq.quant.layers import QuantLayer
+from vsrq.quant.qmodel import QuantizedModel
+from vsrq.quant.swap import quant_layers
+
+OPSET = 17
+IR_VERSION = 9  # onnx >= 1.23 writes IR 14 by default, which onnxruntime 1.31 refuses
+
+
+class BackwardStep(nn.Module):
+    def __init__(self, base: BasicVSR) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, x_t: torch.Tensor, x_next: torch.Tensor, h_next: torch.Tensor) -> torch.Tensor:
+        flow = self.base.spynet(x_t, x_next)
+        warped = flow_warp(h_next, flow.permute(0, 2, 3, 1))
+        return self.base.backward_trunk(torch.cat((x_t, warped), dim=1))
+
+
+class ForwardStep(nn.Module):
+    def __init__(self, base: BasicVSR) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, x_t, x_prev, g_prev, h_t=None):  # type: ignore[no-untyped-def]
+        flow = self.base.spynet(x_t, x_prev)
+        warped = flow_warp(g_prev, flow.permute(0, 2, 3, 1))
+        g = self.base.forward_trunk(torch.cat((x_t, warped), dim=1))
+        return g, self.base.reconstruct(x_t, g, h_t)
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    """What the graph needs of one quantized conv."""
+
+    weight_codes: np.ndarray  # int8, (out, in, kh, kw)
+    weight_scale: np.ndarray  # float32 per output channel
+    input_scale: float
+    input_zero_point: int
+
+
+def check_exportable(model: nn.Module) -> None:
+    base = model.base if isinstance(model, QuantizedModel) else model
+    if not isinstance(base, BasicVSR):
+        raise VsrqError(f"ONNX export supports BasicVSR, not {type(base).__name__}")
+    for name, layer in quant_layers(base).items():
+        problems = []
+        if layer.kind != "conv2d":
+            problems.append(layer.kind)
+        if layer.rank or layer.rotation is not None or layer.smooth is not None:
+            problems.append("low-rank branch / rotation / smoothing")
+        wq, aq = layer.weight_quantizer, layer.input_quantizer
+        if wq is None:
+            problems.append("activation-only quantization")
+        elif not (wq.spec.symmetric and wq.spec.granularity == "channel" and not wq.spec.dynamic):
+            problems.append("weights not symmetric per-channel static")
+        if aq is not None and (aq.spec.symmetric or aq.spec.granularity != "tensor" or aq.spec.dynamic):
+            problems.append("activations not asymmetric per-tensor static")
+        if problems:
+            raise VsrqError(f"layer {name} cannot run on integer kernels ({', '.join(problems)}); "
+                            "export supports uniform per-channel weights and static per-tensor activations")
+
+
+def _layer_quant(layer: QuantLayer) -> LayerQuant:
+    codes, scale, _ = layer.weight_codes()
+    aq = layer.input_quantizer
+    s, z = aq.scale_and_zero_point()
+    return LayerQuant(codes.numpy().astype(np.int8), scale.numpy().astype(np.float32), float(s), int(z))
+
+
+def float_copy(model: nn.Module) -> tuple[BasicVSR, dict[str, LayerQuant]]:
+    """A plain BasicVSR whose quantized convs hold the dequantized (simulated) weights, and the
+    quantization of the layers that run on integer kernels (weights and inputs quantized)."""
+    base = model.base if isinstance(model, QuantizedModel) else model
+    plain = copy.deepcopy(base)
+    quant: dict[str, LayerQuant] = {}
+    for name, layer in quant_layers(plain).items():
+        with torch.no_grad():
+            w = layer.quantized_weight().clone()
+        conv = nn.Conv2d(layer.in_channels, layer.out_channels, tuple(w.shape[2:]), **layer.geometry,
+                         bias=layer.bias is not None)
+        conv.weight.data = w
+        if layer.bias is not None:
+            conv.bias.data = layer.bias.detach().clone()
+        parent_name, _, child = name.rpartition(".")
+        setattr(plain.get_submodule(parent_name) if parent_name else plain, child, conv)
+        if layer.input_quantizer is not None:  # weight-only layers run as float convs on their dequantized weights
+            quant[name] = _layer_quant(layer)
+    return plain.eval(), quant
+
+
+def calibrate_outputs(model: QuantizedModel, clips: list[torch.Tensor]) -> dict[str, tuple[float, float]]:
+    """Min/max of every quantized conv's output on the calibration clips (simulated model)."""
+    ranges: dict[str, tuple[float, float]] = {}
+    hooks = []
+    for name, layer in model.layers().items():
+        def hook(_m, _i, out, name=name):
+            lo, hi = float(out.min()), float(out.max())
+            old = ranges.get(name, (lo, hi))
+            ranges[name] = (min(old[0], lo), max(old[1], hi))
+        hooks.append(layer.register_forward_hook(hook))
+    try:
+        with torch.inference_mode():
+            for clip in clips:
+                model(clip[None])
+    finally:
+        for h in hooks:
+            h.remove()
+    return ranges
+
+
+def _trace(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str]):
+    import onnx
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, args, buf, opset_version=OPSET, dynamo=False, input_names=input_names,
+                          output_names=output_names, do_constant_folding=True)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def _uint8_qparams(lo: float, hi: float) -> tuple[float, int]:
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    scale = max((hi - lo) / 255.0, 1e-8)
+    return scale, int(np.clip(round(-lo / scale), 0, 255))
+
+
+def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, tuple[float, float]], prefix: str):
+    """Rewrite the float graph: quantized convs get int8 weights, input QDQ and, where needed, output QDQ."""
+    from onnx import helper, numpy_helper
+
+    g = graph_model.graph
+    inits = {i.name: i for i in g.initializer}
+    consumers: dict[str, list] = {}
+    for node in g.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    conv_layer = {}
+    for node in g.node:
+        if node.op_type == "Conv" and node.input[1].startswith(prefix):
+            name = node.input[1][len(prefix):].rsplit(".weight", 1)[0]
+            if name in quant:
+                conv_layer[node.name] = name
+
+    new_nodes = []
+    extra_inits = []
+
+    def const(name: str, value: np.ndarray) -> str:
+        extra_inits.append(numpy_helper.from_array(value, name))
+        return name
+
+    def qdq(tensor: str, tag: str, scale: float, zp: int) -> str:
+        s = const(f"{tag}.scale", np.array(scale, dtype=np.float32))
+        z = const(f"{tag}.zero_point", np.array(zp, dtype=np.uint8))
+        new_nodes.append(helper.make_node("QuantizeLinear", [tensor, s, z], [f"{tag}.q"], name=f"{tag}/Quantize"))
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{tag}.q", s, z], [f"{tag}.dq"], name=f"{tag}/Dequantize"))
+        return f"{tag}.dq"
+
+    for node in list(g.node):
+        layer = conv_layer.get(node.name)
+        if layer is None:
+            new_nodes.append(node)
+            continue
+        lq = quant[layer]
+        x_dq = qdq(node.input[0], f"{layer}.input", lq.input_scale, lq.input_zero_point)
+        w_q = const(f"{layer}.weight_int8", lq.weight_codes)
+        w_s = const(f"{layer}.weight_scale", lq.weight_scale)
+        w_z = const(f"{layer}.weight_zero_point", np.zeros(len(lq.weight_scale), dtype=np.int8))
+        new_nodes.append(helper.make_node("DequantizeLinear", [w_q, w_s, w_z], [f"{layer}.weight_dq"], axis=0,
+                                          name=f"{layer}/DequantizeWeight"))
+        node.input[0], node.input[1] = x_dq, f"{layer}.weight_dq"
+        inits.pop(prefix + layer + ".weight", None)
+        new_nodes.append(node)
+        users = consumers.get(node.output[0], [])
+        relu_to_qconv = (len(users) == 1 and users[0].op_type == "Relu"
+                         and all(conv_layer.get(c.name) for c in consumers.get(users[0].output[0], [])))
+        if not relu_to_qconv:
+            lo, hi = out_ranges[layer]
+            scale, zp = _uint8_qparams(lo, hi)
+            out = node.output[0]
+            node.output[0] = f"{layer}.out_float"
+            s = const(f"{layer}.output.scale", np.array(scale, dtype=np.float32))
+            z = const(f"{layer}.output.zero_point", np.array(zp, dtype=np.uint8))
+            new_nodes.append(helper.make_node("QuantizeLinear", [node.output[0], s, z], [f"{layer}.output.q"]))
+            new_nodes.append(helper.make_node("DequantizeLinear", [f"{layer}.output.q", s, z], [out]))
+    del g.node[:]
+    g.node.extend(new_nodes)
+    del g.initializer[:]
+    g.initializer.extend(list(inits.values()) + extra_inits)
+    return graph_model, set(conv_layer.values())
+
+
+def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int],
+                    out_ranges: dict[str, tuple[float, float]] | None = None, manifest: dict | None = None) -> list[Path]:
+    """Write the step graphs for LR frames of ``lr_size`` (h, w); float graphs for an unquantized model."""
+    import onnx
+
+    check_exportable(model)
+    plain, quant = float_copy(model)
+    if quant and out_ranges is None:
+        raise VsrqError("a quantized export needs output ranges (calibrate_outputs)")
+    h, w = lr_size
+    if h < 64 or w < 64:
+        raise VsrqError(f"LR size {w}x{h} is below BasicVSR's 64x64 minimum")
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise VsrqError(f"{path}: the export target must end in .onnx")
+    c = plain.num_feat
+    x = torch.zeros(1, 3, h, w)
+    feat = torch.zeros(1, c, h, w)
+    written = []
+    handled: set[str] = set()
+    graphs = [("forward", ForwardStep(plain), (x, x, feat, feat) if plain.bidirectional else (x, x, feat),
+               ["x_t", "x_prev", "g_prev", "h_t"] if plain.bidirectional else ["x_t", "x_prev", "g_prev"], ["g_t", "y_t"], path)]
+    if plain.bidirectional:
+        graphs.append(("backward", BackwardStep(plain), (x, x, feat), ["x_t", "x_next", "h_next"], ["h_t"],
+                       path.with_name(path.stem + ".backward.onnx")))
+    for role, module, args, ins, outs, target in graphs:
+        graph = _trace(module.eval(), args, ins, outs)
+        if quant:
+            graph, layers = insert_qdq(graph, quant, out_ranges or {}, "base.")
+            handled |= layers
+        graph.ir_version = IR_VERSION
+        meta = {"vsrq_role": role, "vsrq_lr_size": json.dumps([h, w]), "vsrq_num_feat": str(c),
+                "vsrq_bidirectional": str(plain.bidirectional), "vsrq_quantized": str(bool(quant))}
+        if manifest is not None:
+            meta["vsrq_manifest"] = json.dumps(manifest)
+        for k, v in meta.items():
+            graph.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+        onnx.checker.check_model(graph)
+        onnx.save(graph, str(target))
+        written.append(target)
+    missing = set(quant) - handled
+    if missing:
+        raise VsrqError(f"export lost track of quantized layers: {', '.join(sorted(missing)[:3])}")
+    return written
