@@ -5,7 +5,8 @@ LR 180x320 (frames cut from bigbuckbunny.mp4) and 144x180 (Vid4 calendar):
 torch-fp32, torch-bf16 (autocast), ort-fp32 (float ONNX), ort-w8a8 (int8 QDQ ONNX of the OMSE
 W8A8 checkpoint). Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend, plus the
 PyTorch simulation of the same W8A8 checkpoint. Sizes: the FP32 .pth and the .vsrq checkpoints
-at W8A8, W6A6, W4A4 (SPyNet weights stored at 8 bits, its activations float).
+at W8A8, W6A6, W4A4 (SPyNet weights stored at 8 bits, its activations float). One more row times
+the design not taken: the whole recurrence unrolled into one float graph for exactly 8 frames.
 
     python bench/deploy.py
 """
@@ -76,11 +77,40 @@ def runner_for(backend: str, size: tuple[int, int], art: dict[str, Path]):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 return model(x).float()
         return run
+    if backend == "ort-fp32-unrolled":
+        return unrolled_runner(size)
     path = CACHE / f"{backend}_{size[0]}x{size[1]}.onnx"
     if not path.exists():
         api.export("basicvsr-vimeo-bi" if backend == "ort-fp32" else art["w8"], path, size)
     ort = OrtBasicVSR(path, threads=torch.get_num_threads())
     return lambda x: ort(x, range(x.shape[1]))
+
+
+def unrolled_runner(size: tuple[int, int]):
+    """The alternative design: the whole recurrence traced into one graph for exactly FRAMES frames."""
+    import onnx
+    import onnxruntime
+
+    from vsrq import api
+    from vsrq.runtime.onnx_export import IR_VERSION, OPSET
+
+    path = CACHE / f"unrolled_{size[0]}x{size[1]}_t{FRAMES}.onnx"
+    if not path.exists():
+        model = api.load("basicvsr-vimeo-bi")
+        torch.onnx.export(model, (torch.zeros(1, FRAMES, 3, *size),), str(path), opset_version=OPSET, dynamo=False)
+        graph = onnx.load(str(path))
+        graph.ir_version = IR_VERSION
+        onnx.save(graph, str(path))
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = torch.get_num_threads()
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != FRAMES:  # an unrolled graph takes exactly the traced number of frames
+            x = torch.cat([x, x[:, -1:].expand(-1, FRAMES - x.shape[1], -1, -1, -1)], dim=1)
+        return torch.from_numpy(session.run(None, {name: x.numpy()})[0])
+    return run
 
 
 def worker(backend: str, size: str) -> None:
@@ -136,13 +166,13 @@ def main() -> int:
     backends = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-w8a8")
     psnr = {b: quality(b, art) for b in backends + ("sim-w8a8",)}
     for size in SIZES:
-        for backend in backends:
+        for backend in backends + (("ort-fp32-unrolled",) if size == "144x180" else ()):
             out = subprocess.run([sys.executable, __file__, "--worker", backend, size], capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"{backend} {size} failed:\n{out.stderr[-2000:]}")
             timing = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append({"backend": backend, "lr_size": size, **timing,
-                         "psnr_y": psnr[backend] if size == "144x180" else None})
+                         "psnr_y": psnr.get(backend) if size == "144x180" else None})
             print(backend, size, timing, flush=True)
     rows.append({"backend": "sim-w8a8", "lr_size": "144x180", "ms_per_frame": None, "peak_rss_mb": None,
                  "psnr_y": psnr["sim-w8a8"], "notes": "PyTorch fake-quant simulation of the same checkpoint"})
