@@ -97,6 +97,48 @@ def get_method(name: str) -> type[Method]:
 # --- shared calibration passes ------------------------------------------------------------------
 
 
+class InputStatistics:
+    """Base of per-layer input statistics gathered during a float pass (TS-LBA, STCA).
+
+    Used as a context manager around the pass: every layer's input goes to :meth:`record`;
+    :meth:`end_batch` closes one batch of clips (their frames arrive one call per time step).
+    """
+
+    def __init__(self, layers: dict[str, QuantLayer]) -> None:
+        self.layers = layers
+        self._hooks: list = []
+
+    def __enter__(self) -> "InputStatistics":
+        for name, layer in self.layers.items():
+            self._hooks.append(layer.register_forward_pre_hook(
+                lambda _m, inputs, name=name: self.record(name, inputs[0].detach().double())))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+
+    def record(self, name: str, x: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def end_batch(self) -> None:
+        raise NotImplementedError
+
+    def run(self, ctx: "CalibContext") -> None:
+        """One float pass of ``ctx.base`` over the calibration clips, batch by batch."""
+        for layer in ctx.layers.values():
+            layer.mode = "fp"
+        try:
+            with self, torch.no_grad():
+                for x in ctx.batches():
+                    ctx.base(x)
+                    self.end_batch()
+        finally:
+            for layer in ctx.layers.values():
+                layer.mode = "quant"
+
+
 def run_model(ctx: CalibContext, model: nn.Module, desc: str, batch_size: int = 4) -> None:
     """One no-grad pass of ``model`` over the calibration clips."""
     batches = list(ctx.batches(batch_size))

@@ -32,7 +32,14 @@ from torch import nn
 
 from vsrq.config import MIN_BITS, QuantizerSpec
 from vsrq.errors import VsrqError
-from vsrq.methods.base import CalibContext, Method, init_weight_ranges, observe_activations, register_method
+from vsrq.methods.base import (
+    CalibContext,
+    InputStatistics,
+    Method,
+    init_weight_ranges,
+    observe_activations,
+    register_method,
+)
 from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
 from vsrq.models.registry import FEATURE_BLOCKS
 from vsrq.progress import progress
@@ -157,7 +164,7 @@ class VideoBitController(InputController):
 # --- TS-LBA: per-layer temporal/spatial sensitivity ------------------------------------------------
 
 
-class LayerSensitivity:
+class LayerSensitivity(InputStatistics):
     """Accumulates s_space and s_temp of each layer's input over calibration batches (Eqs. 10-11).
 
     s_temp needs the std over frames of every element: a running mean and sum of squares per
@@ -165,34 +172,21 @@ class LayerSensitivity:
     """
 
     def __init__(self, layers: dict[str, QuantLayer]) -> None:
-        self.layers = layers
+        super().__init__(layers)
         self.space: dict[str, list[float]] = {n: [] for n in layers}
         self.temp: dict[str, list[float]] = {n: [] for n in layers}
         self._run: dict[str, list] = {}
-        self._hooks = []
 
-    def __enter__(self) -> "LayerSensitivity":
-        for name, layer in self.layers.items():
-            self._hooks.append(layer.register_forward_pre_hook(self._make_hook(name)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._hooks:
-            h.remove()
-
-    def _make_hook(self, name: str):
-        def hook(_module: nn.Module, inputs: tuple) -> None:
-            x = inputs[0].detach().double()
-            self.space[name].append(float(x.std(dim=1).mean()))
-            run = self._run.get(name)
-            if run is None:
-                self._run[name] = [1, x.clone(), torch.zeros_like(x)]
-            else:
-                run[0] += 1
-                delta = x - run[1]
-                run[1] += delta / run[0]
-                run[2] += delta * (x - run[1])
-        return hook
+    def record(self, name: str, x: torch.Tensor) -> None:
+        self.space[name].append(float(x.std(dim=1).mean()))
+        run = self._run.get(name)
+        if run is None:
+            self._run[name] = [1, x.clone(), torch.zeros_like(x)]
+        else:
+            run[0] += 1
+            delta = x - run[1]
+            run[1] += delta / run[0]
+            run[2] += delta * (x - run[1])
 
     def end_batch(self) -> None:
         for name, (count, _mean, m2) in self._run.items():

@@ -33,11 +33,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from vsrq.config import QuantizerSpec
 from vsrq.errors import VsrqError
-from vsrq.methods.base import CalibContext, Method, register_method, run_model
+from vsrq.methods.base import CalibContext, InputStatistics, Method, register_method, run_model
 from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.qmodel import InputController
@@ -65,35 +64,23 @@ def max_rank(layer: QuantLayer, r_max: int) -> int:
     return min(r_max, (min(m, n) // 2) // 8 * 8)
 
 
-class ComplexityStats:
+class ComplexityStats(InputStatistics):
     """Per layer and per calibration input (each clip in a batch): C_t (Eq. 4) and C_s (Eq. 5)."""
 
     def __init__(self, layers: dict[str, QuantLayer]) -> None:
-        self.layers = layers
+        super().__init__(layers)
         self.values: dict[str, list[tuple[float, float]]] = {n: [] for n in layers}
         self._run: dict[str, list] = {}
-        self._hooks: list = []
 
-    def __enter__(self) -> "ComplexityStats":
-        for name, layer in self.layers.items():
-            self._hooks.append(layer.register_forward_pre_hook(self._make_hook(name)))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        for h in self._hooks:
-            h.remove()
-
-    def _make_hook(self, name: str):
-        def hook(_module: nn.Module, inputs: tuple) -> None:
-            x = inputs[0].detach().double()  # (B, C, H, W): one frame of every clip in the batch
-            spatial = x.flatten(2).std(dim=2).mean(dim=1)  # per clip: mean over channels of the spatial std
-            run = self._run.get(name)
-            if run is None:
-                self._run[name] = [x, torch.zeros(x.shape[0], dtype=torch.float64), spatial.clone(), 1]
-            else:
-                diff = (x - run[0]).pow(2).flatten(1).mean(dim=1)  # ||X_t+1 - X_t||^2 / CHW per clip
-                run[0], run[1], run[2], run[3] = x, run[1] + diff, run[2] + spatial, run[3] + 1
-        return hook
+    def record(self, name: str, x: torch.Tensor) -> None:
+        # x (B, C, H, W): one frame of every clip in the batch
+        spatial = x.flatten(2).std(dim=2).mean(dim=1)  # per clip: mean over channels of the spatial std
+        run = self._run.get(name)
+        if run is None:
+            self._run[name] = [x, torch.zeros(x.shape[0], dtype=torch.float64), spatial.clone(), 1]
+        else:
+            diff = (x - run[0]).pow(2).flatten(1).mean(dim=1)  # ||X_t+1 - X_t||^2 / CHW per clip
+            run[0], run[1], run[2], run[3] = x, run[1] + diff, run[2] + spatial, run[3] + 1
 
     def end_batch(self) -> None:
         for name, (_, diff_sum, spatial_sum, count) in self._run.items():
@@ -180,16 +167,7 @@ class QuantVSR(_LowRankMethod):
         caps = {n: max_rank(layer, int(o["r_max"])) for n, layer in ctx.layers.items()}
         if o["branch"] == "stca":
             stats = ComplexityStats(ctx.layers)
-            for layer in ctx.layers.values():
-                layer.mode = "fp"
-            try:
-                with stats, torch.no_grad():
-                    for x in ctx.batches():
-                        ctx.base(x)
-                        stats.end_batch()
-            finally:
-                for layer in ctx.layers.values():
-                    layer.mode = "quant"
+            stats.run(ctx)
             ranks = allocate_ranks(stats.values, caps, int(o["r_min"]), int(o["r_max"]), o["low_pct"], o["high_pct"],
                                    int(o["rank_step"]))
         elif o["branch"] == "svd":

@@ -133,16 +133,18 @@ class MinMaxObserver(Observer):
             return -bound, bound
         return self.lo.clone(), self.hi.clone()
 
-
-class EMAMinMaxObserver(MinMaxObserver):
-    def _update(self, rows: torch.Tensor) -> None:
-        lo, hi = rows.amin(dim=1), rows.amax(dim=1)
-        if self.lo is None:
+    def _ema(self, lo: torch.Tensor, hi: torch.Tensor, prev: tuple[torch.Tensor | None, torch.Tensor | None]) -> None:
+        """Set the range to the EMA of ``prev`` and this update's (lo, hi); the first update sets it."""
+        if prev[0] is None:
             self.lo, self.hi = lo, hi
         else:
             d = self.spec.ema_decay
-            self.lo = d * self.lo + (1 - d) * lo
-            self.hi = d * self.hi + (1 - d) * hi
+            self.lo, self.hi = d * prev[0] + (1 - d) * lo, d * prev[1] + (1 - d) * hi
+
+
+class EMAMinMaxObserver(MinMaxObserver):
+    def _update(self, rows: torch.Tensor) -> None:
+        self._ema(rows.amin(dim=1), rows.amax(dim=1), (self.lo, self.hi))
 
 
 class PercentileObserver(MinMaxObserver):
@@ -204,25 +206,16 @@ class EMAOMSEObserver(OMSEObserver):
     """OMSE whose search starts from EMA min/max (QBasicVSR: EMA init, OMSE refresh at the final bits)."""
 
     def _update(self, rows: torch.Tensor) -> None:
-        lo, hi = self.lo, self.hi
-        super()._update(rows)
-        if lo is not None:
-            d = self.spec.ema_decay
-            self.lo = d * lo + (1 - d) * rows.amin(dim=1)
-            self.hi = d * hi + (1 - d) * rows.amax(dim=1)
+        prev = (self.lo, self.hi)
+        super()._update(rows)  # keeps the value sample (and overwrites lo/hi with min/max)
+        self._ema(rows.amin(dim=1), rows.amax(dim=1), prev)
 
 
 class DBDCObserver(MinMaxObserver):
     """Per-update density-based dual clipping, aggregated with an EMA over updates (frames)."""
 
     def _update(self, rows: torch.Tensor) -> None:
-        lo, hi = dbdc_bounds(rows, self.spec.dbdc_tail)
-        if self.lo is None:
-            self.lo, self.hi = lo, hi
-        else:
-            d = self.spec.ema_decay
-            self.lo = d * self.lo + (1 - d) * lo
-            self.hi = d * self.hi + (1 - d) * hi
+        self._ema(*dbdc_bounds(rows, self.spec.dbdc_tail), (self.lo, self.hi))
 
 
 def _gen(seed: int) -> torch.Generator:
