@@ -22,6 +22,7 @@ def parse_args(description: str) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_true", help="first 10 frames of each clip (default)")
     mode.add_argument("--full", action="store_true", help="every frame of every clip")
     parser.add_argument("--only", nargs="*", default=None, help="run only rows whose label contains one of these")
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in the results file and skip them")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     args = parser.parse_args()
     if args.threads:

@@ -28,14 +28,16 @@ SCOPES = ("fq", "pq")
 def main() -> int:
     args = parse_args(__doc__)
     bench = Bench("ptq_vid4", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, BENCH_CALIB)
-    if wanted(args, "fp"):
+    if args.resume:
+        bench.resume(RESULTS)
+    if wanted(args, "fp") and not bench.has("fp", 32, 32, None):
         bench.fp_row()
         bench.write(RESULTS)
     for scope in SCOPES:
         for bits in BITS:
             for method in METHODS:
                 label = f"{method}-w{bits}a{bits}-{scope}"
-                if not wanted(args, label):
+                if not wanted(args, label) or bench.has(method, bits, bits, scope):
                     continue
                 row, _ = bench.quantized_row(QuantConfig(method=method, wbits=bits, abits=bits, scope=scope, calib=BENCH_CALIB))
                 print(f"{label}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  calib {row.calib_s:.0f} s", flush=True)

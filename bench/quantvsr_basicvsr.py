@@ -33,7 +33,9 @@ ABLATIONS = (  # (notes, options) at W4A4; STCA + LBA is the quantvsr row itself
 def main() -> int:
     args = parse_args(__doc__)
     bench = Bench("quantvsr_basicvsr", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, BENCH_CALIB)
-    if wanted(args, "fp"):
+    if args.resume:
+        bench.resume(RESULTS)
+    if wanted(args, "fp") and not bench.has("fp", 32, 32, None):
         bench.fp_row()
     plan = []
     for bits in (4, 6):
@@ -42,7 +44,7 @@ def main() -> int:
             plan += [(f"quantvsr-{n}", "quantvsr", 4, o, n) for n, o in ABLATIONS]
         plan += [(f"quarot-w{bits}", "quarot", bits, {}, ""), (f"svdquant-w{bits}", "svdquant", bits, {}, "")]
     for label, method, bits, options, notes in plan:
-        if not wanted(args, label):
+        if not wanted(args, label) or bench.has(method, bits, bits, "fq", notes):
             continue
         config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", calib=BENCH_CALIB, options=options)
         row, qm = bench.quantized_row(config, method, notes)
@@ -50,6 +52,7 @@ def main() -> int:
         print(f"{label}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  rank {row.extra['average_rank']:.1f}  "
               f"calib {row.calib_s:.0f} s", flush=True)
         bench.write(RESULTS)
+    bench.rows = [r for r in bench.rows if not r.notes.startswith("from qbasicvsr_vid4.json")]
     qb = RESULTS / "qbasicvsr_vid4.json"
     if qb.exists():
         for r in json.loads(qb.read_text()):

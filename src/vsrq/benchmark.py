@@ -12,7 +12,7 @@ import datetime
 import json
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -186,6 +186,22 @@ class Bench:
     def write(self, results_dir: Path) -> tuple[Path, Path]:
         return write_results(self.rows, self.name, results_dir)
 
+    def resume(self, results_dir: Path) -> None:
+        """Keep the rows of an earlier run in the same frames mode, so an interrupted sweep goes on where it stopped."""
+        path = results_dir / f"{self.name}.json"
+        if not path.is_file():
+            return
+        names = {f.name for f in fields(Row)} - {"extra"}
+        for d in json.loads(path.read_text()):
+            if d.get("frames") == self.frames and d.get("dataset") == self.dataset:
+                self.rows.append(Row(**{k: d[k] for k in names if k in d},
+                                     extra={k: v for k, v in d.items() if k not in names}))
+
+    def has(self, method: str, wbits: int, abits: int, scope: str | None, notes: str = "") -> bool:
+        """Whether a row with these settings is already recorded (see :meth:`resume`)."""
+        return any((r.method, r.wbits, r.abits, r.scope, r.notes) == (method, wbits, abits, scope, notes)
+                   for r in self.rows)
+
 
 def write_results(rows: list[Row], name: str, results_dir: Path) -> tuple[Path, Path]:
     """``<name>.json`` (list of rows) and ``<name>.md`` (a table) under ``results_dir``."""
@@ -200,15 +216,18 @@ def write_results(rows: list[Row], name: str, results_dir: Path) -> tuple[Path, 
 
 def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
     lines = [f"# {title}", ""]
+    varied = len({(r["model"], r["degradation"]) for r in rows}) > 1
     if rows:
         r0 = rows[0]
-        lines.append(f"{r0['model']} on {r0['dataset']} ({r0['degradation'].upper()}), Y channel, "
-                     f"{r0['frames']} frames; commit {r0['commit']}, {r0['date']}.")
+        what = "models below" if varied else f"{r0['model']} on {r0['dataset']} ({r0['degradation'].upper()})"
+        lines.append(f"{what}, Y channel, {r0['frames']} frames; commit {r0['commit']}, {r0['date']}.")
         lines.append("")
     ranks = any("average_rank" in r for r in rows)
     macs = any("gmacs_effective_per_frame" in r for r in rows)
     head = "| method | W/A | scope | PSNR-Y | SSIM-Y | FAB | size (MB) |"
     rule = "| --- | --- | --- | ---: | ---: | ---: | ---: |"
+    if varied:
+        head, rule = "| model | data |" + head[1:], "| --- | --- |" + rule[1:]
     if ranks:
         head, rule = head + " avg rank |", rule + " ---: |"
     if macs:
@@ -216,7 +235,8 @@ def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
     lines += [head + " calib (s) | notes |", rule + " ---: | --- |"]
     for r in rows:
         scope = (r["scope"] or "-").upper()
-        cells = [r["method"], f"{r['wbits']}/{r['abits']}", scope, f"{r['psnr_y']:.2f}", f"{r['ssim_y']:.4f}",
+        cells = ([r["model"], f"{r['dataset']} {r['degradation'].upper()}"] if varied else []) + [
+                 r["method"], f"{r['wbits']}/{r['abits']}", scope, f"{r['psnr_y']:.2f}", f"{r['ssim_y']:.4f}",
                  f"{r['fab']:.2f}", f"{r['size_mb']:.2f}"]
         if ranks:
             cells.append(f"{r['average_rank']:.1f}" if "average_rank" in r else "-")
