@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from vsrq.benchmark import Bench, Row
 
 from vsrq.config import CalibConfig
 
@@ -32,3 +36,25 @@ def parse_args(description: str) -> argparse.Namespace:
 
 def wanted(args: argparse.Namespace, label: str) -> bool:
     return args.only is None or any(key in label for key in args.only)
+
+
+def borrow_rows(bench: Bench, source: str, keep: Callable[[dict], bool]) -> set[tuple[str, int, str | None, str]]:
+    """Copy rows of another benchmark (same model, clips and calibration set) instead of recomputing them.
+
+    Borrowed rows say so in their notes; returns their (method, wbits, scope, notes) keys.
+    """
+    tag = f"from {source}.json"
+    bench.rows = [r for r in bench.rows if not r.notes.startswith(tag)]
+    path = RESULTS / f"{source}.json"
+    if not path.exists():
+        return set()
+    borrowed = set()
+    for r in json.loads(path.read_text()):
+        if r["frames"] != bench.frames or not keep(r):
+            continue
+        names = [k for k in Row.__dataclass_fields__ if k != "extra"]
+        base = {k: r[k] for k in names if k in r}
+        borrowed.add((r["method"], r["wbits"], r["scope"], r["notes"]))
+        base["notes"] = f"{tag} ({r['commit']})" + (f"; {r['notes']}" if r["notes"] else "")
+        bench.rows.append(Row(**base, extra={k: v for k, v in r.items() if k not in names}))
+    return borrowed

@@ -122,7 +122,15 @@ def worker(backend: str, size: str) -> None:
     start = time.perf_counter()
     run(x)
     ms = (time.perf_counter() - start) * 1000 / x.shape[1]
-    print(json.dumps({"ms_per_frame": round(ms, 1), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}))
+    print(json.dumps({"ms_per_frame": round(ms, 1), "peak_rss_mb": peak_rss_mb()}))
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM). Not getrusage: Linux carries ru_maxrss across exec from the parent."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def quality(backend: str, art: dict[str, Path]) -> float:
@@ -150,6 +158,10 @@ def quality(backend: str, art: dict[str, Path]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker", nargs=2, metavar=("BACKEND", "SIZE"))
+    parser.add_argument("--reuse-quality", action="store_true",
+                        help="take the Y-PSNR of each backend from the existing deploy.json; re-time everything")
+    parser.add_argument("--sizes-only", action="store_true",
+                        help="re-measure only the checkpoint sizes; keep the speed rows of the existing deploy.json")
     args = parser.parse_args()
     if args.worker:
         worker(*args.worker)
@@ -163,8 +175,18 @@ def main() -> int:
     rows.append({"artifact": "fp32-pth", "bytes": pth.stat().st_size})
     for key, path in art.items():
         rows.append({"artifact": key, "bytes": path.stat().st_size})
+    commit, date = git_commit(), today()
+    if args.sizes_only:
+        for r in rows:
+            r.update(commit=commit, date=date, threads=torch.get_num_threads())
+        rows += [r for r in json.loads((RESULTS / "deploy.json").read_text()) if "artifact" not in r]
+        return write(rows)
     backends = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-w8a8")
-    psnr = {b: quality(b, art) for b in backends + ("sim-w8a8",)}
+    if args.reuse_quality:
+        old = json.loads((RESULTS / "deploy.json").read_text())
+        psnr = {r["backend"]: r["psnr_y"] for r in old if r.get("lr_size") == "144x180" and r.get("psnr_y") is not None}
+    else:
+        psnr = {b: quality(b, art) for b in backends + ("sim-w8a8",)}
     for size in SIZES:
         for backend in backends + (("ort-fp32-unrolled",) if size == "144x180" else ()):
             out = subprocess.run([sys.executable, __file__, "--worker", backend, size], capture_output=True, text=True)
@@ -176,9 +198,12 @@ def main() -> int:
             print(backend, size, timing, flush=True)
     rows.append({"backend": "sim-w8a8", "lr_size": "144x180", "ms_per_frame": None, "peak_rss_mb": None,
                  "psnr_y": psnr["sim-w8a8"], "notes": "PyTorch fake-quant simulation of the same checkpoint"})
-    commit, date = git_commit(), today()
     for r in rows:
         r.update(commit=commit, date=date, threads=torch.get_num_threads())
+    return write(rows)
+
+
+def write(rows: list[dict]) -> int:
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "deploy.json").write_text(json.dumps(rows, indent=1) + "\n")
     (RESULTS / "deploy.md").write_text(markdown(rows) + "\n")
@@ -188,8 +213,9 @@ def main() -> int:
 
 def markdown(rows: list[dict]) -> str:
     speed = {(r["backend"], r["lr_size"]): r for r in rows if "backend" in r and r["ms_per_frame"] is not None}
-    lines = [f"# deploy\n\nBasicVSR (Vimeo BIx4) on this CPU ({rows[0]['threads']} threads), commit {rows[0]['commit']}, "
-             f"{rows[0]['date']}. Speed-ups are against torch-fp32 at the same size, measured in the same run.\n",
+    first = next(r for r in rows if "backend" in r)
+    lines = [f"# deploy\n\nBasicVSR (Vimeo BIx4) on this CPU ({first['threads']} threads), commit {first['commit']}, "
+             f"{first['date']}. Speed-ups are against torch-fp32 at the same size, measured in the same run.\n",
              "| backend | LR size | ms/frame | x torch-fp32 | x torch-bf16 | peak RSS (MB) | Vid4 Y-PSNR (quick) |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
     for (backend, size), r in speed.items():
@@ -200,7 +226,9 @@ def markdown(rows: list[dict]) -> str:
     sim = next(r for r in rows if r.get("backend") == "sim-w8a8")
     lines.append(f"| sim-w8a8 (fake-quant) | 144x180 | - | - | - | - | {sim['psnr_y']:.2f} |")
     sizes = {r["artifact"]: r["bytes"] for r in rows if "artifact" in r}
-    lines += ["", "| artifact | bytes | / FP32 .pth |", "| --- | ---: | ---: |"]
+    first = next(r for r in rows if "artifact" in r)
+    lines += ["", f"Checkpoint sizes (commit {first['commit']}, {first['date']}):", "",
+              "| artifact | bytes | / FP32 .pth |", "| --- | ---: | ---: |"]
     for name, b in sizes.items():
         lines.append(f"| {name} | {b:,} | {b / sizes['fp32-pth']:.3f} |")
     return "\n".join(lines)

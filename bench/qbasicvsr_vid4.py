@@ -11,15 +11,14 @@ Paper targets (Vid4 BI, Y): W4A4 FQ >= 26.29 dB, W6A6 FQ >= 27.05 dB.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH_CALIB, RESULTS, parse_args, wanted  # noqa: E402
+from common import BENCH_CALIB, RESULTS, borrow_rows, parse_args, wanted  # noqa: E402
 
-from vsrq.benchmark import Bench, Row  # noqa: E402
+from vsrq.benchmark import Bench  # noqa: E402
 from vsrq.config import QuantConfig  # noqa: E402
 
 STATIC = ("minmax", "percentile", "dbdc")
@@ -44,33 +43,18 @@ def plan() -> list[tuple[str, str, int, str, dict, str]]:
     return rows
 
 
-def borrow_static_rows(bench: Bench) -> set[tuple[str, int, str]]:
-    """Static baselines are the rows of ptq_vid4.json (same model, clips and calibration): reuse, never recompute."""
-    path = RESULTS / "ptq_vid4.json"
-    bench.rows = [r for r in bench.rows if not r.notes.startswith("from ptq_vid4.json")]
-    if not path.exists():
-        return set()
-    borrowed = set()
-    for r in json.loads(path.read_text()):
-        if r["method"] in STATIC and r["frames"] == bench.frames and r["wbits"] in (4, 6):
-            base = {k: r[k] for k in Row.__dataclass_fields__ if k != "extra" and k in r}
-            base["notes"] = f"from ptq_vid4.json ({r['commit']})"
-            bench.rows.append(Row(**base, extra={k: r[k] for k in ("clips", "gmacs_per_frame") if k in r}))
-            borrowed.add((r["method"], r["wbits"], r["scope"]))
-    return borrowed
-
-
 def main() -> int:
     args = parse_args(__doc__)
     bench = Bench("qbasicvsr_vid4", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, BENCH_CALIB)
     if args.resume:
         bench.resume(RESULTS)
-    if wanted(args, "fp") and not bench.has("fp", 32, 32, None):
+    # FP and the static baselines are ptq_vid4's rows (same model, clips, calibration): never recomputed.
+    borrowed = borrow_rows(bench, "ptq_vid4", lambda r: r["method"] in ("fp", *STATIC) and r["wbits"] in (4, 6, 32))
+    if wanted(args, "fp") and not bench.has("fp", 32, 32, None) and ("fp", 32, None, "") not in borrowed:
         bench.fp_row()
         bench.write(RESULTS)
-    borrowed = borrow_static_rows(bench)
     for label, method, bits, scope, options, notes in plan():
-        if (method, bits, scope) in borrowed:
+        if (method, bits, scope, notes) in borrowed:
             continue
         if not wanted(args, label) or bench.has("qbasicvsr" if notes.startswith("ablation") else method, bits, bits, scope, notes):
             continue

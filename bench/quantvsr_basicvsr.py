@@ -10,15 +10,14 @@ Rows carry the average rank and the MACs per frame with the FP branch counted at
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH_CALIB, RESULTS, parse_args, wanted  # noqa: E402
+from common import BENCH_CALIB, RESULTS, borrow_rows, parse_args, wanted  # noqa: E402
 
-from vsrq.benchmark import Bench, Row  # noqa: E402
+from vsrq.benchmark import Bench  # noqa: E402
 from vsrq.config import QuantConfig  # noqa: E402
 
 ABLATIONS = (  # (notes, options) at W4A4; STCA + LBA is the quantvsr row itself
@@ -35,7 +34,9 @@ def main() -> int:
     bench = Bench("quantvsr_basicvsr", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, BENCH_CALIB)
     if args.resume:
         bench.resume(RESULTS)
-    if wanted(args, "fp") and not bench.has("fp", 32, 32, None):
+    # FP is ptq_vid4's row (same model and clips): never recomputed.
+    if not borrow_rows(bench, "ptq_vid4", lambda r: r["method"] == "fp") and wanted(args, "fp") \
+            and not bench.has("fp", 32, 32, None):
         bench.fp_row()
     plan = []
     for bits in (4, 6):
@@ -52,14 +53,7 @@ def main() -> int:
         print(f"{label}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  rank {row.extra['average_rank']:.1f}  "
               f"calib {row.calib_s:.0f} s", flush=True)
         bench.write(RESULTS)
-    bench.rows = [r for r in bench.rows if not r.notes.startswith("from qbasicvsr_vid4.json")]
-    qb = RESULTS / "qbasicvsr_vid4.json"
-    if qb.exists():
-        for r in json.loads(qb.read_text()):
-            if r["method"] == "qbasicvsr" and r["scope"] == "fq" and not r["notes"] and r["frames"] == bench.frames:
-                base = {k: r[k] for k in Row.__dataclass_fields__ if k != "extra" and k in r}
-                base["notes"] = f"from qbasicvsr_vid4.json ({r['commit']})"
-                bench.rows.append(Row(**base, extra={"average_rank": 0.0}))
+    borrow_rows(bench, "qbasicvsr_vid4", lambda r: r["method"] == "qbasicvsr" and r["scope"] == "fq" and not r["notes"])
     bench.write(RESULTS)
     return 0
 

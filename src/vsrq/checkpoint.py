@@ -40,11 +40,12 @@ def _packed_state(model: QuantizedModel) -> dict[str, torch.Tensor]:
             continue
         prefix = f"base.{name}."
         codes, scale, zp = layer.weight_codes()
-        state.pop(prefix + "weight", None)
+        for key in ("weight", "weight_quantizer.lower", "weight_quantizer.upper"):
+            state.pop(prefix + key, None)  # the codes, scale and zero-point replace the weight and its clip bounds
         q = layer.weight_quantizer
         state[prefix + "weight_int"] = pack_codes(codes, q.current_bits(), q.spec.symmetric)
         state[prefix + "weight_scale"] = scale.float().contiguous()
-        state[prefix + "weight_zero_point"] = zp.float().contiguous()
+        state[prefix + "weight_zero_point"] = zp.to(torch.int16).contiguous()  # integer-valued, at most 8 bits
     return {k: v.clone() for k, v in state.items()}  # safetensors refuses shared storage
 
 
@@ -142,6 +143,9 @@ def load(path: str | Path) -> QuantizedModel:
     for name, layer in quant_layers(base).items():
         if layer.weight is None:
             state[f"base.{name}.weight_int"] = layer.weight_int
+            if layer.weight_quantizer is not None:  # clip bounds are not stored once the weight is integer codes
+                for key, value in layer.weight_quantizer.state_dict().items():
+                    state.setdefault(f"base.{name}.weight_quantizer.{key}", value)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         shown = ", ".join((missing + unexpected)[:3])
