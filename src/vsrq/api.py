@@ -29,7 +29,7 @@ from vsrq.progress import progress
 from vsrq.errors import VsrqError
 from vsrq.runtime.onnx_export import calibrate_outputs, export_basicvsr
 from vsrq.runtime.ort import OrtBasicVSR, OrtFromModel
-from vsrq.runtime.upscale import StreamConfig, torch_runner, upscale_path
+from vsrq.runtime.upscale import StreamConfig, WindowRunner, chunk_runner, torch_runner, upscale_path
 
 
 def load(name_or_path: str | Path) -> nn.Module:
@@ -68,23 +68,44 @@ def upscale(
     overwrite: bool = False,
     show_progress: bool = True,
     runtime: str = "torch",
+    seed: int = 0,
 ) -> list[Clip]:
     """Super-resolve a video, a frame folder or a folder of clips into PNG folders or an .mp4.
 
     ``runtime="onnxruntime"`` runs integer graphs: ``model`` may be an exported ``.onnx``, or a model
-    / ``.vsrq`` that is exported on the fly for each LR size met.
+    / ``.vsrq`` that is exported on the fly for each LR size met. Diffusion models (MGLD-VSR) run
+    in chunks of their own frame count, ``chunk`` and ``overlap`` aside, each chunk sampled with ``seed``.
     """
     if runtime not in ("torch", "onnxruntime"):
         raise VsrqError(f"unknown runtime {runtime!r}; use torch or onnxruntime")
+    onnx_file = runtime == "onnxruntime" and isinstance(model, (str, Path)) and str(model).endswith(".onnx")
+    net = load(model) if isinstance(model, (str, Path)) and not onnx_file else model
+    diffusion = _diffusion_stream(net, seed) if isinstance(net, nn.Module) else None
+    if diffusion is not None:
+        if runtime != "torch":
+            raise VsrqError("diffusion models (MGLD-VSR) run with the torch runtime only")
+        return upscale_path(diffusion[0], Path(source), Path(output), diffusion[1], overwrite, show_progress)
     with tempfile.TemporaryDirectory(prefix="vsrq-ort-") as tmp:
         if runtime == "torch":
-            runner = torch_runner(load(model) if isinstance(model, (str, Path)) else model)
-        elif isinstance(model, (str, Path)) and str(model).endswith(".onnx"):
+            runner = torch_runner(net)
+        elif onnx_file:
             runner = OrtBasicVSR(model)
         else:
-            net = load(model) if isinstance(model, (str, Path)) else model
             runner = OrtFromModel(net, export_ranges(net), Path(tmp), getattr(net, "manifest", None))
         return upscale_path(runner, Path(source), Path(output), StreamConfig(chunk, overlap), overwrite, show_progress)
+
+
+def _diffusion_stream(net: nn.Module, seed: int) -> tuple[WindowRunner, StreamConfig] | None:
+    """MGLD-VSR models run chunk by chunk through their sampler; None for other models.
+
+    The diffusion code is imported here rather than at module import, to keep ``import vsrq`` light.
+    """
+    from vsrq.models.mgldvsr.pipeline import as_upscaler, run_chunk
+
+    upscaler = as_upscaler(net)
+    if upscaler is None:
+        return None
+    return chunk_runner(lambda lr: run_chunk(upscaler, lr, seed)), StreamConfig(upscaler.num_frames, 0)
 
 
 def export_ranges(model: nn.Module, calib: CalibrationSet | None = None) -> dict[str, tuple[float, float]] | None:

@@ -21,7 +21,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
     clips = api.upscale(args.model, args.input, args.output, args.chunk, args.overlap, args.overwrite,
-                        runtime=args.runtime)
+                        runtime=args.runtime, seed=args.seed)
     print(f"wrote {len(clips)} clip(s) to {args.output}")
     return 0
 
@@ -116,9 +116,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
+    if not Path(args.model).exists():
+        return _model_info(args)
     from vsrq.checkpoint import read_manifest
 
-    m = read_manifest(args.checkpoint)
+    if args.keys or args.ops_shape:
+        raise VsrqError("--keys and --ops-shape describe a model name; a .vsrq file shows its manifest")
+    m = read_manifest(args.model)
+    if args.json:
+        print(json.dumps(m, indent=1))
+        return 0
     cfg = m["config"]
     print(f"method {m['method']}  W{cfg['wbits']}A{cfg['abits']}  scope {cfg['scope']}  seed {m['seed']}")
     print(f"model  {m['model']['name']}  {m['model']['spec']}")
@@ -131,6 +138,17 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if m.get("notes"):
         print("notes  " + json.dumps(m["notes"])[:2000])
     print(f"built  {m['created']} with {m['versions']}")
+    return 0
+
+
+def _model_info(args: argparse.Namespace) -> int:
+    from vsrq.models.info import describe, parse_shape, render, render_keys
+
+    report = describe(args.model, parse_shape(args.ops_shape) if args.ops_shape else None, keys=args.keys)
+    if args.json:
+        print(json.dumps(report, indent=1))
+    else:
+        print(render_keys(report) if args.keys else render(report))
     return 0
 
 
@@ -197,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
                    help="torch (float or fake-quant simulation) or onnxruntime (integer kernels)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="noise seed of diffusion models (MGLD-VSR): same seed, same output")
     p.set_defaults(func=_cmd_upscale)
 
     p = sub.add_parser("eval", help="PSNR/SSIM of predictions against ground truth")
@@ -264,8 +284,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("info", help="show a .vsrq checkpoint's manifest")
-    p.add_argument("checkpoint")
+    p = sub.add_parser("info", help="a .vsrq checkpoint's manifest, or a model's parameters, operations and keys")
+    p.add_argument("model", help=".vsrq checkpoint, or a model name (see `vsrq models`; also mgldvsr-tiny)")
+    p.add_argument("--ops-shape", help="input the operations are counted at, FRAMESxCxHxW: an LR clip for BasicVSR "
+                   "(default 2x3x64x64), a latent clip for MGLD-VSR (default 5x4x64x64, as QuantVSR Table 2)")
+    p.add_argument("--keys", action="store_true", help="print the official checkpoint keys, one `name shape` a line")
+    p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("benchmark", help="methods x bit-widths x scopes on a dataset: paper-style table")

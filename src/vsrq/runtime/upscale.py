@@ -63,6 +63,16 @@ def torch_runner(model: torch.nn.Module) -> WindowRunner:
     return run
 
 
+def chunk_runner(upscale_chunk: Callable[[torch.Tensor], torch.Tensor]) -> WindowRunner:
+    """A :class:`WindowRunner` for models that see only their output frames (diffusion chunks):
+    ``upscale_chunk`` maps LR frames ``(n, 3, h, w)`` to HR frames, the context frames are unused."""
+
+    def run(lr: torch.Tensor, output_frames: range) -> torch.Tensor:
+        return upscale_chunk(lr[0, output_frames.start : output_frames.stop])[None]
+
+    return run
+
+
 def _to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
     arr = np.stack(frames).astype(np.float32) / 255.0  # (T, H, W, 3)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).unsqueeze(0).contiguous()

@@ -1,0 +1,192 @@
+"""What ``vsrq info MODEL`` reports for a registered model: parameters, operations, checkpoint keys.
+
+Every model is built on the meta device: shapes without storage, so the full-size MGLD-VSR (1.1 G
+parameters) is counted and traced in seconds, with no weights and no memory. Per architecture, a
+:class:`Profile` says how the model splits into parts, which input shape an operation count
+means and how to run it, and which official checkpoint file holds which module's keys.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from vsrq.errors import VsrqError
+from vsrq.models.inventory import Part, take_inventory
+from vsrq.models.registry import NAMED_MODELS, UNTRAINED_MODELS, ModelSpec, build_model
+
+
+@dataclass(frozen=True)
+class Profile:
+    """How `info` handles one architecture."""
+
+    parts: Callable[[nn.Module], list[Part]]
+    default_shape: Callable[[nn.Module], tuple[int, ...]]
+    shape_meaning: str
+    run: Callable[[nn.Module, tuple[int, ...]], None]  # one forward at that shape; VsrqError for a shape it refuses
+    checkpoints: Callable[[nn.Module, str], dict[str, nn.Module]]  # (model, name) -> {file: module whose keys it holds}
+
+
+def _basicvsr_run(model: nn.Module, shape: tuple[int, ...]) -> None:
+    t, c, h, w = shape
+    model(torch.zeros(1, t, c, h, w))
+
+
+def _mgldvsr_parts(model: nn.Module) -> list[Part]:
+    den, vae = model.denoiser, model.vae
+    return [
+        Part("unet", {"model.diffusion_model": den.unet}),
+        Part("structcond", {"structcond_stage_model": den.structcond_stage_model}),
+        Part("vae_encoder", {"encoder": vae.encoder, "quant_conv": vae.quant_conv}),
+        Part("vae_decoder", {"post_quant_conv": vae.post_quant_conv, "decoder": vae.decoder}),
+    ]
+
+
+def _mgldvsr_run(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """One denoising step on a latent clip (struct-cond encoder and UNet), then the VAE on the matching frames."""
+    t, c, h, w = shape
+    cfg = model.config
+    stride = 2 ** (len(cfg.unet.channel_mult) - 1)  # the UNet's skips need h, w divisible by its total downsampling
+    factor = 2 ** (len(cfg.vae.channel_mult) - 1)  # the VAE's pixels per latent pixel
+    if c != cfg.unet.in_channels or t % cfg.unet.num_frames or h % stride or w % stride:
+        raise VsrqError(f"MGLD-VSR latents are (frames x {cfg.unet.in_channels} x h x w) with frames a multiple of "
+                        f"{cfg.unet.num_frames} and h, w multiples of {stride}; got {'x'.join(map(str, shape))}")
+    latent = torch.zeros(t, c, h, w)
+    context = torch.zeros(1, 77, cfg.unet.context_dim)  # 77 tokens: the OpenCLIP prompt length
+    model.denoiser(latent, torch.full((t,), 999), context, latent)
+    encoding = model.vae.encode(torch.zeros(t, cfg.vae.in_channels, h * factor, w * factor))
+    model.vae.decode(latent, encoding.features)
+
+
+def _mgldvsr_checkpoints(model: nn.Module, name: str) -> dict[str, nn.Module]:
+    from vsrq.models.mgldvsr import CHECKPOINT_PARTS
+
+    return {file: getattr(model, attr) for file, attr in CHECKPOINT_PARTS.items()}
+
+
+def _small_run(model: nn.Module, shape: tuple[int, ...]) -> None:
+    """One denoising step of ``mgldvsr-small`` on a folded residual clip."""
+    t, c, h, w = shape
+    cfg = model.config.denoiser.unet
+    stride = 2 ** (len(cfg.channel_mult) - 1)
+    if c != cfg.in_channels or t % cfg.num_frames or h % stride or w % stride:
+        raise VsrqError(f"mgldvsr-small inputs are (frames x {cfg.in_channels} x h x w) with frames a multiple of "
+                        f"{cfg.num_frames} and h, w multiples of {stride}; got {'x'.join(map(str, shape))}")
+    x = torch.zeros(t, c, h, w)
+    model.predict(x, torch.full((t,), 250), x)
+
+
+PROFILES: dict[str, Profile] = {
+    "basicvsr": Profile(
+        parts=lambda model: [Part("basicvsr", {"": model})],
+        default_shape=lambda model: (2, 3, 64, 64),  # the smallest clip BasicVSR takes
+        shape_meaning="LR clip: frames x channels x h x w",
+        run=_basicvsr_run,
+        checkpoints=lambda model, name: {NAMED_MODELS[name].filename: model},
+    ),
+    "mgldvsr": Profile(
+        parts=_mgldvsr_parts,
+        default_shape=lambda model: (model.config.unet.num_frames, model.config.unet.in_channels, 64, 64),
+        shape_meaning="latent clip: frames x channels x h x w (x8 pixels); QuantVSR Table 2 uses 5x4x64x64",
+        run=_mgldvsr_run,
+        checkpoints=_mgldvsr_checkpoints,
+    ),
+    "mgldvsr-small": Profile(
+        parts=lambda model: [
+            Part("unet", {"denoiser.model.diffusion_model": model.denoiser.unet}),
+            Part("structcond", {"denoiser.structcond_stage_model": model.denoiser.structcond_stage_model}),
+        ],
+        default_shape=lambda model: (model.config.num_frames, model.config.denoiser.unet.in_channels, 16, 16),
+        shape_meaning="folded residual clip: frames x channels x h x w on the LR grid (x4 pixels)",
+        run=_small_run,
+        checkpoints=lambda model, name: {NAMED_MODELS[name].filename: model},
+    ),
+}
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    sizes = tuple(int(v) for v in text.split("x")) if re.fullmatch(r"\d+(x\d+){3}", text) else ()
+    if not sizes or min(sizes) < 1:
+        raise VsrqError(f"--ops-shape expects FRAMESxCHANNELSxHxW with positive sizes, e.g. 5x4x64x64; got {text!r}")
+    return sizes
+
+
+def info_spec(name: str) -> ModelSpec:
+    if name in NAMED_MODELS:
+        return NAMED_MODELS[name].spec
+    if name in UNTRAINED_MODELS:
+        return UNTRAINED_MODELS[name]
+    known = ", ".join(sorted([*NAMED_MODELS, *UNTRAINED_MODELS]))
+    raise VsrqError(f"unknown model {name!r}: not a file and not one of {known}")
+
+
+def _shape_text(t: torch.Tensor) -> str:
+    return "x".join(map(str, t.shape)) or "scalar"
+
+
+def describe(name: str, shape: tuple[int, ...] | None = None, keys: bool = False) -> dict[str, Any]:
+    """Parameter and operation counts of a registered model (and its checkpoint keys), as JSON-ready data."""
+    spec = info_spec(name)
+    profile = PROFILES[spec.arch]
+    with torch.device("meta"):
+        model = build_model(spec).eval()
+        shape = shape or profile.default_shape(model)
+        parts = profile.parts(model)
+        inventories = take_inventory(parts, lambda: profile.run(model, shape))
+    report: dict[str, Any] = {
+        "model": name,
+        "spec": spec.to_dict(),
+        "ops_shape": list(shape),
+        "ops_shape_meaning": profile.shape_meaning,
+        "params": sum(inv.params for inv in inventories),
+        "parts": {inv.name: inv.to_dict() for inv in inventories},
+    }
+    if keys:
+        report["checkpoint_keys"] = {
+            file: {k: _shape_text(v) for k, v in module.state_dict().items()}
+            for file, module in profile.checkpoints(model, name).items()
+        }
+    return report
+
+
+def _m(n: float) -> str:
+    """Millions to 0.1 M; smaller counts (norms, blend weights) in full, so they do not read as zero."""
+    return f"{n / 1e6:.1f} M" if n >= 50_000 else f"{int(n):,}"
+
+
+def _g(n: float) -> str:
+    return f"{n / 1e9:,.1f} G"
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as aligned text: a section per part, then the operation table."""
+    spec = report["spec"]
+    kwargs = " ".join(f"{k}={v}" for k, v in spec["kwargs"].items())
+    lines = [f"{report['model']}  ({spec['arch']} {kwargs}".rstrip() + "; built on the meta device, no weights)",
+             f"parameters {_m(report['params'])} ({report['params']:,})"]
+    for part, inv in report["parts"].items():
+        lines.append(f"  {part:12s} {_m(inv['params']):>10s}")
+        lines += [f"    {sub:48s} {_m(n):>10s}" for sub, n in inv["params_by_submodule"].items()]
+        lines.append("    by type: " + ", ".join(f"{t} {_m(n)}" for t, n in inv["params_by_type"].items()))
+    shape = "x".join(map(str, report["ops_shape"]))
+    lines.append(f"operations at {shape} ({report['ops_shape_meaning']})")
+    header = f"{'MACs+bias':>12s} {'of which bias':>14s} {'attn QK^T':>11s} {'attn AV':>11s}"
+    lines.append(f"  {'part':12s} {header}  by type")
+    for part, inv in report["parts"].items():
+        qk, av = inv["attention_macs"]["qk"], inv["attention_macs"]["av"]
+        by_type = ", ".join(f"{t} {_g(n)}" for t, n in sorted(inv["macs_by_type"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"  {part:12s} {_g(inv['ops']):>12s} {_g(inv['bias_adds']):>14s} {_g(qk):>11s} {_g(av):>11s}  "
+                     f"{by_type}")
+    lines.append("  MACs+bias: Conv/Linear multiply-accumulates plus bias additions, the QuantVSR Table 2 "
+                 "convention; attention matmuls apart")
+    return "\n".join(lines)
+
+
+def render_keys(report: dict[str, Any]) -> str:
+    """``name shape`` a line, every official checkpoint file in turn (their prefixes do not collide)."""
+    return "\n".join(f"{k} {s}" for keys in report["checkpoint_keys"].values() for k, s in keys.items())
+

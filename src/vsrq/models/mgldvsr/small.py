@@ -1,0 +1,204 @@
+"""``mgldvsr-small``: a pixel-space member of the MGLD-VSR family, small enough to train on one CPU core.
+
+It reuses the full model's classes (SPADE-conditioned UNet with the temporal middle block, and
+the struct-cond encoder) at widths 32/64/128. Instead of a VAE latent it diffuses the HR residual
+over the bicubic upsampling, scaled by ``residual_scale`` and folded 4x4 into channels (so the
+UNet runs on the LR pixel grid); the struct-cond encoder reads the folded bicubic frames,
+as the full model's reads the LQ latent. The bicubic image is the residual's zero, so sampling
+starts from ``q_sample(0, start_t)`` exactly as MGLD-VSR starts from ``q_sample(LQ latent, 999)``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vsrq.errors import VsrqError
+from vsrq.models.mgldvsr.config import MGLDVSRConfig, StructCondConfig, UNetConfig, VideoVAEConfig
+from vsrq.models.mgldvsr.model import MGLDVSRDenoiser
+from vsrq.models.mgldvsr.sampler import FlowEstimator, SamplerConfig, TemporalGuide, adain_color_fix, sample_chunk
+
+SCALE = 4
+WEIGHTS_FILE = "mgldvsr_small.safetensors"
+
+
+def _small_denoiser(fold: int, num_frames: int) -> MGLDVSRConfig:
+    channels = 3 * fold * fold
+    return MGLDVSRConfig(
+        unet=UNetConfig(in_channels=channels, out_channels=channels, model_channels=32, channel_mult=(1, 2, 4),
+                        num_res_blocks=1, attention_levels=(), head_channels=32, context_dim=32,
+                        struct_channels=32, spade_hidden=32, num_frames=num_frames),
+        structcond=StructCondConfig(in_channels=channels, model_channels=32, out_channels=32, channel_mult=(1, 1, 2),
+                                    num_res_blocks=1, attention_levels=(), num_heads=1),
+        vae=VideoVAEConfig(num_frames=num_frames),  # unused: this member has no VAE
+    )
+
+
+@dataclass(frozen=True)
+class SmallConfig:
+    """Widths of the member, how pixels map to its diffusion space, and how it samples."""
+
+    fold: int = 4
+    num_frames: int = 5
+    residual_scale: float = 10.0
+    sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(
+        steps=2, start_t=999, eta=0.0, prediction="v", guidance_scale=0.0, tile=64, tile_overlap=16,
+        color_fix=False))
+
+    def __post_init__(self) -> None:
+        if self.fold < 1 or self.num_frames < 1 or self.residual_scale <= 0:
+            raise VsrqError(f"small MGLD-VSR: bad fold/num_frames/residual_scale in {self}")
+
+    @property
+    def denoiser(self) -> MGLDVSRConfig:
+        return _small_denoiser(self.fold, self.num_frames)
+
+    @property
+    def multiple(self) -> int:
+        """HR sides must be multiples of this: the fold times the UNet's total downsampling."""
+        return self.fold * 2 ** (len(self.denoiser.unet.channel_mult) - 1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "SmallConfig":
+        return cls(**{**d, "sampler": SamplerConfig(**d.get("sampler", {}))})
+
+
+def bicubic_up(lr: torch.Tensor) -> torch.Tensor:
+    """The x4 bicubic upsampling the member conditions on and adds its residual to, in [0, 1]."""
+    return F.interpolate(lr, scale_factor=SCALE, mode="bicubic", align_corners=False).clamp(0, 1)
+
+
+class SmallMGLDVSR(nn.Module):
+    """LR frames ``(T, 3, h, w)`` in [0, 1] -> HR frames ``(T, 3, 4h, 4w)``, ``T`` = ``config.num_frames``."""
+
+    def __init__(self, config: SmallConfig = SmallConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.denoiser = MGLDVSRDenoiser(config.denoiser)
+        # no text: a fixed zero context, the counterpart of the full model's empty prompt
+        self.register_buffer("context", torch.zeros(1, 1, config.denoiser.unet.context_dim), persistent=False)
+
+    def fold(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_unshuffle(x, self.config.fold)
+
+    def unfold(self, x: torch.Tensor) -> torch.Tensor:
+        return F.pixel_shuffle(x, self.config.fold)
+
+    def condition(self, up: torch.Tensor) -> torch.Tensor:
+        """Bicubic frames in [0, 1] -> the struct-cond input (folded, in [-1, 1])."""
+        return self.fold(up * 2 - 1)
+
+    def predict(self, x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The denoiser's output (v or eps, see ``config.sampler.prediction``) for folded noisy residuals."""
+        t = t.expand(x.shape[0]) if t.dim() == 0 else t
+        return self.denoiser(x, t, self.context, cond)
+
+    def upscale(self, lr: torch.Tensor, seed: int = 0, flow: FlowEstimator | None = None,
+                sampler: SamplerConfig | None = None) -> torch.Tensor:
+        """Sample one chunk of ``num_frames`` frames; deterministic for a seed."""
+        cfg = sampler or self.config.sampler
+        h, w = lr.shape[-2:]
+        m = math.lcm(self.config.multiple, SCALE) // SCALE  # LR sides padded so that HR sides fit the UNet
+        ph, pw = -h % m, -w % m
+        padded = F.pad(lr, (0, pw, 0, ph), mode="replicate") if ph or pw else lr
+        up = bicubic_up(padded)
+        cond = self.condition(up)
+        guide = None
+        if flow is not None and cfg.guidance_scale > 0:
+            guide = TemporalGuide.from_frames(padded, flow, cond.shape[-2:], cfg)
+        residual = sample_chunk(self.predict, cond, torch.zeros_like(cond), cfg, seed, guide)
+        hr = up + self.unfold(residual) / self.config.residual_scale
+        if cfg.color_fix:
+            hr = adain_color_fix(hr, up)
+        return hr.clamp(0, 1)[..., : SCALE * h, : SCALE * w]
+
+
+def save_small(model: SmallMGLDVSR, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
+    """Weights as safetensors with the config (and training facts) as JSON metadata."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    metadata = {"config": json.dumps(model.config.to_dict())}
+    if meta:
+        metadata["training"] = json.dumps(meta)
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path), metadata=metadata)
+    return path
+
+
+def load_small(path: str | Path) -> SmallMGLDVSR:
+    """A member saved by :func:`save_small`; the architecture comes from the file's own metadata."""
+    from safetensors import safe_open
+
+    from vsrq.models.registry import load_state_dict_strict
+
+    path = Path(path)
+    if not path.is_file():
+        raise VsrqError(f"{path}: no such weights file")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as exc:  # safetensors raises its own and OS errors for a foreign file
+        raise VsrqError(f"{path}: not a safetensors file ({type(exc).__name__})") from None
+    if "config" not in metadata:
+        raise VsrqError(f"{path}: no 'config' metadata; not a small MGLD-VSR file")
+    try:
+        config = SmallConfig.from_dict(json.loads(metadata["config"]))
+    except (TypeError, ValueError) as exc:
+        raise VsrqError(f"{path}: its config metadata does not describe a small MGLD-VSR ({exc})") from None
+    model = SmallMGLDVSR(config)
+    load_state_dict_strict(model, state, str(path))
+    return model.eval()
+
+
+def vid4_crops(gt_root: str | Path, clips: tuple[str, ...] = ("calendar", "city", "foliage", "walk"),
+               frames: int = 5, size: int = 192) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Centre crops of the first ``frames`` frames of each clip under ``gt_root`` (Vid4's ``GT`` folder):
+    (GT uint8 ``(T, size, size, 3)``, BI x4 LR).
+
+    LR is made from the whole frame (MATLAB-style bicubic) and cut at the matching LR position, so
+    the crop border sees the same LR pixels as whole-frame inference.
+    """
+    from vsrq.data.degrade import degrade, modcrop
+    from vsrq.data.frames import list_frames, read_frame
+
+    out = {}
+    for name in clips:
+        paths = list_frames(Path(gt_root) / name)[:frames]
+        gts, lrs = [], []
+        for p in paths:
+            gt = modcrop(read_frame(p), SCALE)
+            y = (gt.shape[0] // 2 - size // 2) // SCALE * SCALE
+            x = (gt.shape[1] // 2 - size // 2) // SCALE * SCALE
+            gts.append(gt[y : y + size, x : x + size])
+            lrs.append(degrade(gt, "bi")[y // SCALE : (y + size) // SCALE, x // SCALE : (x + size) // SCALE])
+        out[name] = (np.stack(gts), np.stack(lrs))
+    return out
+
+
+def score_crops(model: SmallMGLDVSR, crops: dict[str, tuple[np.ndarray, np.ndarray]], seed: int = 0,
+                sampler: SamplerConfig | None = None) -> dict[str, dict[str, float]]:
+    """Y-PSNR of the member and of its bicubic input against GT, per clip (mean over frames)."""
+    from vsrq.metrics.psnr_ssim import psnr, tensor_to_uint8
+
+    scores = {}
+    for name, (gt, lr) in crops.items():
+        x = torch.from_numpy(lr).float().div(255).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            hr = tensor_to_uint8(model.upscale(x, seed, sampler=sampler))
+            bic = tensor_to_uint8(bicubic_up(x))
+        scores[name] = {"model": float(np.mean([psnr(p, g, y=True) for p, g in zip(hr, gt)])),
+                        "bicubic": float(np.mean([psnr(p, g, y=True) for p, g in zip(bic, gt)]))}
+    return scores

@@ -1,0 +1,199 @@
+"""MGLD-VSR's architecture: full-size counts on the meta device, the official key layout, tiny forwards,
+checkpoint loading, and `vsrq info`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from vsrq.cli import main
+from vsrq.errors import VsrqError
+from vsrq.models.mgldvsr import (
+    PRESETS,
+    MGLDVSRConfig,
+    build_mgldvsr,
+    load_mgldvsr_unet,
+    load_video_vae,
+)
+from vsrq.models.registry import WEIGHTS_ENV, load_model
+
+
+def _millions(*modules: nn.Module) -> float:
+    return round(sum(p.numel() for m in modules for p in m.parameters()) / 1e6, 1)
+
+
+@pytest.fixture(scope="module")
+def full() -> nn.Module:
+    with torch.device("meta"):
+        return build_mgldvsr("full")
+
+
+@pytest.fixture(scope="module")
+def tiny() -> nn.Module:
+    """The tiny preset with every weight random (no zero-initialized output layers, blend alphas away from 0)."""
+    torch.manual_seed(0)
+    model = build_mgldvsr("tiny").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, p[0].numel() ** -0.5 if p.dim() > 1 else 0.3)
+    return model
+
+
+def test_full_size_parameter_counts_match_the_issue(full):
+    # issue 7: UNet 935.3M (QuantVSR Table 2: 935M), struct-cond 52.5M, VAE encoder 34.2M, decoder 80.8M
+    assert _millions(full.denoiser.unet) == 935.3
+    assert _millions(full.denoiser.structcond_stage_model) == 52.5
+    assert _millions(full.vae.encoder, full.vae.quant_conv) == 34.2
+    assert _millions(full.vae.decoder, full.vae.post_quant_conv) == 80.8
+
+
+# Read off the official classes (InflatedUNetModelDualcondV2, InflatedEncoderUNetModelWT, Encoder,
+# VideoDecoder_Mix) built with the released yaml values.
+OFFICIAL_KEYS = {
+    "model.diffusion_model.input_blocks.0.0.weight": (320, 4, 3, 3),
+    "model.diffusion_model.input_blocks.1.0.spade.mlp_gamma.weight": (320, 128, 3, 3),
+    "model.diffusion_model.input_blocks.1.0.spade.param_free_norm.weight": (320,),
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight": (320, 1024),
+    "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.ff.net.0.proj.weight": (2560, 320),
+    "model.diffusion_model.input_blocks.3.0.op.weight": (320, 320, 3, 3),
+    "model.diffusion_model.middle_block.1.temporal_conv.weight": (1280, 1280, 3, 1, 1),
+    "model.diffusion_model.middle_block.3.temporal_attn.to_out.0.weight": (1280, 1280),
+    "model.diffusion_model.middle_block.3.temporal_alpha": (1,),
+    "model.diffusion_model.output_blocks.0.0.skip_connection.weight": (1280, 2560, 1, 1),
+    "model.diffusion_model.output_blocks.2.1.conv.weight": (1280, 1280, 3, 3),
+    "model.diffusion_model.output_blocks.5.2.conv.weight": (1280, 1280, 3, 3),
+    "model.diffusion_model.out.2.weight": (4, 320, 3, 3),
+    "structcond_stage_model.input_blocks.1.1.qkv.weight": (768, 256, 1),
+    "structcond_stage_model.fea_tran.3.in_layers.2.weight": (256, 512, 3, 3),
+    "encoder.down.2.block.0.nin_shortcut.weight": (512, 256, 1, 1),
+    "decoder.temporal_mixing.temporal_alpha": (1,),
+    "decoder.up.3.temporal_mixing.0.temporal_conv.weight": (512, 512, 3, 1, 1),
+    "decoder.fusion_layer_2.encode_enc_1.conv1.weight": (512, 1024, 3, 3),
+    "decoder.fusion_layer_1.encode_enc_2.1.conv5.weight": (256, 384, 3, 3),
+    "quant_conv.weight": (8, 8, 1, 1),
+    "post_quant_conv.weight": (4, 4, 1, 1),
+}
+
+
+def test_official_checkpoint_key_layout(full):
+    unet_keys = {k: tuple(v.shape) for k, v in full.denoiser.state_dict().items()}
+    vae_keys = {k: tuple(v.shape) for k, v in full.vae.state_dict().items()}
+    assert (len(unet_keys), len(vae_keys)) == (1076, 363)  # the official networks' key counts
+    assert all(k.startswith(("model.diffusion_model.", "structcond_stage_model.")) for k in unet_keys)
+    for key, shape in OFFICIAL_KEYS.items():
+        assert {**unet_keys, **vae_keys}[key] == shape, key
+
+
+def test_presets_round_trip_and_bad_widths_are_refused():
+    for config in PRESETS.values():
+        assert MGLDVSRConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(VsrqError, match="multiple of 32"):
+        MGLDVSRConfig.from_dict({"unet": {"model_channels": 48}})
+
+
+def test_tiny_forward_shapes(tiny):
+    lq = torch.randn(4, 4, 8, 8)  # two 2-frame clips of 8x8 latents
+    with torch.inference_mode():
+        struct = tiny.denoiser.structcond_stage_model(lq, torch.full((4,), 999))
+        eps = tiny.denoiser(torch.randn_like(lq), torch.full((4,), 500), torch.randn(1, 77, 32), lq)
+        encoding = tiny.vae.encode(torch.rand(4, 3, 64, 64) * 2 - 1)
+        frames = tiny.vae.decode(encoding.mean, encoding.features)
+    assert {w: tuple(f.shape) for w, f in struct.items()} == {w: (4, 32, w, w) for w in (8, 4, 2, 1)}
+    assert eps.shape == lq.shape and torch.isfinite(eps).all()
+    assert encoding.mean.shape == (4, 4, 8, 8)
+    assert [tuple(f.shape) for f in encoding.features] == [(4, 32, 32, 32), (4, 64, 16, 16)]
+    assert frames.shape == (4, 3, 64, 64)
+    with pytest.raises(VsrqError, match="2-frame clips"):
+        tiny.denoiser(lq[:3], torch.zeros(3), torch.zeros(1, 77, 32), lq[:3])
+
+
+def test_temporal_layers_mix_frames_within_a_clip_only(tiny):
+    lq = torch.randn(4, 4, 8, 8)
+    x = torch.randn_like(lq)
+    t, ctx = torch.full((4,), 300), torch.randn(1, 77, 32)
+    nudged = x.clone()
+    nudged[1] += 1.0  # the second frame of the first clip
+    with torch.inference_mode():
+        base, moved = tiny.denoiser(x, t, ctx, lq), tiny.denoiser(nudged, t, ctx, lq)
+    assert (base[0] - moved[0]).abs().max() > 1e-4  # its clip neighbour sees it (temporal conv + attention)
+    torch.testing.assert_close(base[2:], moved[2:])  # the other clip does not
+
+
+def _save(path: Path, state: dict[str, torch.Tensor]) -> Path:
+    torch.save({"state_dict": state, "epoch": 3}, path)
+    return path
+
+
+def test_loaders_take_their_prefixes_strictly(tmp_path: Path, tiny):
+    extras = {"first_stage_model.conv.weight": torch.zeros(1), "betas": torch.zeros(3), "loss.logvar": torch.zeros(1)}
+    state = {**tiny.denoiser.state_dict(), **tiny.vae.state_dict(), **extras}  # one Lightning file holding all
+    path = _save(tmp_path / "all.ckpt", state)
+    denoiser, vae = load_mgldvsr_unet(path, "tiny"), load_video_vae(path, "tiny")
+    lq = torch.randn(2, 4, 8, 8)
+    with torch.inference_mode():
+        args = (torch.randn_like(lq), torch.full((2,), 10), torch.randn(1, 77, 32), lq)
+        torch.testing.assert_close(denoiser(*args), tiny.denoiser(*args))
+    assert torch.equal(vae.decoder.conv_out.weight, tiny.vae.decoder.conv_out.weight)
+
+    broken = dict(state)
+    del broken["model.diffusion_model.out.2.bias"]
+    broken["structcond_stage_model.extra.weight"] = torch.zeros(1)
+    with pytest.raises(VsrqError, match=r"missing: model\.diffusion_model\.out\.2\.bias; unexpected: "
+                                        r"structcond_stage_model\.extra\.weight"):
+        load_mgldvsr_unet(_save(tmp_path / "broken.ckpt", broken), "tiny")
+    with pytest.raises(VsrqError, match=r"missing: encoder\.conv_in\.weight"):  # full size: fails before any weight
+        load_video_vae(_save(tmp_path / "unet_only.ckpt", tiny.denoiser.state_dict()))
+    torch.save({"params": {"conv.weight": torch.zeros(1)}}, tmp_path / "basicsr.pth")
+    with pytest.raises(VsrqError, match="not a Lightning checkpoint"):
+        load_mgldvsr_unet(tmp_path / "basicsr.pth")
+
+
+def test_named_mgldvsr_without_weights_says_where_to_put_them(tmp_path: Path, monkeypatch):
+    monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
+    with pytest.raises(VsrqError, match=rf"no MGLD-VSR weights.*mgldvsr_unet\.ckpt.*{WEIGHTS_ENV}"):
+        load_model("mgldvsr")
+    monkeypatch.delenv(WEIGHTS_ENV)
+    with pytest.raises(VsrqError, match=f"{WEIGHTS_ENV} is not set"):
+        load_model("mgldvsr")
+
+
+def test_info_full_size_json_matches_quantvsr_table2(capsys):
+    assert main(["info", "mgldvsr", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    unet = report["parts"]["unet"]
+    assert report["ops_shape"] == [5, 4, 64, 64]
+    assert round(unet["params"] / 1e6, 1) == 935.3
+    assert round(unet["ops"] / 1e9) == 1881  # QuantVSR Table 2: 1,881 G (Conv/Linear MACs + bias additions)
+    assert unet["attention_macs"]["qk"] == unet["attention_macs"]["av"] > 0  # counted apart, not in ops
+    assert set(unet["macs_by_type"]) == {"Conv2d", "Conv3d", "Linear"}
+    assert [round(report["parts"][p]["params"] / 1e6, 1) for p in ("structcond", "vae_encoder", "vae_decoder")] == [
+        52.5, 34.2, 80.8]
+
+
+def test_info_keys_and_other_models(capsys):
+    assert main(["info", "mgldvsr-tiny", "--keys"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "model.diffusion_model.input_blocks.0.0.weight 32x4x3x3" in lines
+    assert "decoder.temporal_mixing.temporal_alpha 1" in lines
+    assert all(len(line.split(" ")) == 2 for line in lines)
+    assert main(["info", "basicvsr-vimeo-bi"]) == 0
+    out = capsys.readouterr().out
+    assert "parameters 6.3 M" in out and "operations at 2x3x64x64" in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["info", "mgldvsr-tiny", "--ops-shape", "2x3x16x16"], "latents are (frames x 4"),
+        (["info", "mgldvsr-tiny", "--ops-shape", "5x4"], "--ops-shape expects"),
+        (["info", "stable-diffusion"], "unknown model 'stable-diffusion'"),
+    ],
+)
+def test_info_errors_are_one_line(capsys, args, message):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("vsrq: error:") and message in err and "\n" not in err
