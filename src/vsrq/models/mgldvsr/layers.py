@@ -195,6 +195,8 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    """Nearest x2 then a 3x3 conv (the UNet's and the VAE decoder's)."""
+
     def __init__(self, channels: int) -> None:
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)

@@ -17,7 +17,7 @@ from torch import nn
 
 from vsrq.models.attention import DotProductAttention
 from vsrq.models.mgldvsr.config import VideoVAEConfig
-from vsrq.models.mgldvsr.layers import TemporalMix, group_norm
+from vsrq.models.mgldvsr.layers import TemporalMix, Upsample, group_norm
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -25,7 +25,13 @@ def _norm(channels: int) -> nn.GroupNorm:
 
 
 class ResnetBlock(nn.Module):
-    """GroupNorm-swish-conv twice plus a skip (1x1 ``nin_shortcut`` when the width changes); no timestep."""
+    """GroupNorm-swish-conv twice plus a skip (a 1x1 conv when the width changes); no timestep.
+
+    The skip's attribute name differs between the official VAE (``nin_shortcut``) and CFW
+    (``conv_out``); ``skip_name`` keeps each checkpoint's keys.
+    """
+
+    skip_name = "nin_shortcut"
 
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
@@ -33,11 +39,12 @@ class ResnetBlock(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
         self.norm2 = _norm(out_channels)
         self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.nin_shortcut = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
+        setattr(self, self.skip_name, nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
-        return h + (x if self.nin_shortcut is None else self.nin_shortcut(x))
+        skip = getattr(self, self.skip_name)
+        return h + (x if skip is None else skip(x))
 
 
 class AttnBlock(nn.Module):
@@ -69,15 +76,6 @@ class Downsample(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(F.pad(x, (0, 1, 0, 1)))
-
-
-class Upsample(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
 
 
 class Middle(nn.Module):
@@ -145,20 +143,10 @@ class Encoder(nn.Module):
         return self.conv_out(F.silu(self.norm_out(h))), features
 
 
-class ResBlock(nn.Module):
-    """CFW's res block: GroupNorm-swish-conv twice, 1x1 ``conv_out`` skip when the width changes."""
+class ResBlock(ResnetBlock):
+    """CFW's res block: the VAE's, with its 1x1 skip named ``conv_out``."""
 
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.norm1 = _norm(in_channels)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
-        self.norm2 = _norm(out_channels)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
-        self.conv_out = nn.Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.conv2(F.silu(self.norm2(self.conv1(F.silu(self.norm1(x))))))
-        return h + (x if self.conv_out is None else self.conv_out(x))
+    skip_name = "conv_out"
 
 
 class ResidualDenseBlock(nn.Module):
