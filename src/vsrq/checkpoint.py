@@ -58,11 +58,16 @@ def save(model: QuantizedModel, path: str | Path, overwrite: bool = False) -> Pa
     manifest = {**model.manifest, "layers": {name: layer_manifest(layer) for name, layer in model.layers().items()}}
     if model.controller is not None:
         manifest["controller"] = model.controller.state_manifest()
-    tensors = _packed_state(model)
+    return write_safetensors(_packed_state(model), path, {MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
+    """Write through a temporary file and rename: an interrupted write leaves no partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata={MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
+        save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -126,15 +126,14 @@ class SmallMGLDVSR(nn.Module):
 
 def save_small(model: SmallMGLDVSR, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Weights as safetensors with the config (and training facts) as JSON metadata."""
-    from safetensors.torch import save_file
+    from vsrq.checkpoint import write_safetensors  # on use: the checkpoint module imports the registry
 
     path = Path(path)
     metadata = {"config": json.dumps(model.config.to_dict())}
     if meta:
         metadata["training"] = json.dumps(meta)
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path), metadata=metadata)
-    return path
+    return write_safetensors(state, path, metadata)
 
 
 def load_small(path: str | Path) -> SmallMGLDVSR:
