@@ -162,6 +162,8 @@ def main() -> int:
                         help="take the Y-PSNR of each backend from the existing deploy.json; re-time everything")
     parser.add_argument("--sizes-only", action="store_true",
                         help="re-measure only the checkpoint sizes; keep the speed rows of the existing deploy.json")
+    parser.add_argument("--remeasure", nargs="*", default=(), metavar="BACKEND",
+                        help="with --reuse-quality: measure these backends' Y-PSNR again (e.g. after an export change)")
     args = parser.parse_args()
     if args.worker:
         worker(*args.worker)
@@ -185,6 +187,7 @@ def main() -> int:
     if args.reuse_quality:
         old = json.loads((RESULTS / "deploy.json").read_text())
         psnr = {r["backend"]: r["psnr_y"] for r in old if r.get("lr_size") == "144x180" and r.get("psnr_y") is not None}
+        psnr.update({b: quality(b, art) for b in args.remeasure})
     else:
         psnr = {b: quality(b, art) for b in backends + ("sim-w8a8",)}
     for size in SIZES:

@@ -73,6 +73,18 @@ def test_qdq_structure(w8a8, tmp_path: Path):
             assert inits[wdq.input[0]].data_type == onnx.TensorProto.INT8
             assert inits[xdq.input[2]].data_type == onnx.TensorProto.UINT8
             seen.add(wdq.input[0].rsplit(".weight_int8", 1)[0])
+            if wdq.input[0] == "conv_last.weight_int8":  # 3 output channels run padded to 16, then sliced
+                assert onnx.numpy_helper.to_array(inits[wdq.input[0]]).shape[0] == 16
+                consumers = {i: n for n in model.graph.node for i in n.input}
+                q = consumers[node.output[0]]
+                dq = consumers[q.output[0]]
+                assert consumers[dq.output[0]].op_type == "Slice"
+        for node in model.graph.node:  # each pixel shuffle moves uint8 codes: Q/DQ on both sides, same scale
+            if node.op_type == "DepthToSpace":
+                before = producers[node.input[0]]
+                after = next(n for n in model.graph.node if node.output[0] in n.input)
+                assert before.op_type == "DequantizeLinear" and after.op_type == "QuantizeLinear"
+                assert before.input[1:] == after.input[1:]
     assert seen == quantized
 
 
