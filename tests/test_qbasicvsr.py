@@ -146,6 +146,33 @@ def test_each_stage_trains_only_its_own_parameters():
         assert changed and changed <= names, (stage.name, changed - names)
 
 
+def test_step_checkpointing_changes_no_gradient():
+    """Recomputing each recurrent step in backward (bounded memory) gives the same loss and gradients,
+    the feature taps inside the recomputed steps included."""
+    from vsrq.methods.finetune import _step_loss
+
+    cfg = QuantConfig(method="ema", wbits=4, abits=4)
+    loaded = _loaded()
+    calib = _synthetic_calib(2, 3)
+    qm = quantize_model(loaded, cfg, calib, **QUIET)
+    ctx = CalibContext(loaded.model, qm.base, qm.layers(), calib, cfg, "basicvsr", **QUIET)
+    params = [l.input_quantizer.upper for l in qm.layers().values()]
+    x = next(iter(ctx.batches(2)))
+    grads = []
+    for on in (False, True):
+        qm.base.checkpoint_steps = on
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        loss = _step_loss(ctx, qm.base, x, FinetuneConfig(), FEATURE_BLOCKS["basicvsr"])
+        loss.backward()
+        grads.append((loss.item(), torch.stack([p.grad for p in params])))
+    qm.base.checkpoint_steps = False
+    assert grads[0][0] == pytest.approx(grads[1][0], rel=1e-6)
+    assert grads[0][1].abs().sum() > 0
+    assert torch.allclose(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-7)
+
+
 def test_qbasicvsr_bits_reach_layers_and_survive_a_checkpoint(tmp_path):
     from vsrq import checkpoint
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from vsrq.errors import VsrqError
 from vsrq.models.spynet import SpyNet, flow_warp
@@ -54,6 +55,9 @@ class BasicVSR(nn.Module):
         self.num_feat = num_feat
         self.num_block = num_block
         self.bidirectional = bidirectional
+        # Training through the recurrence keeps every step's activations: about 3 GB per frame of two
+        # 64x64 crops. With this set, each step's are recomputed in backward (one extra forward).
+        self.checkpoint_steps = False
         self.spynet = SpyNet()
         if bidirectional:
             self.backward_trunk = ConvResidualBlocks(num_feat + 3, num_feat, num_block)
@@ -112,7 +116,7 @@ class BasicVSR(nn.Module):
             for i in range(t - 1, wanted.start - 1, -1):
                 if i < t - 1:
                     feat = flow_warp(feat, flows_backward[:, i].permute(0, 2, 3, 1))
-                feat = self.backward_trunk(torch.cat((x[:, i], feat), dim=1))
+                feat = self._step(self.backward_trunk, torch.cat((x[:, i], feat), dim=1))
                 if i in wanted:
                     backward_feats[i] = feat
 
@@ -122,10 +126,15 @@ class BasicVSR(nn.Module):
             x_i = x[:, i]
             if i > 0:
                 feat = flow_warp(feat, flows_forward[:, i - 1].permute(0, 2, 3, 1))
-            feat = self.forward_trunk(torch.cat((x_i, feat), dim=1))
+            feat = self._step(self.forward_trunk, torch.cat((x_i, feat), dim=1))
             if i in wanted:
-                outputs.append(self.reconstruct(x_i, feat, backward_feats.get(i)))
+                outputs.append(self._step(self.reconstruct, x_i, feat, backward_feats.get(i)))
         return torch.stack(outputs, dim=1)
+
+    def _step(self, fn, *args):  # type: ignore[no-untyped-def]
+        if self.checkpoint_steps and torch.is_grad_enabled():
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
 
     def reconstruct(self, x_i: torch.Tensor, feat: torch.Tensor, backward_feat: torch.Tensor | None) -> torch.Tensor:
         """Fuse the propagated features of one frame and upsample x4, adding the bilinear base."""
