@@ -69,18 +69,20 @@ def upscale(
     show_progress: bool = True,
     runtime: str = "torch",
     seed: int = 0,
+    flow: str = "spynet",
 ) -> list[Clip]:
     """Super-resolve a video, a frame folder or a folder of clips into PNG folders or an .mp4.
 
     ``runtime="onnxruntime"`` runs integer graphs: ``model`` may be an exported ``.onnx``, or a model
     / ``.vsrq`` that is exported on the fly for each LR size met. Diffusion models (MGLD-VSR) run
-    in chunks of their own frame count, ``chunk`` and ``overlap`` aside, each chunk sampled with ``seed``.
+    in chunks of their own frame count, ``chunk`` and ``overlap`` aside, each chunk sampled with ``seed``,
+    their temporal guidance aligned by the ``flow`` estimator (``spynet`` or ``raft``).
     """
     if runtime not in ("torch", "onnxruntime"):
         raise VsrqError(f"unknown runtime {runtime!r}; use torch or onnxruntime")
     onnx_file = runtime == "onnxruntime" and isinstance(model, (str, Path)) and str(model).endswith(".onnx")
     net = load(model) if isinstance(model, (str, Path)) and not onnx_file else model
-    diffusion = _diffusion_stream(net, seed) if isinstance(net, nn.Module) else None
+    diffusion = _diffusion_stream(net, seed, flow) if isinstance(net, nn.Module) else None
     if diffusion is not None:
         if runtime != "torch":
             raise VsrqError("diffusion models (MGLD-VSR) run with the torch runtime only")
@@ -95,14 +97,14 @@ def upscale(
         return upscale_path(runner, Path(source), Path(output), StreamConfig(chunk, overlap), overwrite, show_progress)
 
 
-def _diffusion_stream(net: nn.Module, seed: int) -> tuple[WindowRunner, StreamConfig] | None:
+def _diffusion_stream(net: nn.Module, seed: int, flow: str) -> tuple[WindowRunner, StreamConfig] | None:
     """MGLD-VSR models run chunk by chunk through their sampler; None for other models.
 
     The diffusion code is imported here rather than at module import, to keep ``import vsrq`` light.
     """
     from vsrq.models.mgldvsr.pipeline import as_upscaler, run_chunk
 
-    upscaler = as_upscaler(net)
+    upscaler = as_upscaler(net, flow)
     if upscaler is None:
         return None
     return chunk_runner(lambda lr: run_chunk(upscaler, lr, seed)), StreamConfig(upscaler.num_frames, 0)

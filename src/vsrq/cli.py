@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -21,7 +22,7 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
     clips = api.upscale(args.model, args.input, args.output, args.chunk, args.overlap, args.overwrite,
-                        runtime=args.runtime, seed=args.seed)
+                        runtime=args.runtime, seed=args.seed, flow=args.flow)
     print(f"wrote {len(clips)} clip(s) to {args.output}")
     return 0
 
@@ -173,6 +174,24 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_mgld_context(args: argparse.Namespace) -> int:
+    from vsrq.models.mgldvsr import text
+    from vsrq.models.mgldvsr.pipeline import CONTEXT_FILE
+    from vsrq.models.registry import WEIGHTS_ENV
+
+    if args.output:
+        output = Path(args.output)
+    elif os.environ.get(WEIGHTS_ENV):
+        output = Path(os.environ[WEIGHTS_ENV]) / CONTEXT_FILE
+    else:
+        raise VsrqError(f"{WEIGHTS_ENV} is not set: pass -o/--output, or set it to the folder MGLD-VSR reads")
+    if output.exists() and not args.overwrite:
+        raise VsrqError(f"{output} exists; pass --overwrite to replace it")
+    text.save_empty_prompt_context(args.openclip, output)
+    print(f"wrote {output} (the empty-prompt context MGLD-VSR reads)")
+    return 0
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from vsrq.benchmark import Bench
 
@@ -217,6 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch (float or fake-quant simulation) or onnxruntime (integer kernels)")
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed of diffusion models (MGLD-VSR): same seed, same output")
+    p.add_argument("--flow", choices=("spynet", "raft"), default="spynet",
+                   help="flow estimator of MGLD-VSR's temporal guidance (raft: raft-things.pth in $VSRQ_WEIGHTS)")
     p.set_defaults(func=_cmd_upscale)
 
     p = sub.add_parser("eval", help="PSNR/SSIM of predictions against ground truth")
@@ -291,6 +312,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", action="store_true", help="print the official checkpoint keys, one `name shape` a line")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("mgld-context", help="store MGLD-VSR's empty-prompt text context from OpenCLIP ViT-H-14")
+    p.add_argument("--openclip", required=True,
+                   help="open_clip_pytorch_model.bin (laion/CLIP-ViT-H-14-laion2B-s32B-b79K), its .safetensors, "
+                   "or an SD 2.x checkpoint holding cond_stage_model.model.*")
+    p.add_argument("-o", "--output", help="the file to write (default: $VSRQ_WEIGHTS/mgldvsr_context.safetensors)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=_cmd_mgld_context)
 
     p = sub.add_parser("benchmark", help="methods x bit-widths x scopes on a dataset: paper-style table")
     p.add_argument("--model", default="basicvsr-vimeo-bi")

@@ -26,11 +26,14 @@ from vsrq.models.registry import (
     read_checkpoint,
     resolve_weights,
 )
+from vsrq.models.raft import flow_estimator, load_raft
 from vsrq.models.spynet import SpyNet
 
 LATENT_SCALE = 0.18215  # SD's scale_factor between VAE latents and the diffusion's unit-variance space
 CONTEXT_FILE = "mgldvsr_context.safetensors"  # OpenCLIP ViT-H-14 penultimate features of the empty prompt
 SPYNET_SOURCE = "BasicVSR_Vimeo90K_BIx4.pth"  # the SPyNet weights vsrq already resolves, inside BasicVSR's
+RAFT_FILE = "raft-things.pth"  # princeton-vl/RAFT's large model (MGLD-VSR's estimator); never shipped
+FLOWS = ("spynet", "raft")
 
 
 class ChunkUpscaler(Protocol):
@@ -57,11 +60,32 @@ def spynet_flow() -> FlowEstimator:
     return flow
 
 
+def raft_flow(path: str | Path | None = None) -> FlowEstimator:
+    """RAFT large (MGLD-VSR's estimator) from ``path``, by default ``raft-things.pth`` in ``$VSRQ_WEIGHTS``."""
+    if path is None:
+        try:
+            path = resolve_weights(RAFT_FILE)
+        except VsrqError:
+            raise VsrqError(f"flow 'raft' needs {RAFT_FILE} (princeton-vl/RAFT, the large model) in ${WEIGHTS_ENV}; "
+                            "or use flow 'spynet'") from None
+    return flow_estimator(load_raft(path))
+
+
+def named_flow(name: str) -> FlowEstimator:
+    """The flow estimator called ``name``: ``spynet`` (vsrq's, from the BasicVSR weights) or ``raft``."""
+    if name == "spynet":
+        return spynet_flow()
+    if name == "raft":
+        return raft_flow()
+    raise VsrqError(f"unknown flow estimator {name!r}; choose one of {', '.join(FLOWS)}")
+
+
 def load_text_context() -> torch.Tensor:
     """The empty-prompt text context ``(1, 77, 1024)`` from ``$VSRQ_WEIGHTS/mgldvsr_context.safetensors``.
 
-    MGLD-VSR always prompts with "": its OpenCLIP features are a constant, so vsrq reads them
-    from a file instead of depending on open-clip-torch and its 3.9 GB weights.
+    MGLD-VSR always prompts with "": its OpenCLIP features are a constant, so vsrq reads them from a
+    file that ``vsrq mgld-context`` computes once from OpenCLIP ViT-H-14 weights
+    (:mod:`vsrq.models.mgldvsr.text`), instead of loading the 3.9 GB text encoder on every run.
     """
     from safetensors.torch import load_file
 
@@ -69,19 +93,18 @@ def load_text_context() -> torch.Tensor:
     path = Path(folder) / CONTEXT_FILE if folder else None
     if path is None or not path.is_file():
         raise VsrqError(f"MGLD-VSR needs the empty-prompt context {CONTEXT_FILE} in ${WEIGHTS_ENV} (key 'context', "
-                        "shape 1x77x1024): save open_clip ViT-H-14's penultimate-layer features of '' there")
+                        "shape 1x77x1024): make it with `vsrq mgld-context --openclip open_clip_pytorch_model.bin` "
+                        "(OpenCLIP ViT-H-14 weights, or an SD 2.x checkpoint)")
     return load_file(str(path))["context"]
 
 
 class SmallUpscaler:
     """``mgldvsr-small`` with its own sampler settings; flows only when its guidance is on."""
 
-    def __init__(self, model: SmallMGLDVSR, flow: FlowEstimator | None = None) -> None:
+    def __init__(self, model: SmallMGLDVSR, flow: str = "spynet") -> None:
         self.model = model.eval()
         self.num_frames = model.config.num_frames
-        if flow is None and model.config.sampler.guidance_scale > 0:
-            flow = spynet_flow()
-        self.flow = flow
+        self.flow = named_flow(flow) if model.config.sampler.guidance_scale > 0 else None
 
     def upscale(self, lr: torch.Tensor, seed: int) -> torch.Tensor:
         with torch.no_grad():
@@ -124,12 +147,18 @@ class LatentUpscaler:
         return ((out + 1) / 2).clamp(0, 1)[..., : SCALE * h, : SCALE * w].float()
 
 
-def as_upscaler(model: nn.Module) -> ChunkUpscaler | None:
-    """The chunk upscaler for a diffusion model; None for models that are not MGLD-VSR."""
+def as_upscaler(model: nn.Module, flow: str = "spynet") -> ChunkUpscaler | None:
+    """The chunk upscaler for a diffusion model; None for models that are not MGLD-VSR.
+
+    ``flow`` names the estimator of the temporal guidance: ``spynet`` (default) or ``raft``
+    (``$VSRQ_WEIGHTS/raft-things.pth``); ``mgldvsr-small`` loads it only when its sampler guides.
+    """
+    if flow not in FLOWS:
+        raise VsrqError(f"unknown flow estimator {flow!r}; choose one of {', '.join(FLOWS)}")
     if isinstance(model, SmallMGLDVSR):
-        return SmallUpscaler(model)
+        return SmallUpscaler(model, flow)
     if isinstance(model, MGLDVSR):
-        return LatentUpscaler(model, load_text_context(), spynet_flow())
+        return LatentUpscaler(model, load_text_context(), named_flow(flow))
     return None
 
 
