@@ -197,3 +197,19 @@ def test_info_errors_are_one_line(capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("vsrq: error:") and message in err and "\n" not in err
+
+
+def test_leave_one_clip_out_picks_on_the_other_clips_only():
+    from vsrq.models.mgldvsr.small import leave_one_clip_out
+
+    gains = {"a": {"x": 1.0, "y": 0.0, "z": 0.0},   # best overall only thanks to clip x
+             "b": {"x": 0.0, "y": 0.2, "z": 0.2},
+             "c": {"x": 0.0, "y": 0.2, "z": 0.2}}   # ties with b: the first listed wins
+    folds = leave_one_clip_out(gains)
+    assert {k: f["pick"] for k, f in folds.items()} == {"x": "b", "y": "a", "z": "a"}
+    assert folds["x"]["selection_gain"] == pytest.approx(0.2) and folds["x"]["held_out_gain"] == 0.0
+    assert folds["y"]["selection_gain"] == pytest.approx(0.5) and folds["y"]["held_out_gain"] == 0.0
+    with pytest.raises(VsrqError, match="same two or more clips"):
+        leave_one_clip_out({"a": {"x": 1.0, "y": 0.0}, "b": {"x": 1.0}})
+    with pytest.raises(VsrqError):
+        leave_one_clip_out({"a": {"x": 1.0}})

@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -188,16 +188,38 @@ def vid4_crops(gt_root: str | Path, clips: tuple[str, ...] = ("calendar", "city"
 
 
 def score_crops(model: SmallMGLDVSR, crops: dict[str, tuple[np.ndarray, np.ndarray]], seed: int = 0,
-                sampler: SamplerConfig | None = None) -> dict[str, dict[str, float]]:
-    """Y-PSNR of the member and of its bicubic input against GT, per clip (mean over frames)."""
+                sampler: SamplerConfig | None = None,
+                flow: FlowEstimator | None = None) -> dict[str, dict[str, float]]:
+    """Y-PSNR of the member and of its bicubic input against GT, per clip (mean over frames);
+    ``flow`` is used only by a sampler with guidance on."""
     from vsrq.metrics.psnr_ssim import psnr, tensor_to_uint8
 
     scores = {}
     for name, (gt, lr) in crops.items():
         x = torch.from_numpy(lr).float().div(255).permute(0, 3, 1, 2)
         with torch.no_grad():
-            hr = tensor_to_uint8(model.upscale(x, seed, sampler=sampler))
+            hr = tensor_to_uint8(model.upscale(x, seed, flow, sampler=sampler))
             bic = tensor_to_uint8(bicubic_up(x))
         scores[name] = {"model": float(np.mean([psnr(p, g, y=True) for p, g in zip(hr, gt)])),
                         "bicubic": float(np.mean([psnr(p, g, y=True) for p, g in zip(bic, gt)]))}
     return scores
+
+
+def leave_one_clip_out(gains: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, Any]]:
+    """Leave-one-clip-out selection over a table ``gains[candidate][clip]`` (e.g. dB over bicubic).
+
+    For each held-out clip: the candidate with the best mean gain on the other clips (the first
+    listed wins a tie), that mean, and the pick's gain on the held-out clip. The mean of the
+    held-out gains estimates what choosing by such a table delivers on clips the choice did not see.
+    """
+    names = list(gains)
+    clips = list(gains[names[0]]) if names else []
+    if len(clips) < 2 or any(set(gains[n]) != set(clips) for n in names):
+        raise VsrqError("leave-one-clip-out needs every candidate scored on the same two or more clips")
+    folds = {}
+    for held in clips:
+        rest = [c for c in clips if c != held]
+        means = {n: float(np.mean([gains[n][c] for c in rest])) for n in names}
+        pick = max(names, key=lambda n: means[n])  # max keeps the first of equals
+        folds[held] = {"pick": pick, "selection_gain": means[pick], "held_out_gain": float(gains[pick][held])}
+    return folds
