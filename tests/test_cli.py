@@ -38,6 +38,9 @@ def test_degrade_upscale_eval(tmp_path: Path, tiny_ckpt: Path, capsys: pytest.Ca
         (["upscale", "{tmp}/lr", "{tmp}/o", "--model", "basicvsr-nope"], "unknown model 'basicvsr-nope'"),
         (["upscale", "{tmp}/lr", "{tmp}/lr", "--model", "{ckpt}"], "exists; pass --overwrite"),
         (["eval", "{tmp}/lr", "{tmp}/nothing"], "no such file or folder"),
+        (["upscale", "{tmp}/lr", "{tmp}/o", "--model", "{ckpt}", "--device", "tpu"], "unknown device 'tpu'"),
+        (["upscale", "{tmp}/lr", "{tmp}/o", "--model", "{ckpt}", "--device", "cuda", "--runtime", "onnxruntime"],
+         "cuda" if not torch.cuda.is_available() else "runs on the CPU"),
     ],
 )
 def test_errors_are_one_line_and_exit_2(tmp_path: Path, tiny_ckpt: Path, capsys, args, message):

@@ -29,7 +29,7 @@ from vsrq.progress import progress
 from vsrq.errors import VsrqError
 from vsrq.runtime.onnx_export import calibrate_outputs, export_basicvsr
 from vsrq.runtime.ort import OrtBasicVSR, OrtFromModel
-from vsrq.runtime.upscale import StreamConfig, WindowRunner, chunk_runner, torch_runner, upscale_path
+from vsrq.runtime.upscale import StreamConfig, WindowRunner, check_device, chunk_runner, torch_runner, upscale_path
 
 
 def load(name_or_path: str | Path) -> nn.Module:
@@ -70,26 +70,33 @@ def upscale(
     runtime: str = "torch",
     seed: int = 0,
     flow: str = "spynet",
+    device: str = "cpu",
 ) -> list[Clip]:
     """Super-resolve a video, a frame folder or a folder of clips into PNG folders or an .mp4.
 
     ``runtime="onnxruntime"`` runs integer graphs: ``model`` may be an exported ``.onnx``, or a model
     / ``.vsrq`` that is exported on the fly for each LR size met. Diffusion models (MGLD-VSR) run
     in chunks of their own frame count, ``chunk`` and ``overlap`` aside, each chunk sampled with ``seed``,
-    their temporal guidance aligned by the ``flow`` estimator (``spynet`` or ``raft``).
+    their temporal guidance aligned by the ``flow`` estimator (``spynet`` or ``raft``). ``device``
+    (``cpu``, ``cuda``) is where the torch runtime computes; frames stream through host memory.
     """
     if runtime not in ("torch", "onnxruntime"):
         raise VsrqError(f"unknown runtime {runtime!r}; use torch or onnxruntime")
+    dev = check_device(device)
+    if runtime != "torch" and dev.type != "cpu":
+        raise VsrqError("the onnxruntime runtime runs on the CPU; use --device cpu or the torch runtime")
     onnx_file = runtime == "onnxruntime" and isinstance(model, (str, Path)) and str(model).endswith(".onnx")
     net = load(model) if isinstance(model, (str, Path)) and not onnx_file else model
-    diffusion = _diffusion_stream(net, seed, flow) if isinstance(net, nn.Module) else None
+    if isinstance(net, nn.Module) and runtime == "torch":
+        net = net.to(dev)
+    diffusion = _diffusion_stream(net, seed, flow, device) if isinstance(net, nn.Module) else None
     if diffusion is not None:
         if runtime != "torch":
             raise VsrqError("diffusion models (MGLD-VSR) run with the torch runtime only")
         return upscale_path(diffusion[0], Path(source), Path(output), diffusion[1], overwrite, show_progress)
     with tempfile.TemporaryDirectory(prefix="vsrq-ort-") as tmp:
         if runtime == "torch":
-            runner = torch_runner(net)
+            runner = torch_runner(net, device)
         elif onnx_file:
             runner = OrtBasicVSR(model)
         else:
@@ -97,7 +104,7 @@ def upscale(
         return upscale_path(runner, Path(source), Path(output), StreamConfig(chunk, overlap), overwrite, show_progress)
 
 
-def _diffusion_stream(net: nn.Module, seed: int, flow: str) -> tuple[WindowRunner, StreamConfig] | None:
+def _diffusion_stream(net: nn.Module, seed: int, flow: str, device: str) -> tuple[WindowRunner, StreamConfig] | None:
     """MGLD-VSR models run chunk by chunk through their sampler; None for other models.
 
     The diffusion code is imported here rather than at module import, to keep ``import vsrq`` light.
@@ -107,7 +114,7 @@ def _diffusion_stream(net: nn.Module, seed: int, flow: str) -> tuple[WindowRunne
     upscaler = as_upscaler(net, flow)
     if upscaler is None:
         return None
-    return chunk_runner(lambda lr: run_chunk(upscaler, lr, seed)), StreamConfig(upscaler.num_frames, 0)
+    return chunk_runner(lambda lr: run_chunk(upscaler, lr, seed), device), StreamConfig(upscaler.num_frames, 0)
 
 
 def export_ranges(model: nn.Module, calib: CalibrationSet | None = None) -> dict[str, tuple[float, float]] | None:

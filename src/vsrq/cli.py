@@ -22,7 +22,8 @@ Handler = Callable[[argparse.Namespace], int]
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
     clips = api.upscale(args.model, args.input, args.output, args.chunk, args.overlap, args.overwrite,
-                        runtime=args.runtime, seed=args.seed, flow=args.flow)
+                        runtime=args.runtime, seed=args.seed, flow=args.flow,
+                        device=args.device)
     print(f"wrote {len(clips)} clip(s) to {args.output}")
     return 0
 
@@ -238,6 +239,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="noise seed of diffusion models (MGLD-VSR): same seed, same output")
     p.add_argument("--flow", choices=("spynet", "raft"), default="spynet",
                    help="flow estimator of MGLD-VSR's temporal guidance (raft: raft-things.pth in $VSRQ_WEIGHTS)")
+    p.add_argument("--device", default="cpu", help="where the torch runtime computes: cpu (default) or cuda[:N]")
     p.set_defaults(func=_cmd_upscale)
 
     p = sub.add_parser("eval", help="PSNR/SSIM of predictions against ground truth")

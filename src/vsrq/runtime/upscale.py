@@ -53,24 +53,38 @@ class StreamConfig:
         return self.context_before + self.chunk + self.overlap
 
 
-def torch_runner(model: torch.nn.Module) -> WindowRunner:
-    """A :class:`WindowRunner` over a PyTorch module whose forward accepts ``output_frames``."""
+def torch_runner(model: torch.nn.Module, device: str = "cpu") -> WindowRunner:
+    """A :class:`WindowRunner` over a PyTorch module (already on ``device``) whose forward accepts
+    ``output_frames``; windows go to ``device`` and come back to the CPU for writing."""
 
     def run(lr: torch.Tensor, output_frames: range) -> torch.Tensor:
         with torch.inference_mode():
-            return model(lr, output_frames=output_frames)
+            return model(lr.to(device), output_frames=output_frames).cpu()
 
     return run
 
 
-def chunk_runner(upscale_chunk: Callable[[torch.Tensor], torch.Tensor]) -> WindowRunner:
+def chunk_runner(upscale_chunk: Callable[[torch.Tensor], torch.Tensor], device: str = "cpu") -> WindowRunner:
     """A :class:`WindowRunner` for models that see only their output frames (diffusion chunks):
-    ``upscale_chunk`` maps LR frames ``(n, 3, h, w)`` to HR frames, the context frames are unused."""
+    ``upscale_chunk`` maps LR frames ``(n, 3, h, w)`` on ``device`` to HR frames, the context frames are unused."""
 
     def run(lr: torch.Tensor, output_frames: range) -> torch.Tensor:
-        return upscale_chunk(lr[0, output_frames.start : output_frames.stop])[None]
+        return upscale_chunk(lr[0, output_frames.start : output_frames.stop].to(device)).cpu()[None]
 
     return run
+
+
+def check_device(device: str) -> torch.device:
+    """The torch device named ``device``, or one clear error when this machine has no such device."""
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise VsrqError(f"unknown device {device!r}; use cpu or cuda (cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise VsrqError(f"device {device!r} requested but this torch build sees no CUDA GPU")
+    if dev.type not in ("cpu", "cuda"):
+        raise VsrqError(f"device {device!r} is not supported; use cpu or cuda")
+    return dev
 
 
 def _to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
