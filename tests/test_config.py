@@ -30,3 +30,24 @@ def test_configs_are_frozen_and_validated():
         LayerRule("x", wbits=16)
     with pytest.raises(VsrqError, match="unknown observer"):
         QuantizerSpec(observer="magic")
+
+
+def test_bench_write_merges_with_rows_written_meanwhile(tmp_path):
+    """Two benchmark processes writing one results file keep each other's rows."""
+    import json
+
+    from vsrq.benchmark import Bench, Row
+
+    def row(method: str, psnr: float, notes: str = "") -> Row:
+        return Row(model="m", method=method, wbits=4, abits=4, scope="fq", dataset="vid4", degradation="bi",
+                   frames="quick", psnr_y=psnr, ssim_y=0.5, fab=4.0, size_mb=1.0, calib_s=1.0, notes=notes,
+                   commit="abc", date="d")
+
+    a, b = (Bench("t", "basicvsr-vimeo-bi", "vid4", "bi", True) for _ in range(2))
+    a.rows, b.rows = [row("minmax", 20.0), row("fp", 30.0, "from other.json (1)")], [row("omse", 21.0)]
+    a.write(tmp_path)
+    b.write(tmp_path)  # b never saw a's rows: they stay (a copied row is its writer's alone)
+    a.rows[0] = row("minmax", 22.0)
+    a.write(tmp_path)
+    rows = json.loads((tmp_path / "t.json").read_text())
+    assert [(r["method"], r["psnr_y"]) for r in rows] == [("minmax", 22.0), ("omse", 21.0), ("fp", 30.0)]

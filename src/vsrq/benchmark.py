@@ -184,7 +184,20 @@ class Bench:
         return torch.from_numpy(lr).float().div(255).permute(0, 3, 1, 2)[None]
 
     def write(self, results_dir: Path) -> tuple[Path, Path]:
-        return write_results(self.rows, self.name, results_dir)
+        """Merge this run's rows into ``<name>.json``: rows of other frame modes, and rows another
+        process wrote meanwhile, stay; a row with the same settings is replaced by this run's, and
+        rows copied from another benchmark (notes "from ...") are this run's copies only."""
+        path = results_dir / f"{self.name}.json"
+        mine = {row_key(r.to_dict()): r.to_dict() for r in self.rows}
+        merged = []
+        if path.is_file():
+            for d in json.loads(path.read_text()):
+                key = row_key(d)
+                if key in mine:
+                    merged.append(mine.pop(key))
+                elif not str(d.get("notes", "")).startswith("from "):
+                    merged.append(d)
+        return write_results(merged + list(mine.values()), self.name, results_dir)
 
     def resume(self, results_dir: Path) -> None:
         """Keep the rows of an earlier run in the same frames mode, so an interrupted sweep goes on where it stopped."""
@@ -203,10 +216,16 @@ class Bench:
                    for r in self.rows)
 
 
-def write_results(rows: list[Row], name: str, results_dir: Path) -> tuple[Path, Path]:
+def row_key(row: dict[str, Any]) -> tuple:
+    """What makes two result rows the same measurement."""
+    return tuple(row.get(k) for k in ("model", "dataset", "degradation", "frames", "method", "wbits", "abits",
+                                       "scope", "notes"))
+
+
+def write_results(rows: list[Row] | list[dict[str, Any]], name: str, results_dir: Path) -> tuple[Path, Path]:
     """``<name>.json`` (list of rows) and ``<name>.md`` (a table) under ``results_dir``."""
     results_dir.mkdir(parents=True, exist_ok=True)
-    data = [r.to_dict() for r in rows]
+    data = [r if isinstance(r, dict) else r.to_dict() for r in rows]
     json_path = results_dir / f"{name}.json"
     json_path.write_text(json.dumps(data, indent=1) + "\n")
     md_path = results_dir / f"{name}.md"
