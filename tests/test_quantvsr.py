@@ -49,6 +49,17 @@ def test_rotation_is_orthogonal_and_transpose_inverts_it(n: int):
         assert torch.allclose(q.abs() * math.sqrt(n), torch.ones_like(q), atol=1e-4)  # +-1/sqrt(n) entries
 
 
+@pytest.mark.parametrize("n, dim", [(64, 1), (67, 1), (96, -1), (20, 0)])
+def test_dense_rotation_equals_the_fwht(n: int, dim: int):
+    """Small rotations run as one dense product: the same Q x as the FWHT, and rebuilt after new signs."""
+    rot = HadamardRotation(n, seed=n)
+    shape = {1: (2, n, 5, 6), -1: (3, 4, n), 0: (n, 7)}[dim]
+    x = torch.randn(*shape, dtype=torch.float64)
+    assert torch.allclose(rot.apply(x, dim), rot.fast_apply(x, dim), atol=1e-12)
+    rot.signs.mul_(-1)  # e.g. loaded from a checkpoint: the cached matrix must not be reused
+    assert torch.allclose(rot.apply(x, dim), rot.fast_apply(x, dim), atol=1e-12)
+
+
 def test_rotation_leaves_the_float_product_unchanged():
     torch.manual_seed(0)
     conv = nn.Conv2d(20, 6, 3, padding=1)
