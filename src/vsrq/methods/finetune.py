@@ -77,7 +77,7 @@ class FinetuneConfig:
     eps: float = 1e-6
     lambda_skt: float = 0.1
     loss: str = "charbonnier_skt"
-    checkpoint_steps: bool = True  # recompute each recurrent step in backward: bounded memory, ~1.3x time
+    checkpoint_steps: bool = True  # recompute each recurrent step in backward: bounded memory, one more forward
 
 
 @dataclass

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,6 @@ from vsrq.models.spynet import official_spynet
 LATENT_SCALE = 0.18215  # SD's scale_factor between VAE latents and the diffusion's unit-variance space
 CONTEXT_FILE = "mgldvsr_context.safetensors"  # OpenCLIP ViT-H-14 penultimate features of the empty prompt
 RAFT_FILE = "raft-things.pth"  # princeton-vl/RAFT's large model (MGLD-VSR's estimator); never shipped
-FLOWS = ("spynet", "raft")
 
 
 class ChunkUpscaler(Protocol):
@@ -59,13 +58,18 @@ def raft_flow(path: str | Path | None = None) -> FlowEstimator:
     return flow_estimator(load_raft(path))
 
 
+FLOWS: dict[str, Callable[[], FlowEstimator]] = {"spynet": spynet_flow, "raft": raft_flow}
+
+
+def check_flow(name: str) -> None:
+    if name not in FLOWS:
+        raise VsrqError(f"unknown flow estimator {name!r}; choose one of {', '.join(FLOWS)}")
+
+
 def named_flow(name: str) -> FlowEstimator:
     """The flow estimator called ``name``: ``spynet`` (vsrq's, from the BasicVSR weights) or ``raft``."""
-    if name == "spynet":
-        return spynet_flow()
-    if name == "raft":
-        return raft_flow()
-    raise VsrqError(f"unknown flow estimator {name!r}; choose one of {', '.join(FLOWS)}")
+    check_flow(name)
+    return FLOWS[name]()
 
 
 def load_text_context() -> torch.Tensor:
@@ -141,8 +145,7 @@ def as_upscaler(model: nn.Module, flow: str = "spynet") -> ChunkUpscaler | None:
     ``flow`` names the estimator of the temporal guidance: ``spynet`` (default) or ``raft``
     (``$VSRQ_WEIGHTS/raft-things.pth``); ``mgldvsr-small`` loads it only when its sampler guides.
     """
-    if flow not in FLOWS:
-        raise VsrqError(f"unknown flow estimator {flow!r}; choose one of {', '.join(FLOWS)}")
+    check_flow(flow)  # before the small member, which loads no estimator when its sampler does not guide
     if isinstance(model, SmallMGLDVSR):
         return SmallUpscaler(model, flow)
     if isinstance(model, MGLDVSR):
