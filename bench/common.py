@@ -11,7 +11,7 @@ import torch
 
 from vsrq.benchmark import Bench, Row
 
-from vsrq.config import CalibConfig
+from vsrq.config import CalibConfig, LayerRule
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -28,10 +28,34 @@ def parse_args(description: str) -> argparse.Namespace:
     parser.add_argument("--only", nargs="*", default=None, help="run only rows whose label contains one of these")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in the results file and skip them")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
+    parser.add_argument("--device", default="cpu", help="where calibration and scoring run: cpu (default) or cuda[:N]")
+    parser.add_argument("--calib", metavar="CLIPSxFRAMESxCROP", help="another calibration set, e.g. 32x12x96 (notes say so)")
+    parser.add_argument("--keep-float", nargs="+", default=[], metavar="GLOB",
+                        help="modules kept in float, e.g. '*_trunk.main.0' (notes say so)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     return args
+
+
+def variant(args: argparse.Namespace) -> tuple[CalibConfig, tuple[LayerRule, ...], str]:
+    """The calibration set, extra float layers and the notes suffix that set a variant's rows apart."""
+    calib, notes = BENCH_CALIB, []
+    if args.calib:
+        try:
+            clips, frames, crop = (int(v) for v in args.calib.split("x"))
+        except ValueError:
+            raise SystemExit(f"--calib expects CLIPSxFRAMESxCROP, got {args.calib!r}") from None
+        calib = CalibConfig(source="default", clips=clips, frames=frames, crop=crop)
+        notes.append(f"calib {args.calib}")
+    rules = tuple(LayerRule(g, skip=True) for g in args.keep_float)
+    if rules:
+        notes.append("float " + " ".join(args.keep_float))
+    return calib, rules, "; ".join(notes)
+
+
+def with_variant(notes: str, suffix: str) -> str:
+    return "; ".join(n for n in (notes, suffix) if n)
 
 
 def wanted(args: argparse.Namespace, label: str) -> bool:

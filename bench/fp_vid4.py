@@ -28,7 +28,7 @@ def main() -> int:
     rows = []
     ok = True
     for deg, model in (("bi", "basicvsr-vimeo-bi"), ("bd", "basicvsr-vimeo-bd")):
-        bench = Bench("fp_vid4", model, "vid4", deg, args.quick)
+        bench = Bench("fp_vid4", model, "vid4", deg, args.quick, device=args.device)
         psnr, ssim, dp, ds = TARGETS[deg]
         row = bench.fp_row()
         hit = abs(row.psnr_y - psnr) <= dp and abs(row.ssim_y - ssim) <= ds

@@ -27,7 +27,7 @@ SCOPES = ("fq", "pq")
 
 def main() -> int:
     args = parse_args(__doc__)
-    bench = Bench("ptq_vid4", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, BENCH_CALIB)
+    bench = Bench("ptq_vid4", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, BENCH_CALIB, device=args.device)
     if args.resume:
         bench.resume(RESULTS)
     if wanted(args, "fp") and not bench.has("fp", 32, 32, None):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH_CALIB, RESULTS, borrow_rows, parse_args, wanted  # noqa: E402
+from common import RESULTS, borrow_rows, parse_args, variant, wanted, with_variant  # noqa: E402
 
 from vsrq.benchmark import Bench  # noqa: E402
 from vsrq.config import QuantConfig  # noqa: E402
@@ -45,7 +45,8 @@ def plan() -> list[tuple[str, str, int, str, dict, str]]:
 
 def main() -> int:
     args = parse_args(__doc__)
-    bench = Bench("qbasicvsr_vid4", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, BENCH_CALIB)
+    calib, rules, suffix = variant(args)
+    bench = Bench("qbasicvsr_vid4", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, calib, device=args.device)
     if args.resume:
         bench.resume(RESULTS)
     # FP and the static baselines are ptq_vid4's rows (same model, clips, calibration): never recomputed.
@@ -54,11 +55,12 @@ def main() -> int:
         bench.fp_row()
         bench.write(RESULTS)
     for label, method, bits, scope, options, notes in plan():
+        notes = with_variant(notes, suffix)
         if (method, bits, scope, notes) in borrowed:
             continue
         if not wanted(args, label) or bench.has("qbasicvsr" if notes.startswith("ablation") else method, bits, bits, scope, notes):
             continue
-        config = QuantConfig(method=method, wbits=bits, abits=bits, scope=scope, calib=BENCH_CALIB, options=options)
+        config = QuantConfig(method=method, wbits=bits, abits=bits, scope=scope, rules=rules, calib=calib, options=options)
         row, _ = bench.quantized_row(config, "qbasicvsr" if notes.startswith("ablation") else method, notes)
         print(f"{label}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  FAB {row.fab:.2f}  calib {row.calib_s:.0f} s", flush=True)
         bench.write(RESULTS)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH_CALIB, RESULTS, borrow_rows, parse_args, wanted  # noqa: E402
+from common import RESULTS, borrow_rows, parse_args, variant, wanted, with_variant  # noqa: E402
 
 from vsrq.benchmark import Bench  # noqa: E402
 from vsrq.config import QuantConfig  # noqa: E402
@@ -31,7 +31,8 @@ ABLATIONS = (  # (notes, options) at W4A4; STCA + LBA is the quantvsr row itself
 
 def main() -> int:
     args = parse_args(__doc__)
-    bench = Bench("quantvsr_basicvsr", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, BENCH_CALIB)
+    calib, rules, suffix = variant(args)
+    bench = Bench("quantvsr_basicvsr", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, calib, device=args.device)
     if args.resume:
         bench.resume(RESULTS)
     # FP is ptq_vid4's row (same model and clips): never recomputed.
@@ -45,9 +46,10 @@ def main() -> int:
             plan += [(f"quantvsr-{n}", "quantvsr", 4, o, n) for n, o in ABLATIONS]
         plan += [(f"quarot-w{bits}", "quarot", bits, {}, ""), (f"svdquant-w{bits}", "svdquant", bits, {}, "")]
     for label, method, bits, options, notes in plan:
+        notes = with_variant(notes, suffix)
         if not wanted(args, label) or bench.has(method, bits, bits, "fq", notes):
             continue
-        config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", calib=BENCH_CALIB, options=options)
+        config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib, options=options)
         row, qm = bench.quantized_row(config, method, notes)
         row.extra["average_rank"] = qm.manifest["notes"].get("average_rank", 0.0)
         print(f"{label}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  rank {row.extra['average_rank']:.1f}  "

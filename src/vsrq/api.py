@@ -27,9 +27,10 @@ from vsrq.models.registry import load_model
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.progress import progress
 from vsrq.errors import VsrqError
+from vsrq.devices import check_device
 from vsrq.runtime.onnx_export import calibrate_outputs, export_basicvsr
 from vsrq.runtime.ort import OrtBasicVSR, OrtFromModel
-from vsrq.runtime.upscale import StreamConfig, WindowRunner, check_device, chunk_runner, torch_runner, upscale_path
+from vsrq.runtime.upscale import StreamConfig, WindowRunner, chunk_runner, torch_runner, upscale_path
 
 
 def load(name_or_path: str | Path) -> nn.Module:
@@ -45,13 +46,15 @@ def quantize(
     calib: CalibrationSet | None = None,
     log: Callable[[str], None] = print,
     show_progress: bool = True,
+    device: str = "cpu",
 ) -> QuantizedModel:
     """Quantize a named model or ``.pth`` checkpoint with ``config`` (method, bits, scope, calibration).
 
-    The result runs like the float model (a fake-quant simulation) and carries its manifest;
-    :func:`save` writes it with packed integer weights.
+    Calibration runs on ``device`` (``cpu``, ``cuda[:N]``); the result, on the CPU, runs like the
+    float model (a fake-quant simulation) and carries its manifest; :func:`save` writes it with
+    packed integer weights.
     """
-    return quantize_model(load_model(model), config, calib, log, show_progress)
+    return quantize_model(load_model(model), config, calib, log, show_progress, device)
 
 
 def save(model: QuantizedModel, path: str | Path, overwrite: bool = False) -> Path:

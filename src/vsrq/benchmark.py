@@ -23,6 +23,7 @@ from torch import nn
 from vsrq.config import CalibConfig, QuantConfig
 from vsrq.data.clips import CalibrationSet, load_calibration
 from vsrq.data.datasets import PairedClip, load_paired
+from vsrq.devices import check_device
 from vsrq.methods.pipeline import quantize_model
 from vsrq.metrics.psnr_ssim import tensor_to_uint8
 from vsrq.metrics.report import ClipScores, score_clip
@@ -75,15 +76,16 @@ def today() -> str:
     return datetime.date.today().isoformat()
 
 
-def super_resolve(model: nn.Module, lr: np.ndarray) -> np.ndarray:
-    """A whole clip (T, h, w, 3) uint8 -> (T, 4h, 4w, 3) uint8."""
-    x = torch.from_numpy(lr).float().div(255).permute(0, 3, 1, 2)[None]
+def super_resolve(model: nn.Module, lr: np.ndarray, device: torch.device = torch.device("cpu")) -> np.ndarray:
+    """A whole clip (T, h, w, 3) uint8 -> (T, 4h, 4w, 3) uint8, computed on ``device`` (where the model is)."""
+    x = torch.from_numpy(lr).float().div(255).permute(0, 3, 1, 2)[None].to(device)
     with torch.inference_mode():
         return tensor_to_uint8(model(x)[0])
 
 
 def score_dataset(
-    model: nn.Module, clips: list[PairedClip], show_progress: bool = True, desc: str = "eval"
+    model: nn.Module, clips: list[PairedClip], show_progress: bool = True, desc: str = "eval",
+    device: torch.device = torch.device("cpu"),
 ) -> tuple[list[ClipScores], list[float]]:
     """Y-channel PSNR/SSIM per clip (no border crop), each clip super-resolved whole, and each clip's FAB.
 
@@ -92,7 +94,7 @@ def score_dataset(
     scores, fabs = [], []
     with progress(total=sum(len(c.lr) for c in clips), desc=desc, unit="frame", enabled=show_progress) as bar:
         for clip in clips:
-            sr = super_resolve(model, clip.lr)
+            sr = super_resolve(model, clip.lr, device)
             scores.append(score_clip(clip.name, list(sr), list(clip.gt), y=True, crop=0))
             fabs.append(accounting.count(model).fab)
             bar.update(len(clip.lr))
@@ -120,6 +122,7 @@ class Bench:
     calib_config: CalibConfig | None = None
     seed: int = 0
     show_progress: bool = True
+    device: str = "cpu"  # where calibration and scoring compute; rows record it when it is not the CPU
     loaded: LoadedModel = field(init=False)
     clips: list[PairedClip] = field(init=False)
     rows: list[Row] = field(default_factory=list)
@@ -146,7 +149,11 @@ class Bench:
     def row(self, model: nn.Module, method: str, wbits: int, abits: int, scope: str | None,
             calib_s: float | None, notes: str = "", **extra: Any) -> Row:
         """Score ``model`` on the benchmark clips and record a row."""
-        scores, fabs = score_dataset(model, self.clips, self.show_progress, f"{method} W{wbits}A{abits}")
+        dev = check_device(self.device)
+        if dev.type != "cpu":
+            extra = {"device": torch.cuda.get_device_name(dev), **extra}
+        scores, fabs = score_dataset(model.to(dev), self.clips, self.show_progress, f"{method} W{wbits}A{abits}", dev)
+        model.to("cpu")
         psnr, ssim = mean_scores(scores)
         per_clip = {s.name: {"psnr_y": round(s.mean_psnr, 4), "ssim_y": round(s.mean_ssim, 5), "fab": round(f, 3)}
                     for s, f in zip(scores, fabs)}
@@ -163,7 +170,8 @@ class Bench:
     def quantize(self, config: QuantConfig) -> tuple[nn.Module, float]:
         """Quantize the benchmark's model on its calibration set: (model, calibration seconds)."""
         start = time.perf_counter()
-        qm = quantize_model(self.loaded, config, self.calib, log=lambda s: None, show_progress=self.show_progress)
+        qm = quantize_model(self.loaded, config, self.calib, log=lambda s: None, show_progress=self.show_progress,
+                            device=self.device)
         return qm, time.perf_counter() - start
 
     def quantized_row(self, config: QuantConfig, method_label: str | None = None, notes: str = "",
@@ -264,6 +272,7 @@ def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
         if macs:
             eff = r.get("gmacs_effective_per_frame")
             cells.append("-" if eff is None else f"{eff:.1f} of {r['gmacs_per_frame']:.1f}")
-        cells += ["-" if r["calib_s"] is None else f"{r['calib_s']:.0f}", r["notes"]]
+        calib = "-" if r["calib_s"] is None else f"{r['calib_s']:.0f}" + (" (GPU)" if r.get("device") else "")
+        cells += [calib, r["notes"]]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)

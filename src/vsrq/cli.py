@@ -91,7 +91,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     output = Path(args.output)
     if output.exists() and not args.overwrite:
         raise VsrqError(f"{output} exists; pass --overwrite to replace it")
-    model = api.quantize(args.model, config)
+    model = api.quantize(args.model, config, device=args.device)
     api.save(model, output, overwrite=args.overwrite)
     cal = model.manifest["calibration"]
     print(f"calibrated in {cal['seconds']:.1f} s on {len(cal['clips'])} clips ({cal['description']})")
@@ -286,6 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quantize-spynet", action="store_true", help="quantize the optical-flow network too")
     p.add_argument("--option", action="append", default=[], help="method option key=value (repeatable)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where calibration computes: cpu (default) or cuda[:N]")
     p.add_argument("-o", "--output", required=True, help="the .vsrq checkpoint to write")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_quantize)

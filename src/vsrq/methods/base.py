@@ -37,6 +37,7 @@ class CalibContext:
     log: Log = print
     show_progress: bool = True
     notes: dict[str, Any] = field(default_factory=dict)  # method facts recorded in the manifest
+    device: torch.device = torch.device("cpu")  # where both models sit and every batch goes
 
     def batches(self, batch_size: int = 4) -> Iterator[torch.Tensor]:
         """Calibration clips stacked (B, T, 3, h, w), in order; clips of one shape share batches."""
@@ -44,9 +45,9 @@ class CalibContext:
         for i in range(0, len(clips), batch_size):
             group = clips[i : i + batch_size]
             if len({tuple(c.shape) for c in group}) == 1:
-                yield torch.stack(group)
+                yield torch.stack(group).to(self.device)
             else:
-                yield from (c[None] for c in group)
+                yield from (c[None].to(self.device) for c in group)
 
 
 class Method:

@@ -19,6 +19,7 @@ from vsrq.models.registry import SCOPES, LoadedModel
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.quant.swap import LayerChoice, plan_layers, summary, swap_layers
+from vsrq.devices import check_device
 
 FORMAT_VERSION = 1
 
@@ -65,8 +66,14 @@ def quantize_model(
     calib: CalibrationSet | None = None,
     log: Log = print,
     show_progress: bool = True,
+    device: str = "cpu",
 ) -> QuantizedModel:
-    """Swap the selected layers, run the method's calibration, and record everything in a manifest."""
+    """Swap the selected layers, run the method's calibration, and record everything in a manifest.
+
+    Calibration runs on ``device`` (``cpu``, ``cuda``, ``cuda:N``); the result always comes back on
+    the CPU, so checkpoints and exports never depend on where it was calibrated.
+    """
+    dev = check_device(device)
     method = get_method(config.method)(config)
     base = copy.deepcopy(loaded.model).eval()
     for p in base.parameters():
@@ -74,14 +81,20 @@ def quantize_model(
     include, exclude = resolve_scope(loaded.spec.arch, config)
     choices: list[LayerChoice] = plan_layers(base, include, exclude, config.rules, config.wbits, config.abits)
     layers = swap_layers(base, choices, method.layer_specs)
+    base.to(dev)
+    teacher = loaded.model if dev.type == "cpu" else copy.deepcopy(loaded.model).to(dev)
     log(summary(choices))
     if calib is None:
         calib = load_calibration(config.calib, config.seed)
     torch.manual_seed(config.seed)
-    ctx = CalibContext(loaded.model, base, layers, calib, config, loaded.spec.arch, log, show_progress)
+    ctx = CalibContext(teacher, base, layers, calib, config, loaded.spec.arch, log, show_progress, device=dev)
     start = time.perf_counter()
     controller = method.calibrate(ctx)
     seconds = time.perf_counter() - start
+    if dev.type != "cpu":
+        torch.cuda.synchronize(dev)
+        seconds = time.perf_counter() - start
+        ctx.notes["calibrated_on"] = torch.cuda.get_device_name(dev)
     manifest = {
         "format": FORMAT_VERSION,
         "method": config.method,
@@ -97,4 +110,4 @@ def quantize_model(
         "versions": versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
-    return QuantizedModel(base, manifest, controller)
+    return QuantizedModel(base, manifest, controller).to("cpu")

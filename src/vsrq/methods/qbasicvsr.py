@@ -306,7 +306,7 @@ class QBasicVSR(Method):
             layer_bits.update(assign_layer_bits(sensitivity.result(), o["p_space"], o["p_temp"]))
         offsets = []
         for name, q in acts.items():
-            q.bit_offset = nn.Parameter(torch.tensor(float(layer_bits[name])), requires_grad=False)
+            q.bit_offset = nn.Parameter(torch.tensor(float(layer_bits[name]), device=ctx.device), requires_grad=False)
             offsets.append(q.bit_offset)
         budget_sum = None
         if budget is not None:
@@ -348,7 +348,8 @@ class QBasicVSR(Method):
                 values.extend(video_complexity(x, both, o["gamma"], o["lambda_video"]).tolist())
         low, high = np.percentile(values, o["p_video"]), np.percentile(values, 100 - o["p_video"])
         ctx.notes["calib_complexity"] = [round(v, 3) for v in values]
-        return VideoBitController(float(low), float(high), o["gamma"], o["lambda_video"], o["tau"], allow_up).attach(ctx.base)
+        controller = VideoBitController(float(low), float(high), o["gamma"], o["lambda_video"], o["tau"], allow_up)
+        return controller.to(ctx.device).attach(ctx.base)
 
     @classmethod
     def build_controller(cls, state: dict[str, Any] | None, base: nn.Module) -> InputController | None:

@@ -77,7 +77,7 @@ class ComplexityStats(InputStatistics):
         spatial = x.flatten(2).std(dim=2).mean(dim=1)  # per clip: mean over channels of the spatial std
         run = self._run.get(name)
         if run is None:
-            self._run[name] = [x, torch.zeros(x.shape[0], dtype=torch.float64), spatial.clone(), 1]
+            self._run[name] = [x, torch.zeros(x.shape[0], dtype=torch.float64, device=x.device), spatial.clone(), 1]
         else:
             diff = (x - run[0]).pow(2).flatten(1).mean(dim=1)  # ||X_t+1 - X_t||^2 / CHW per clip
             run[0], run[1], run[2], run[3] = x, run[1] + diff, run[2] + spatial, run[3] + 1

@@ -81,10 +81,14 @@ class QuantLayer(nn.Module):
     def rank(self) -> int:
         return 0 if self.lowrank_up is None else int(self.lowrank_up.shape[1])
 
+    def _apply(self, fn, recurse: bool = True) -> "QuantLayer":  # type: ignore[override]
+        self._cache = None  # a device or dtype move must not leave the cached weight behind
+        return super()._apply(fn, recurse)
+
     def add_rotation(self, seed: int) -> None:
         if self.geometry.get("groups", 1) != 1:
             raise VsrqError("Hadamard rotation of grouped convolutions is not supported")
-        self.rotation = HadamardRotation(self.in_channels, seed=seed)
+        self.rotation = HadamardRotation(self.in_channels, seed=seed).to(self.weight.device)
         self._cache = None
 
     def add_lowrank(self, up: torch.Tensor, down: torch.Tensor) -> None:
@@ -116,7 +120,7 @@ class QuantLayer(nn.Module):
         return x / self.smooth.view(shape)
 
     def add_bias_alignment(self) -> None:
-        self.bias_align = nn.Parameter(torch.zeros(self.out_channels))
+        self.bias_align = nn.Parameter(torch.zeros(self.out_channels, device=self.weight.device))
 
     def fold_bias_alignment(self) -> None:
         """Absorb A_bias into the bias: inference then costs nothing extra."""

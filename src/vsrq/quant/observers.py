@@ -37,7 +37,7 @@ def mse_search(
     from vsrq.quant.quantizer import fake_quantize, int_range, scale_zero_point
 
     qmin, qmax = int_range(bits, symmetric)
-    factors = torch.linspace(0.05, 1.0, steps, dtype=values.dtype)
+    factors = torch.linspace(0.05, 1.0, steps, dtype=values.dtype, device=values.device)
 
     def errors(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:  # lo, hi: (k, rows) -> (k, rows)
         scale, zp = scale_zero_point(lo[..., None], hi[..., None], bits, symmetric)
@@ -49,7 +49,7 @@ def mse_search(
         errs = torch.cat([errors(cands_lo[i : i + chunk], cands_hi[i : i + chunk]) for i in range(0, len(factors), chunk)])
         return errs.argmin(dim=0)
 
-    rows = torch.arange(values.shape[0])
+    rows = torch.arange(values.shape[0], device=values.device)
     if symmetric:
         bound = torch.maximum(lower.abs(), upper.abs())
         cands = factors[:, None] * bound[None]

@@ -187,7 +187,8 @@ class FakeQuantizer(nn.Module):
         """The bit-width in use now: an int when nothing adapts, else a tensor that carries gradients."""
         if self.bit_offset is None and self.shared_offset is None:
             return self.bits
-        b = torch.tensor(float(self.bits))
+        offset = self.bit_offset if self.bit_offset is not None else self.shared_offset
+        b = torch.tensor(float(self.bits), device=offset.device)
         if self.bit_offset is not None:
             b = b + round_ste(self.bit_offset)
         if self.shared_offset is not None:

@@ -107,6 +107,10 @@ class HadamardRotation(nn.Module):
         self.blocks = block_plan(size)
         self._dense: tuple[tuple, torch.Tensor] | None = None  # (signs version, dtype, device) -> Q
 
+    def _apply(self, fn, recurse: bool = True) -> "HadamardRotation":  # type: ignore[override]
+        self._dense = None  # rebuilt on first use where the signs now live
+        return super()._apply(fn, recurse)
+
     def apply(self, x: torch.Tensor, dim: int) -> torch.Tensor:
         if self.size > DENSE_MAX:
             return self.fast_apply(x, dim)

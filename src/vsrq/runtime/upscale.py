@@ -74,21 +74,6 @@ def chunk_runner(upscale_chunk: Callable[[torch.Tensor], torch.Tensor], device: 
     return run
 
 
-def check_device(device: str) -> torch.device:
-    """The torch device named ``device``, or one clear error when this machine has no such device."""
-    try:
-        dev = torch.device(device)
-    except RuntimeError:
-        raise VsrqError(f"unknown device {device!r}; use cpu or cuda (cuda:N)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise VsrqError(f"device {device!r} requested but this torch build sees no CUDA GPU")
-    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
-        raise VsrqError(f"device {device!r} requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible")
-    if dev.type not in ("cpu", "cuda"):
-        raise VsrqError(f"device {device!r} is not supported; use cpu or cuda")
-    return dev
-
-
 def _to_tensor(frames: list[np.ndarray]) -> torch.Tensor:
     arr = np.stack(frames).astype(np.float32) / 255.0  # (T, H, W, 3)
     return torch.from_numpy(arr).permute(0, 3, 1, 2).unsqueeze(0).contiguous()
