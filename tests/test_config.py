@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,48 @@ def test_bench_write_merges_with_rows_written_meanwhile(tmp_path):
     a.write(tmp_path)
     rows = json.loads((tmp_path / "t.json").read_text())
     assert [(r["method"], r["psnr_y"]) for r in rows] == [("minmax", 22.0), ("omse", 21.0), ("fp", 30.0)]
+
+
+def test_results_table_is_in_paper_order():
+    """FP first; FQ before PQ, high bits before low, baselines before the method; ablations last."""
+    from vsrq.benchmark import markdown_table
+
+    def row(method: str, bits: int, scope: str | None, notes: str = "") -> dict:
+        return dict(model="m", method=method, wbits=bits, abits=bits, scope=scope, dataset="vid4", degradation="bi",
+                    frames="quick", psnr_y=20.0, ssim_y=0.5, fab=float(bits), size_mb=1.0, calib_s=1.0, notes=notes,
+                    commit="abc", date="d")
+
+    rows = [row("qbasicvsr", 4, "fq", "ablation: +FT"), row("qbasicvsr", 4, "pq"), row("minmax", 4, "fq"),
+            row("qbasicvsr", 4, "fq"), row("minmax", 6, "fq"), row("fp", 32, None, "from ptq_vid4.json (1)")]
+    body = [line.split(" | ")[:3] for line in markdown_table(rows, "t").splitlines() if line.startswith("| ") and "---" not in line][1:]
+    assert body == [["| fp", "32/32", "-"], ["| minmax", "6/6", "FQ"], ["| minmax", "4/4", "FQ"],
+                    ["| qbasicvsr", "4/4", "FQ"], ["| qbasicvsr", "4/4", "PQ"], ["| qbasicvsr", "4/4", "FQ"]]
+    assert markdown_table(rows, "t").splitlines()[-1].endswith("ablation: +FT |")
+
+
+def _write_rows(results_dir: str, writer: int) -> None:
+    from vsrq.benchmark import Bench, Row
+
+    bench = Bench.__new__(Bench)  # only name and rows matter for writing
+    bench.name, bench.rows = "t", []
+    for i in range(15):
+        bench.rows.append(Row(model="m", method=f"w{writer}-{i}", wbits=4, abits=4, scope="fq", dataset="vid4",
+                              degradation="bi", frames="quick", psnr_y=20.0, ssim_y=0.5, fab=4.0, size_mb=1.0,
+                              calib_s=1.0))
+        bench.write(Path(results_dir))
+
+
+def test_concurrent_benchmark_writers_lose_no_rows(tmp_path):
+    """Four processes merging rows into one results file at once: every row survives."""
+    import json
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_rows, args=(str(tmp_path), w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert all(p.exitcode == 0 for p in procs)
+    methods = {r["method"] for r in json.loads((tmp_path / "t.json").read_text())}
+    assert methods == {f"w{w}-{i}" for w in range(4) for i in range(15)}

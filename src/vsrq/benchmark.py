@@ -9,12 +9,15 @@ every frame. Each clip is super-resolved whole, as the papers do.
 from __future__ import annotations
 
 import datetime
+import fcntl
 import json
+import os
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -198,14 +201,15 @@ class Bench:
         path = results_dir / f"{self.name}.json"
         mine = {row_key(r.to_dict()): r.to_dict() for r in self.rows}
         merged = []
-        if path.is_file():
-            for d in json.loads(path.read_text()):
-                key = row_key(d)
-                if key in mine:
-                    merged.append(mine.pop(key))
-                elif not str(d.get("notes", "")).startswith("from "):
-                    merged.append(d)
-        return write_results(merged + list(mine.values()), self.name, results_dir)
+        with _locked(results_dir / f".{self.name}.lock"):  # read-merge-write as one step among processes
+            if path.is_file():
+                for d in json.loads(path.read_text()):
+                    key = row_key(d)
+                    if key in mine:
+                        merged.append(mine.pop(key))
+                    elif not str(d.get("notes", "")).startswith("from "):
+                        merged.append(d)
+            return write_results(merged + list(mine.values()), self.name, results_dir)
 
     def resume(self, results_dir: Path) -> None:
         """Keep the rows of an earlier run in the same frames mode, so an interrupted sweep goes on where it stopped."""
@@ -224,6 +228,24 @@ class Bench:
                    for r in self.rows)
 
 
+@contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Readers see the old file or the new one, never half of one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def row_key(row: dict[str, Any]) -> tuple:
     """What makes two result rows the same measurement."""
     return tuple(row.get(k) for k in ("model", "dataset", "degradation", "frames", "method", "wbits", "abits",
@@ -235,13 +257,28 @@ def write_results(rows: list[Row] | list[dict[str, Any]], name: str, results_dir
     results_dir.mkdir(parents=True, exist_ok=True)
     data = [r if isinstance(r, dict) else r.to_dict() for r in rows]
     json_path = results_dir / f"{name}.json"
-    json_path.write_text(json.dumps(data, indent=1) + "\n")
+    _write_atomic(json_path, json.dumps(data, indent=1) + "\n")
     md_path = results_dir / f"{name}.md"
-    md_path.write_text(markdown_table(data, name) + "\n")
+    _write_atomic(md_path, markdown_table(data, name) + "\n")
     return json_path, md_path
 
 
+METHOD_ORDER = ("fp", "minmax", "percentile", "omse", "dbdc", "ema", "minmax+ft", "percentile+ft", "dbdc+ft",
+                "qbasicvsr", "quarot", "svdquant", "quantvsr")
+
+
+def display_order(row: dict[str, Any]) -> tuple:
+    """Paper order: FP, then each scope (FQ, PQ) from high to low bits, baselines before the methods;
+    rows with notes (ablations, variants) after the main ones."""
+    method = row["method"]
+    rank = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER)
+    notes = str(row.get("notes", ""))
+    main = not notes or notes.startswith("from ") or notes == "STCA + LBA"
+    return (method != "fp", not main, row["scope"] != "fq", -row["wbits"], notes if not main else "", rank, method)
+
+
 def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
+    rows = sorted(rows, key=display_order)
     lines = [f"# {title}", ""]
     varied = len({(r["model"], r["degradation"]) for r in rows}) > 1
     if rows:

@@ -201,7 +201,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     from vsrq.benchmark import Bench
 
     calib = CalibConfig(args.calib, args.calib_clips, args.calib_frames, args.calib_crop, args.calib_degrade)
-    bench = Bench(args.name, args.model, args.dataset, args.degradation, not args.full, calib, args.seed)
+    bench = Bench(args.name, args.model, args.dataset, args.degradation, not args.full, calib, args.seed,
+                  device=args.device)
     if not args.no_fp:
         row = bench.fp_row()
         print(f"fp: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}", flush=True)
@@ -346,6 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-crop", type=int, default=64)
     p.add_argument("--calib-degrade", choices=("bi", "bd"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="where calibration and scoring compute: cpu (default) or cuda[:N]")
     p.add_argument("--name", default="benchmark", help="results file stem")
     p.add_argument("-o", "--output", default="out/benchmark", help="folder for <name>.json and <name>.md")
     p.set_defaults(func=_cmd_benchmark)
