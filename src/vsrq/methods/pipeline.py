@@ -90,11 +90,10 @@ def quantize_model(
     ctx = CalibContext(teacher, base, layers, calib, config, loaded.spec.arch, log, show_progress, device=dev)
     start = time.perf_counter()
     controller = method.calibrate(ctx)
-    seconds = time.perf_counter() - start
     if dev.type != "cpu":
-        torch.cuda.synchronize(dev)
-        seconds = time.perf_counter() - start
+        torch.cuda.synchronize(dev)  # GPU work is asynchronous: time it to its end
         ctx.notes["calibrated_on"] = torch.cuda.get_device_name(dev)
+    seconds = time.perf_counter() - start
     manifest = {
         "format": FORMAT_VERSION,
         "method": config.method,
