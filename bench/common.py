@@ -55,6 +55,7 @@ def variant(args: argparse.Namespace) -> tuple[CalibConfig, tuple[LayerRule, ...
 
 
 def with_variant(notes: str, suffix: str) -> str:
+    """A row's notes with the variant's suffix, so variant rows never replace the main ones."""
     return "; ".join(n for n in (notes, suffix) if n)
 
 

