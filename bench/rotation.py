@@ -14,6 +14,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -26,16 +27,17 @@ from vsrq.benchmark import git_commit, today  # noqa: E402
 from vsrq.quant.rotation import HadamardRotation  # noqa: E402
 
 
-def best_ms(fn, repeats: int = 30) -> float:
-    """The fastest of ``repeats`` calls after three warm-ups, in ms."""
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * min(times)
+def best_ms(fns: dict[str, Callable[[], object]], rounds: int = 100) -> dict[str, float]:
+    """The fastest call of each function in ms, the functions taking turns each round (so a noisy
+    moment on a shared machine hits all of them alike), after three warm-up rounds."""
+    best = {name: float("inf") for name in fns}
+    for r in range(rounds + 3):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            if r >= 3:
+                best[name] = min(best[name], 1e3 * (time.perf_counter() - start))
+    return best
 
 
 def main() -> int:
@@ -48,9 +50,11 @@ def main() -> int:
     with torch.inference_mode():
         row = {
             "channels": channels, "shape": list(x.shape), "threads": torch.get_num_threads(),
-            "fwht_ms": round(best_ms(lambda: rot.fast_apply(x, 1)), 3),
-            "dense_ms": round(best_ms(lambda: rot.apply(x, 1)), 3),
-            "conv3x3_ms": round(best_ms(lambda: F.conv2d(x, weight, padding=1)), 3),
+            **{k: round(v, 3) for k, v in best_ms({
+                "fwht_ms": lambda: rot.fast_apply(x, 1),
+                "dense_ms": lambda: rot.apply(x, 1),
+                "conv3x3_ms": lambda: F.conv2d(x, weight, padding=1),
+            }).items()},
             "commit": git_commit(), "date": today(),
         }
     row["fwht_over_dense"] = round(row["fwht_ms"] / row["dense_ms"], 2)
@@ -58,7 +62,7 @@ def main() -> int:
     (RESULTS / "rotation.md").write_text(
         "# rotation\n\n"
         f"Hadamard rotation over {channels} channels of a {tuple(x.shape)} activation, {row['threads']} threads, "
-        f"best of 30; commit {row['commit']}, {row['date']}.\n\n"
+        f"best of 100 interleaved rounds; commit {row['commit']}, {row['date']}.\n\n"
         "| FWHT (ms) | dense product (ms) | 3x3 conv it feeds (ms) | FWHT / dense |\n| ---: | ---: | ---: | ---: |\n"
         f"| {row['fwht_ms']:.2f} | {row['dense_ms']:.2f} | {row['conv3x3_ms']:.2f} | {row['fwht_over_dense']:.1f}x |\n")
     print(json.dumps(row))
