@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 from collections.abc import Callable
+from fnmatch import fnmatchcase
 from pathlib import Path
 
 import torch
@@ -20,18 +21,29 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BENCH_CALIB = CalibConfig(source="default", clips=12, frames=8, crop=64)
 
 
-def parse_args(description: str) -> argparse.Namespace:
+def parse_args(description: str, per_token: bool = False, holdout: bool = False) -> argparse.Namespace:
+    """The flags every benchmark takes; ``per_token`` adds ``--per-token`` (QuantVSR-family methods),
+    ``holdout`` adds ``--holdout K`` (methods that fine-tune)."""
     parser = argparse.ArgumentParser(description=description)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="first 10 frames of each clip (default)")
     mode.add_argument("--full", action="store_true", help="every frame of every clip")
-    parser.add_argument("--only", nargs="*", default=None, help="run only rows whose label contains one of these")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="run only rows whose label contains one of these (or matches one, for globs)")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in the results file and skip them")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--device", default="cpu", help="where calibration and scoring run: cpu (default) or cuda[:N]")
     parser.add_argument("--calib", metavar="CLIPSxFRAMESxCROP", help="another calibration set, e.g. 32x12x96 (notes say so)")
+    parser.add_argument("--split-concat", action="store_true",
+                        help="one conv per concatenated source, each with its own activation range (notes say so)")
     parser.add_argument("--keep-float", nargs="+", default=[], metavar="GLOB",
                         help="modules kept in float, e.g. '*_trunk.main.0' (notes say so)")
+    if per_token:
+        parser.add_argument("--per-token", action="store_true",
+                            help="dynamic activation ranges per token (pixel) instead of per tensor (notes say so)")
+    if holdout:
+        parser.add_argument("--holdout", type=int, default=0, metavar="K",
+                            help="fine-tuning keeps K calibration windows out to judge each stage (notes say so)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -39,8 +51,11 @@ def parse_args(description: str) -> argparse.Namespace:
 
 
 def variant(args: argparse.Namespace) -> tuple[CalibConfig, tuple[LayerRule, ...], str]:
-    """The calibration set, extra float layers and the notes suffix that set a variant's rows apart."""
+    """The calibration set, extra float layers and the notes suffix that set a variant's rows apart
+    (``--split-concat`` is read from ``args.split_concat`` by each benchmark's config)."""
     calib, notes = BENCH_CALIB, []
+    if args.split_concat:
+        notes.append("split concat")
     if args.calib:
         try:
             clips, frames, crop = (int(v) for v in args.calib.split("x"))
@@ -60,7 +75,10 @@ def with_variant(notes: str, suffix: str) -> str:
 
 
 def wanted(args: argparse.Namespace, label: str) -> bool:
-    return args.only is None or any(key in label for key in args.only)
+    """``--only`` keys select labels that contain them, or that match them whole if they are globs."""
+    if args.only is None:
+        return True
+    return any(fnmatchcase(label, key) if set(key) & set("*?[") else key in label for key in args.only)
 
 
 def borrow_rows(bench: Bench, source: str, keep: Callable[[dict], bool]) -> set[tuple[str, int, str | None, str]]:

@@ -8,6 +8,7 @@ Paper targets (Vid4 BI, Y): W4A4 FQ >= 26.29 dB, W6A6 FQ >= 27.05 dB.
 
     python bench/qbasicvsr_vid4.py            # quick: first 10 frames per clip
     python bench/qbasicvsr_vid4.py --full
+    python bench/qbasicvsr_vid4.py --split-concat --holdout 3   # variants, labelled in notes
 """
 
 from __future__ import annotations
@@ -23,8 +24,12 @@ from vsrq.benchmark import Bench  # noqa: E402
 from vsrq.config import QuantConfig  # noqa: E402
 
 STATIC = ("minmax", "percentile", "dbdc")
+FINETUNED = ("minmax+ft", "percentile+ft", "dbdc+ft", "qbasicvsr")
 ABLATIONS = (  # (label in notes, method, options)
     ("calibration only", "ema", {}),
+    ("calibration + OMSE refresh", "qbasicvsr", {"fg_vba": False, "ts_lba": False, "finetune": False}),
+    ("FG-VBA +TS-LBA, no FT", "qbasicvsr", {"finetune": False}),
+    ("no OMSE refresh", "qbasicvsr", {"omse_refresh": False}),
     ("+FT", "qbasicvsr", {"fg_vba": False, "ts_lba": False}),
     ("+FT +FG-VBA", "qbasicvsr", {"ts_lba": False}),
     ("+FT +TS-LBA", "qbasicvsr", {"fg_vba": False}),
@@ -47,8 +52,10 @@ def plan() -> list[tuple[str, str, int, str, dict, str]]:
 
 
 def main() -> int:
-    args = parse_args(__doc__)
+    args = parse_args(__doc__, holdout=True)
     calib, rules, suffix = variant(args)
+    if args.holdout:  # a stage whose loss on K held-out calibration windows rises is undone
+        suffix = with_variant(suffix, f"holdout {args.holdout}")
     bench = Bench("qbasicvsr_vid4", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, calib, device=args.device)
     if args.resume:
         bench.resume(RESULTS)
@@ -63,7 +70,10 @@ def main() -> int:
             continue
         if not wanted(args, label) or bench.has("qbasicvsr" if notes.startswith("ablation") else method, bits, bits, scope, notes):
             continue
-        config = QuantConfig(method=method, wbits=bits, abits=bits, scope=scope, rules=rules, calib=calib, options=options)
+        if args.holdout and method in FINETUNED:
+            options = {**options, "holdout": args.holdout}
+        config = QuantConfig(method=method, wbits=bits, abits=bits, scope=scope, rules=rules, calib=calib, options=options,
+                             split_concat=args.split_concat)
         row, _ = bench.quantized_row(config, "qbasicvsr" if notes.startswith("ablation") else method, notes)
         print(f"{label}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  FAB {row.fab:.2f}  calib {row.calib_s:.0f} s", flush=True)
         bench.write(RESULTS)

@@ -6,6 +6,7 @@ benchmark; the QBasicVSR rows of bench/results/qbasicvsr_vid4.json are repeated 
 Rows carry the average rank and the MACs per frame with the FP branch counted at 32 bits.
 
     python bench/quantvsr_basicvsr.py            # quick: first 10 frames per clip
+    python bench/quantvsr_basicvsr.py --per-token   # activations per token (pixel) instead of per tensor
 """
 
 from __future__ import annotations
@@ -30,8 +31,10 @@ ABLATIONS = (  # (notes, options) at W4A4; STCA + LBA is the quantvsr row itself
 
 
 def main() -> int:
-    args = parse_args(__doc__)
+    args = parse_args(__doc__, per_token=True)
     calib, rules, suffix = variant(args)
+    if args.per_token:  # QuantVSR's option: one dynamic range per pixel (token) across channels
+        suffix = with_variant("per-token activations", suffix)
     bench = Bench("quantvsr_basicvsr", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, calib, device=args.device)
     if args.resume:
         bench.resume(RESULTS)
@@ -49,7 +52,10 @@ def main() -> int:
         notes = with_variant(notes, suffix)
         if not wanted(args, label) or bench.has(method, bits, bits, "fq", notes):
             continue
-        config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib, options=options)
+        if args.per_token:
+            options = {**options, "per_token": True}
+        config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib, options=options,
+                             split_concat=args.split_concat)
         row, qm = bench.quantized_row(config, method, notes)
         row.extra["average_rank"] = qm.manifest["notes"].get("average_rank", 0.0)
         print(f"{label}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  rank {row.extra['average_rank']:.1f}  "

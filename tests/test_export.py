@@ -50,6 +50,20 @@ def test_ort_agrees_with_the_simulation(w8a8, tmp_path: Path):
     assert np.array_equal(part, ort_out[1:3])
 
 
+def test_split_concat_exports_as_one_integer_conv_per_source(tmp_path: Path):
+    calib = _synthetic_calib(2, 3)
+    cfg = QuantConfig(method="minmax", wbits=8, abits=8, split_concat=True)
+    qm = quantize_model(_loaded(num_feat=16), cfg, calib, **QUIET)
+    files = export_basicvsr(qm, tmp_path / "m.onnx", (64, 64), calibrate_outputs(qm, calib.clips), qm.manifest)
+    weights = {i.name for f in files for i in onnx.load(str(f)).graph.initializer}
+    assert {"forward_trunk.main.0.parts.0.weight_int8", "forward_trunk.main.0.parts.1.weight_int8"} <= weights
+    x = _clip()
+    ort_out = tensor_to_uint8(OrtBasicVSR(tmp_path / "m.onnx", threads=1)(x, range(4))[0])
+    with torch.no_grad():
+        sim = tensor_to_uint8(qm(x)[0])
+    assert min(psnr(a, b) for a, b in zip(ort_out, sim)) > 45
+
+
 def test_qdq_structure(w8a8, tmp_path: Path):
     qm, calib = w8a8
     files = export_basicvsr(qm, tmp_path / "m.onnx", (64, 64), calibrate_outputs(qm, calib.clips))

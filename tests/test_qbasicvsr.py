@@ -12,7 +12,14 @@ from tests.conftest import smooth_frames
 from tests.test_quant_layers import _loaded, _synthetic_calib
 from vsrq.config import QuantConfig
 from vsrq.methods.base import CalibContext
-from vsrq.methods.finetune import FinetuneConfig, Stage, charbonnier_frames, normalized_feature_loss, run_stages
+from vsrq.methods.finetune import (
+    FinetuneConfig,
+    Stage,
+    charbonnier_frames,
+    normalized_feature_loss,
+    run_stages,
+    split_holdout,
+)
 from vsrq.methods.pipeline import quantize_model
 from vsrq.methods.qbasicvsr import (
     LayerSensitivity,
@@ -128,11 +135,17 @@ def test_normalized_feature_loss_closed_forms():
 # --- the method on a tiny model ------------------------------------------------------------------------
 
 
-def test_each_stage_trains_only_its_own_parameters():
+def _ema_context(clips: int) -> tuple:
+    """An EMA-calibrated W4A4 tiny model and the calibration context fine-tuning sees."""
     cfg = QuantConfig(method="ema", wbits=4, abits=4)
     loaded = _loaded()
-    qm = quantize_model(loaded, cfg, _synthetic_calib(2, 3), **QUIET)
-    ctx = CalibContext(loaded.model, qm.base, qm.layers(), _synthetic_calib(2, 3), cfg, "basicvsr", **QUIET)
+    calib = _synthetic_calib(clips, 3)
+    qm = quantize_model(loaded, cfg, calib, **QUIET)
+    return qm, CalibContext(loaded.model, qm.base, qm.layers(), calib, cfg, "basicvsr", **QUIET)
+
+
+def test_each_stage_trains_only_its_own_parameters():
+    qm, ctx = _ema_context(2)
     layers = list(qm.layers().values())
     stages = [Stage("w", [l.weight_quantizer.upper for l in layers], 1e-2),
               Stage("a", [p for l in layers for p in (l.input_quantizer.lower, l.input_quantizer.upper)], 1e-2)]
@@ -146,16 +159,38 @@ def test_each_stage_trains_only_its_own_parameters():
         assert changed and changed <= names, (stage.name, changed - names)
 
 
+def test_holdout_windows_are_spread_and_never_trained():
+    assert split_holdout(12, 3) == ([0, 1, 2, 4, 5, 6, 8, 9, 10], [3, 7, 11])
+    assert split_holdout(5, 0) == ([0, 1, 2, 3, 4], [])
+    assert split_holdout(4, 1) == ([0, 1, 2], [3])
+    with pytest.raises(ValueError, match="hold out 4 of 4"):
+        split_holdout(4, 4)
+
+
+def test_a_stage_that_hurts_the_held_out_windows_is_undone():
+    qm, ctx = _ema_context(3)
+    uppers = [l.input_quantizer.upper for l in qm.layers().values()]
+    before = {k: v.clone() for k, v in qm.state_dict().items()}
+
+    def sabotage() -> None:  # a "training" step that collapses every activation range
+        for u in uppers:
+            u.mul_(0.1)
+
+    guarded = FinetuneConfig(batch=1, holdout=1)
+    (log,) = run_stages(ctx, qm.base, [Stage("bad", uppers, 1e-3, after_step=sabotage)], guarded, None)
+    assert log.steps == 2 and not log.kept and log.holdout_after > log.holdout_before
+    assert all(torch.equal(v, qm.state_dict()[k]) for k, v in before.items())
+    (log,) = run_stages(ctx, qm.base, [Stage("bad", uppers, 1e-3, after_step=sabotage)], FinetuneConfig(batch=1), None)
+    assert log.steps == 3 and log.kept and log.holdout_before is None  # no guard: the damage stays
+    assert not torch.equal(before["base.fusion.input_quantizer.upper"], qm.state_dict()["base.fusion.input_quantizer.upper"])
+
+
 def test_step_checkpointing_changes_no_gradient():
     """Recomputing each recurrent step in backward (bounded memory) gives the same loss and gradients,
     the feature taps inside the recomputed steps included."""
     from vsrq.methods.finetune import _step_loss
 
-    cfg = QuantConfig(method="ema", wbits=4, abits=4)
-    loaded = _loaded()
-    calib = _synthetic_calib(2, 3)
-    qm = quantize_model(loaded, cfg, calib, **QUIET)
-    ctx = CalibContext(loaded.model, qm.base, qm.layers(), calib, cfg, "basicvsr", **QUIET)
+    qm, ctx = _ema_context(2)
     params = [l.input_quantizer.upper for l in qm.layers().values()]
     x = next(iter(ctx.batches(2)))
     grads = []
@@ -200,3 +235,17 @@ def test_fab_budget_holds_for_every_video():
         with torch.no_grad():
             qm(video)
         assert accounting.count(qm).fab <= 4.0 + 1e-9
+
+
+def test_without_omse_refresh_activations_keep_the_ema_ranges():
+    calib = _synthetic_calib()
+    opts = {"finetune": False, "omse_refresh": False}
+    qm = quantize_model(_loaded(), QuantConfig(method="qbasicvsr", wbits=4, abits=4, options=opts), calib, **QUIET)
+    ema = quantize_model(_loaded(), QuantConfig(method="ema", wbits=4, abits=4), calib, **QUIET)
+    refreshed = quantize_model(_loaded(), QuantConfig(method="qbasicvsr", wbits=4, abits=4, options={"finetune": False}),
+                               calib, **QUIET)
+    for name, layer in qm.layers().items():
+        q, e = layer.input_quantizer, ema.layers()[name].input_quantizer
+        assert torch.equal(q.lower, e.lower) and torch.equal(q.upper, e.upper), name
+    assert any(not torch.equal(l.input_quantizer.upper, ema.layers()[n].input_quantizer.upper)
+               for n, l in refreshed.layers().items())

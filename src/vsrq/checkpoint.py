@@ -27,6 +27,7 @@ from vsrq.models.registry import ModelSpec, build_model
 from vsrq.quant.layers import SUPPORTED, QuantLayer
 from vsrq.quant.packing import pack_codes, unpack_codes
 from vsrq.quant.qmodel import QuantizedModel
+from vsrq.quant.split import split_concat_inputs
 from vsrq.quant.swap import quant_layers
 
 MANIFEST_KEY = "vsrq_manifest"
@@ -134,6 +135,8 @@ def load(path: str | Path) -> QuantizedModel:
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     base = build_model(ModelSpec.from_dict(manifest["model"]["spec"])).eval()
+    if manifest["config"].get("split_concat"):
+        split_concat_inputs(base)
     modules = dict(base.named_modules())
     for name, entry in manifest["layers"].items():
         if name not in modules:

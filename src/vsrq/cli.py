@@ -84,6 +84,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         exclude=tuple(args.exclude),
         rules=tuple(_parse_rule(r) for r in args.rule),
         quantize_spynet=args.quantize_spynet,
+        split_concat=args.split_concat,
         calib=CalibConfig(args.calib, args.calib_clips, args.calib_frames, args.calib_crop, args.calib_degrade),
         seed=args.seed,
         options=_parse_options(args.option),
@@ -285,6 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--exclude", action="append", default=[], help="glob of module names to keep FP (repeatable)")
     p.add_argument("--rule", action="append", default=[], help="per-layer override GLOB:skip | GLOB:wNaM (32 = float, e.g. spynet*:w8a32)")
     p.add_argument("--quantize-spynet", action="store_true", help="quantize the optical-flow network too")
+    p.add_argument("--split-concat", action="store_true",
+                   help="run convs over concatenations (BasicVSR: frame + features) as one conv per source, "
+                        "each with its own activation range")
     p.add_argument("--option", action="append", default=[], help="method option key=value (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="where calibration computes: cpu (default) or cuda[:N]")

@@ -115,7 +115,9 @@ class QuantConfig:
 
     ``include``/``exclude`` are globs over module names; an empty ``include`` means the model's
     ``scope`` ('pq': propagation bodies, 'fq': every layer). ``options`` carries method-specific
-    settings (each method documents and validates its own keys).
+    settings (each method documents and validates its own keys). ``split_concat`` runs every conv
+    the model declares as reading a concatenation as one conv per source, each with its own
+    activation range (``vsrq.quant.split``).
     """
 
     method: str = "minmax"
@@ -126,6 +128,7 @@ class QuantConfig:
     exclude: tuple[str, ...] = ()
     rules: tuple[LayerRule, ...] = ()
     quantize_spynet: bool = False
+    split_concat: bool = False
     calib: CalibConfig = field(default_factory=CalibConfig)
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)

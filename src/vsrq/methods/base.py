@@ -39,9 +39,10 @@ class CalibContext:
     notes: dict[str, Any] = field(default_factory=dict)  # method facts recorded in the manifest
     device: torch.device = torch.device("cpu")  # where both models sit and every batch goes
 
-    def batches(self, batch_size: int = 4) -> Iterator[torch.Tensor]:
-        """Calibration clips stacked (B, T, 3, h, w), in order; clips of one shape share batches."""
-        clips = self.calib.clips
+    def batches(self, batch_size: int = 4, indices: list[int] | None = None) -> Iterator[torch.Tensor]:
+        """Calibration clips (all, or those at ``indices``) stacked (B, T, 3, h, w), in order; clips of
+        one shape share batches."""
+        clips = self.calib.clips if indices is None else [self.calib.clips[i] for i in indices]
         for i in range(0, len(clips), batch_size):
             group = clips[i : i + batch_size]
             if len({tuple(c.shape) for c in group}) == 1:

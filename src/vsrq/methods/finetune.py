@@ -5,6 +5,10 @@ outputs, ``mean_t sqrt(||P(I_t) - Q(I_t)||^2 + eps^2)``, plus ``lambda_skt`` tim
 feature loss, ``mean_{t,k} || F_P/||F_P|| - F_Q/||F_Q|| ||^2`` over every feature block k and frame t.
 Training runs in stages; each stage trains only its own parameters (Adam, learning rate decayed by
 ``lr_decay`` per epoch) and leaves every other tensor bit-identical.
+
+With ``holdout = k``, k calibration windows spread evenly over the set are kept out of training
+and judge each stage: a stage whose loss on them rises is undone (its parameters restored), since
+on a dozen small windows a stage can fit the crops and lose on real frames.
 """
 
 from __future__ import annotations
@@ -78,6 +82,7 @@ class FinetuneConfig:
     lambda_skt: float = 0.1
     loss: str = "charbonnier_skt"
     checkpoint_steps: bool = True  # recompute each recurrent step in backward: bounded memory, one more forward
+    holdout: int = 0  # calibration windows kept out of training to judge (and maybe undo) each stage
 
 
 @dataclass
@@ -88,10 +93,26 @@ class StageLog:
     first_loss: float | None = None
     last_loss: float | None = None
     losses: list[float] = field(default_factory=list)
+    holdout_before: float | None = None
+    holdout_after: float | None = None
+    kept: bool = True
 
     def to_dict(self) -> dict:
-        return {"stage": self.name, "steps": self.steps, "seconds": round(self.seconds, 1),
-                "loss_first": self.first_loss, "loss_last": self.last_loss}
+        d = {"stage": self.name, "steps": self.steps, "seconds": round(self.seconds, 1),
+             "loss_first": self.first_loss, "loss_last": self.last_loss}
+        if self.holdout_before is not None:
+            d.update(holdout_before=self.holdout_before, holdout_after=self.holdout_after, kept=self.kept)
+        return d
+
+
+def split_holdout(n: int, holdout: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) window indices: ``holdout`` of ``n`` windows spread evenly, the rest train."""
+    if holdout <= 0:
+        return list(range(n)), []
+    if holdout >= n:
+        raise ValueError(f"cannot hold out {holdout} of {n} calibration windows and still train")
+    held = sorted({int((i + 1) * n / holdout) - 1 for i in range(holdout)})
+    return [i for i in range(n) if i not in held], held
 
 
 def run_stages(
@@ -107,11 +128,36 @@ def run_stages(
     features for the normalized feature loss are tapped on ``ctx.fp_model`` and ``ctx.base``.
     """
     all_params = [p for p in student.parameters()]
+    train, held = split_holdout(len(ctx.calib.clips), cfg.holdout)
+    batches = list(ctx.batches(cfg.batch, train))
+    guard = list(ctx.batches(cfg.batch, held)) if held else []
     logs = []
     with _checkpointing(ctx.base, cfg.checkpoint_steps):
         for stage in stages:
-            logs.append(_run_stage(ctx, student, stage, all_params, cfg, feature_pattern))
+            before = _holdout_loss(ctx, student, guard, cfg, feature_pattern)
+            saved = [p.detach().clone() for p in stage.params if p is not None]
+            log = _run_stage(ctx, student, stage, batches, all_params, cfg, feature_pattern)
+            if guard and log.steps:
+                log.holdout_before, log.holdout_after = before, _holdout_loss(ctx, student, guard, cfg, feature_pattern)
+                log.kept = log.holdout_after <= log.holdout_before
+                if not log.kept:
+                    with torch.no_grad():
+                        for p, value in zip((p for p in stage.params if p is not None), saved):
+                            p.copy_(value)
+                ctx.log(f"stage {stage.name}: held-out loss {log.holdout_before:.4g} -> {log.holdout_after:.4g}, "
+                        + ("kept" if log.kept else "undone"))
+            logs.append(log)
     return logs
+
+
+def _holdout_loss(ctx: CalibContext, student: nn.Module, guard: list[torch.Tensor], cfg: FinetuneConfig,
+                  feature_pattern: str | None) -> float | None:
+    """The training loss averaged over the held-out windows (None without any)."""
+    if not guard:
+        return None
+    with torch.no_grad():
+        total = sum(float(_step_loss(ctx, student, x, cfg, feature_pattern)) * len(x) for x in guard)
+    return total / sum(len(x) for x in guard)
 
 
 @contextmanager
@@ -127,8 +173,8 @@ def _checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
             model.checkpoint_steps = previous
 
 
-def _run_stage(ctx: CalibContext, student: nn.Module, stage: Stage, all_params: list[nn.Parameter],
-               cfg: FinetuneConfig, feature_pattern: str | None) -> StageLog:
+def _run_stage(ctx: CalibContext, student: nn.Module, stage: Stage, batches: list[torch.Tensor],
+               all_params: list[nn.Parameter], cfg: FinetuneConfig, feature_pattern: str | None) -> StageLog:
     log = StageLog(stage.name)
     params = [p for p in stage.params if p is not None]
     if not params:
@@ -140,7 +186,6 @@ def _run_stage(ctx: CalibContext, student: nn.Module, stage: Stage, all_params: 
     opt = torch.optim.Adam(params, lr=stage.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     start = time.perf_counter()
-    batches = list(ctx.batches(cfg.batch))
     with progress(total=cfg.epochs * len(batches), desc=f"finetune {stage.name}", unit="step",
                   enabled=ctx.show_progress) as bar:
         for _ in range(cfg.epochs):

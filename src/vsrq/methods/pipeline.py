@@ -18,6 +18,7 @@ from vsrq.methods.base import CalibContext, Log, get_method
 from vsrq.models.registry import SCOPES, LoadedModel
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.qmodel import QuantizedModel
+from vsrq.quant.split import split_concat_inputs
 from vsrq.quant.swap import LayerChoice, plan_layers, summary, swap_layers
 from vsrq.devices import check_device
 
@@ -78,6 +79,8 @@ def quantize_model(
     base = copy.deepcopy(loaded.model).eval()
     for p in base.parameters():
         p.requires_grad_(False)
+    if config.split_concat:
+        split_concat_inputs(base)
     include, exclude = resolve_scope(loaded.spec.arch, config)
     choices: list[LayerChoice] = plan_layers(base, include, exclude, config.rules, config.wbits, config.abits)
     layers = swap_layers(base, choices, method.layer_specs)

@@ -11,7 +11,8 @@ Calibration (Algorithm 1 of the paper):
 4. TS-LBA: per layer, s_space (std over channels) and s_temp (unbiased std over frames) of its input
    stacked over time (Eqs. 10-11); thresholds at the p-th / (100-p)-th percentiles over layers;
    b_L = -1 when both fall below, +1 when both exceed (Eq. 12);
-5. activation ranges refreshed by OMSE at each layer's b_base + b_L bits;
+5. activation ranges refreshed by OMSE at each layer's b_base + b_L bits (``omse_refresh``; off,
+   the EMA ranges stay: measured on Vid4 at W6A6 the refresh costs 0.3 dB, see the README);
 6. fine-tuning in three stages (weight bounds, activation bounds, bit-adaptation parameters) with
    the Charbonnier + normalized feature loss of :mod:`vsrq.methods.finetune`.
 
@@ -157,8 +158,8 @@ class VideoBitController(InputController):
         return {"flows": flows}
 
     def state_manifest(self) -> dict[str, Any]:
-        return {"ref_low": float(self.ref[0]), "ref_high": float(self.ref[1]), "gamma": self.gamma, "lam": self.lam,
-                "tau": self.tau, "allow_up": self.allow_up, "lower": float(self.lower), "upper": float(self.upper)}
+        return {"ref_low": self.ref[0].item(), "ref_high": self.ref[1].item(), "gamma": self.gamma, "lam": self.lam,
+                "tau": self.tau, "allow_up": self.allow_up, "lower": self.lower.item(), "upper": self.upper.item()}
 
 
 # --- TS-LBA: per-layer temporal/spatial sensitivity ------------------------------------------------
@@ -243,12 +244,12 @@ def _specs(choice: LayerChoice, weight_obs: str, act_obs: str) -> tuple[Quantize
 
 
 _FT_OPTIONS = {"epochs": 1, "batch": 2, "lr_weight": 1e-3, "lr_act": 1e-5, "lr_bits": 0.1, "lr_decay": 0.9,
-               "lambda_skt": 0.1, "eps": 1e-6}
+               "lambda_skt": 0.1, "eps": 1e-6, "holdout": 0}
 
 
 def _finetune_cfg(opts: dict[str, Any]) -> FinetuneConfig:
     return FinetuneConfig(epochs=int(opts["epochs"]), batch=int(opts["batch"]), lr_decay=float(opts["lr_decay"]),
-                          eps=float(opts["eps"]), lambda_skt=float(opts["lambda_skt"]))
+                          eps=float(opts["eps"]), lambda_skt=float(opts["lambda_skt"]), holdout=int(opts["holdout"]))
 
 
 def _observe(ctx: CalibContext, sensitivity: LayerSensitivity | None) -> None:
@@ -283,11 +284,11 @@ class QBasicVSR(Method):
     default_options = {
         "fg_vba": True, "ts_lba": True, "finetune": True, **_FT_OPTIONS,
         "gamma": 200.0, "lambda_video": 10.0, "p_video": 10.0, "p_space": 30.0, "p_temp": 30.0, "tau": 0.1,
-        "fab_budget": None,
+        "fab_budget": None, "omse_refresh": True,
     }
 
     def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec, QuantizerSpec]:
-        return _specs(choice, "omse", "ema_omse")
+        return _specs(choice, "omse", "ema_omse" if self.options["omse_refresh"] else "ema")
 
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         o = self.options
@@ -314,7 +315,7 @@ class QBasicVSR(Method):
             budget_sum = (float(budget) - base_bits) * len(acts)
             floor = MIN_BITS - base_bits
             project_bit_budget(offsets, budget_sum, floor)
-        for q in acts.values():  # OMSE at each layer's own bits, from the EMA range
+        for q in acts.values():  # OMSE (if on) at each layer's own bits, from the EMA range
             q.finish_observation(q.layer_bits())
             q.release_observer()
         ctx.notes["layer_bits_init"] = {str(k): int(v) for k, v in zip(*np.unique(list(layer_bits.values()), return_counts=True))}

@@ -155,7 +155,7 @@ class QuantVSR(_LowRankMethod):
     default_options: dict[str, Any] = {
         "branch": "stca", "lba": True, "rotation": True, "per_token": False, "r_min": 16, "r_max": 64,
         "fixed_rank": 32, "rank_step": 1, "low_pct": 25.0, "high_pct": 75.0,
-        "epochs": 2, "batch": 2, "lr": 1e-3, "lr_decay": 0.2,
+        "epochs": 2, "batch": 2, "lr": 1e-3, "lr_decay": 0.2, "holdout": 0,
     }
 
     def calibrate(self, ctx: CalibContext) -> InputController | None:
@@ -175,7 +175,8 @@ class QuantVSR(_LowRankMethod):
         else:
             ranks = {}
         self.add_branches(ctx, ranks)
-        cfg = FinetuneConfig(epochs=int(o["epochs"]), batch=int(o["batch"]), lr_decay=float(o["lr_decay"]), loss="mse")
+        cfg = FinetuneConfig(epochs=int(o["epochs"]), batch=int(o["batch"]), lr_decay=float(o["lr_decay"]), loss="mse",
+                             holdout=int(o["holdout"]))
         stages = []
         if o["branch"] == "stca":  # dual-branch refinement
             stages.append(Stage("dual-branch", [p for l in ctx.layers.values() if l.rank

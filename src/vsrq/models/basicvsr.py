@@ -74,6 +74,14 @@ class BasicVSR(nn.Module):
         self.pixel_shuffle = nn.PixelShuffle(2)
         self.lrelu = nn.LeakyReLU(0.1)
 
+    def concat_inputs(self) -> dict[str, tuple[int, ...]]:
+        """Convs whose input is a concatenation, with the channels of each source (frame, features)."""
+        trunks = ("backward_trunk", "forward_trunk") if self.bidirectional else ("forward_trunk",)
+        splits = {f"{t}.main.0": (3, self.num_feat) for t in trunks}
+        if self.bidirectional:
+            splits["fusion"] = (self.num_feat, self.num_feat)  # backward and forward features
+        return splits
+
     def compute_flows(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Flows between neighbours: (backward t <- t+1, forward t+1 <- t), each (N, T-1, 2, H, W).
 

@@ -69,7 +69,9 @@ def plan_layers(
         if not _matches(name, include):
             choices.append(LayerChoice(name, kind, False, "outside scope"))
             continue
-        rule = next((r for r in rules if fnmatchcase(name, r.pattern)), None)
+        # a rule for a module covers its children too (the parts of a split conv keep its rules)
+        owners = [name] + [name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1)]
+        rule = next((r for r in rules if any(fnmatchcase(n, r.pattern) for n in owners)), None)
         if rule is not None and rule.skip:
             choices.append(LayerChoice(name, kind, False, f"rule {rule.pattern}"))
             continue
