@@ -70,6 +70,8 @@ def test_results_table_is_in_paper_order():
     assert body == [["| fp", "32/32", "-"], ["| minmax", "6/6", "FQ"], ["| minmax", "4/4", "FQ"],
                     ["| qbasicvsr", "4/4", "FQ"], ["| qbasicvsr", "4/4", "PQ"], ["| qbasicvsr", "4/4", "FQ"]]
     assert markdown_table(rows, "t").splitlines()[-1].endswith("ablation: +FT |")
+    rows[2]["date"], rows[4]["date"] = "2026-11-23", "2026-11-22"
+    assert "2026-11-22 to d." in markdown_table(rows, "t").splitlines()[2]  # the dates the rows span
 
 
 def _write_rows(results_dir: str, writer: int) -> None:

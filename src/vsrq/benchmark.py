@@ -286,7 +286,9 @@ def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
         what = "models below" if varied else f"{r0['model']} on {r0['dataset']} ({r0['degradation'].upper()})"
         commits = sorted({r["commit"] for r in rows})
         made = f"commit {commits[0]}" if len(commits) == 1 else f"commits {', '.join(commits)} (each row's in the JSON)"
-        lines.append(f"{what}, Y channel, {r0['frames']} frames; {made}, {r0['date']}.")
+        dates = sorted({r["date"] for r in rows})
+        when = dates[0] if len(dates) == 1 else f"{dates[0]} to {dates[-1]}"
+        lines.append(f"{what}, Y channel, {r0['frames']} frames; {made}, {when}.")
         lines.append("")
     ranks = any("average_rank" in r for r in rows)
     macs = any("gmacs_effective_per_frame" in r for r in rows)
