@@ -12,7 +12,8 @@ Calibration (Algorithm 1 of the paper):
    stacked over time (Eqs. 10-11); thresholds at the p-th / (100-p)-th percentiles over layers;
    b_L = -1 when both fall below, +1 when both exceed (Eq. 12);
 5. activation ranges refreshed by OMSE at each layer's b_base + b_L bits (``omse_refresh``; off,
-   the EMA ranges stay: measured on Vid4 at W6A6 the refresh costs 0.3 dB, see the README);
+   the EMA ranges stay: measured on Vid4 the refresh costs 0.76 dB at W4A4 and 0.28 dB at W6A6,
+   see the README);
 6. fine-tuning in three stages (weight bounds, activation bounds, bit-adaptation parameters) with
    the Charbonnier + normalized feature loss of :mod:`vsrq.methods.finetune`.
 
