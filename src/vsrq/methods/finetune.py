@@ -135,7 +135,7 @@ def run_stages(
     with _checkpointing(ctx.base, cfg.checkpoint_steps):
         for stage in stages:
             before = _holdout_loss(ctx, student, guard, cfg, feature_pattern)
-            saved = [p.detach().clone() for p in stage.params if p is not None]
+            saved = [p.detach().clone() for p in stage.params if p is not None] if guard else []
             log = _run_stage(ctx, student, stage, batches, all_params, cfg, feature_pattern)
             if guard and log.steps:
                 log.holdout_before, log.holdout_after = before, _holdout_loss(ctx, student, guard, cfg, feature_pattern)
