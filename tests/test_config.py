@@ -104,3 +104,39 @@ def test_concurrent_benchmark_writers_lose_no_rows(tmp_path):
     assert all(p.exitcode == 0 for p in procs)
     methods = {r["method"] for r in json.loads((tmp_path / "t.json").read_text())}
     assert methods == {f"w{w}-{i}" for w in range(4) for i in range(15)}
+
+
+def test_resume_keeps_every_dataset_and_has_tells_them_apart(tmp_path):
+    """A sweep scored on two datasets resumes both; a row on one does not count as done on the other."""
+    import json
+
+    from vsrq.benchmark import Bench
+
+    def row(dataset: str, model: str = "m", frames: str = "quick") -> dict:
+        return dict(model=model, method="qbasicvsr", wbits=4, abits=4, scope="fq", dataset=dataset, degradation="bi",
+                    frames=frames, psnr_y=20.0, ssim_y=0.5, fab=4.0, size_mb=1.0, calib_s=1.0, notes="x",
+                    commit="abc", date="d", calibration_loss=0.5)
+
+    rows = [row("vid4"), row("bikes"), row("vid4", model="other"), row("vid4", frames="full")]
+    (tmp_path / "t.json").write_text(json.dumps(rows))
+    bench = Bench.__new__(Bench)  # only the names, the frames mode and the rows matter here
+    bench.name, bench.model_name, bench.quick, bench.dataset, bench.rows = "t", "m", True, "vid4", []
+    bench.resume(tmp_path)
+    assert sorted(r.dataset for r in bench.rows) == ["bikes", "vid4"]
+    assert bench.rows[0].extra["calibration_loss"] == 0.5
+    assert bench.has("qbasicvsr", 4, 4, "fq", "x") and not bench.has("qbasicvsr", 4, 4, "fq", "y")
+    bench.rows = [r for r in bench.rows if r.dataset == "bikes"]
+    assert not bench.has("qbasicvsr", 4, 4, "fq", "x")
+    assert bench.has("qbasicvsr", 4, 4, "fq", "x", dataset="bikes")
+    bench.dataset = "bikes"
+    assert bench.has("qbasicvsr", 4, 4, "fq", "x")
+
+
+def test_markdown_table_shows_the_calibration_loss_when_rows_carry_it():
+    from vsrq.benchmark import markdown_table
+
+    row = dict(model="m", method="qbasicvsr", wbits=4, abits=4, scope="fq", dataset="vid4", degradation="bi",
+               frames="quick", psnr_y=20.0, ssim_y=0.5, fab=4.0, size_mb=1.0, calib_s=1.0, notes="", commit="a", date="d")
+    assert "calib loss" not in markdown_table([row], "t")
+    lines = markdown_table([row, dict(row, calibration_loss=8.82581, notes="n")], "t").splitlines()
+    assert "| calib loss |" in lines[4] and lines[-2].endswith("| - | 1 |  |") and lines[-1].endswith("| 8.8258 | 1 | n |")

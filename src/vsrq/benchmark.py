@@ -212,20 +212,23 @@ class Bench:
             return write_results(merged + list(mine.values()), self.name, results_dir)
 
     def resume(self, results_dir: Path) -> None:
-        """Keep the rows of an earlier run in the same frames mode, so an interrupted sweep goes on where it stopped."""
+        """Keep the rows of an earlier run of this model in the same frames mode (every dataset), so an
+        interrupted sweep goes on where it stopped."""
         path = results_dir / f"{self.name}.json"
         if not path.is_file():
             return
         names = {f.name for f in fields(Row)} - {"extra"}
         for d in json.loads(path.read_text()):
-            if d.get("frames") == self.frames and d.get("dataset") == self.dataset:
+            if d.get("frames") == self.frames and d.get("model") == self.model_name:
                 self.rows.append(Row(**{k: d[k] for k in names if k in d},
                                      extra={k: v for k, v in d.items() if k not in names}))
 
-    def has(self, method: str, wbits: int, abits: int, scope: str | None, notes: str = "") -> bool:
-        """Whether a row with these settings is already recorded (see :meth:`resume`)."""
-        return any((r.method, r.wbits, r.abits, r.scope, r.notes) == (method, wbits, abits, scope, notes)
-                   for r in self.rows)
+    def has(self, method: str, wbits: int, abits: int, scope: str | None, notes: str = "",
+            dataset: str | None = None) -> bool:
+        """Whether a row with these settings is already recorded on ``dataset`` (default: the current one; see
+        :meth:`resume`)."""
+        return any((r.dataset, r.method, r.wbits, r.abits, r.scope, r.notes)
+                   == (dataset or self.dataset, method, wbits, abits, scope, notes) for r in self.rows)
 
 
 @contextmanager
@@ -291,6 +294,7 @@ def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
         lines.append(f"{what}, Y channel, {r0['frames']} frames; {made}, {when}.")
         lines.append("")
     ranks = any("average_rank" in r for r in rows)
+    losses = any("calibration_loss" in r for r in rows)
     macs = any("gmacs_effective_per_frame" in r for r in rows)
     head = "| method | W/A | scope | PSNR-Y | SSIM-Y | FAB | size (MB) |"
     rule = "| --- | --- | --- | ---: | ---: | ---: | ---: |"
@@ -300,6 +304,8 @@ def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
         head, rule = head + " avg rank |", rule + " ---: |"
     if macs:
         head, rule = head + " GMAC/frame (FP32-eq.) |", rule + " ---: |"
+    if losses:
+        head, rule = head + " calib loss |", rule + " ---: |"
     lines += [head + " calib (s) | notes |", rule + " ---: | --- |"]
     for r in rows:
         scope = (r["scope"] or "-").upper()
@@ -311,6 +317,8 @@ def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
         if macs:
             eff = r.get("gmacs_effective_per_frame")
             cells.append("-" if eff is None else f"{eff:.1f} of {r['gmacs_per_frame']:.1f}")
+        if losses:
+            cells.append(f"{r['calibration_loss']:.4f}" if "calibration_loss" in r else "-")
         calib = "-" if r["calib_s"] is None else f"{r['calib_s']:.0f}" + (" (GPU)" if r.get("device") else "")
         cells += [calib, r["notes"]]
         lines.append("| " + " | ".join(cells) + " |")
