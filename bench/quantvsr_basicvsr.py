@@ -8,6 +8,7 @@ Rows carry the average rank and the MACs per frame with the FP branch counted at
 
     python bench/quantvsr_basicvsr.py            # quick: first 10 frames per clip
     python bench/quantvsr_basicvsr.py --per-token   # activations per token (pixel) instead of per tensor
+    python bench/quantvsr_basicvsr.py --per-token --holdout 3 --only quantvsr-w4   # stages judged on 3 held-out windows
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ ABLATIONS = (  # (notes, options) at W4A4; STCA + LBA is the quantvsr row itself
 
 
 def main() -> int:
-    args = parse_args(__doc__, per_token=True)
+    args = parse_args(__doc__, per_token=True, holdout=True)
     calib, rules, suffix = variant(args)
     if args.per_token:  # QuantVSR's option: one dynamic range per pixel (token) across channels
         suffix = with_variant("per-token activations", suffix)
@@ -54,6 +55,9 @@ def main() -> int:
         plan += [(f"quarot-w{bits}", "quarot", bits, {}, ""), (f"svdquant-w{bits}", "svdquant", bits, {}, "")]
     for label, method, bits, options, notes in plan:
         notes = with_variant(notes, suffix)
+        trains = method == "quantvsr" and (options.get("lba", True) or options.get("branch", "stca") == "stca")
+        if args.holdout and trains:  # a stage (refinement, LBA) whose loss on K held-out windows rises is undone
+            options, notes = {**options, "holdout": args.holdout}, with_variant(notes, f"holdout {args.holdout}")
         if not wanted(args, label) or bench.has(method, bits, bits, "fq", notes):
             continue
         if args.per_token:
