@@ -22,6 +22,7 @@ from common import RESULTS, borrow_rows, parse_args, variant, wanted, with_varia
 
 from vsrq.benchmark import Bench  # noqa: E402
 from vsrq.config import QuantConfig  # noqa: E402
+from vsrq.methods.quantvsr import QuantVSR  # noqa: E402
 
 ABLATIONS = (  # (notes, options) at W4A4; STCA + LBA is the quantvsr row itself
     ("ablation: no branch", {"branch": "none", "lba": False}),
@@ -55,7 +56,8 @@ def main() -> int:
         plan += [(f"quarot-w{bits}", "quarot", bits, {}, ""), (f"svdquant-w{bits}", "svdquant", bits, {}, "")]
     for label, method, bits, options, notes in plan:
         notes = with_variant(notes, suffix)
-        trains = method == "quantvsr" and (options.get("lba", True) or options.get("branch", "stca") == "stca")
+        o = {**QuantVSR.default_options, **options}
+        trains = method == "quantvsr" and (o["lba"] or o["branch"] == "stca")  # a row with a training stage
         if args.holdout and trains:  # a stage (refinement, LBA) whose loss on K held-out windows rises is undone
             options, notes = {**options, "holdout": args.holdout}, with_variant(notes, f"holdout {args.holdout}")
         if not wanted(args, label) or bench.has(method, bits, bits, "fq", notes):

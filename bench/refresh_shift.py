@@ -87,7 +87,6 @@ def main() -> int:
     datasets = {"vid4": bench.clips, "bikes": bikes_clips()}
     if args.resume:
         bench.resume(RESULTS)
-
     for name, clips in datasets.items():
         bench.dataset, bench.clips = name, clips
         if wanted(args, "fp") and not bench.has("fp", 32, 32, None):
