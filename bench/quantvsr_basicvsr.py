@@ -2,7 +2,8 @@
 
 QuantVSR with its Table 1 ablations (no branch, no branch + LBA, SVD branch, SVD branch + LBA,
 STCA, STCA + LBA = quantvsr; ours: SVD branches of uniform rank 16 and 24, which bracket STCA's
-average rank), QuaRot and SVDQuant, on the same calibration clips as the QBasicVSR
+average rank, and uniform ranks 16/24/32 with STCA's dual-branch refinement, which separate its
+allocation from its refinement), QuaRot and SVDQuant, on the same calibration clips as the QBasicVSR
 benchmark; the QBasicVSR rows of bench/results/qbasicvsr_vid4.json are repeated for reference.
 Rows carry the average rank and the MACs per frame with the FP branch counted at 32 bits.
 
@@ -33,6 +34,10 @@ ABLATIONS = (  # (notes, options) at W4A4; STCA + LBA is the quantvsr row itself
     # ours: uniform ranks that bracket STCA's average (18.5 here), to judge its allocation at equal cost
     ("ablation: SVD branch rank 16", {"branch": "svd", "lba": False, "fixed_rank": 16}),
     ("ablation: SVD branch rank 24", {"branch": "svd", "lba": False, "fixed_rank": 24}),
+    # ours: the same uniform ranks with STCA's dual-branch refinement, to separate allocation from refinement
+    ("ablation: SVD branch + refinement", {"branch": "svd", "lba": False, "refine": True}),
+    ("ablation: SVD branch rank 24 + refinement", {"branch": "svd", "lba": False, "fixed_rank": 24, "refine": True}),
+    ("ablation: SVD branch rank 16 + refinement", {"branch": "svd", "lba": False, "fixed_rank": 16, "refine": True}),
 )
 
 
@@ -57,7 +62,7 @@ def main() -> int:
     for label, method, bits, options, notes in plan:
         notes = with_variant(notes, suffix)
         o = {**QuantVSR.default_options, **options}
-        trains = method == "quantvsr" and (o["lba"] or o["branch"] == "stca")  # a row with a training stage
+        trains = method == "quantvsr" and (o["lba"] or QuantVSR.refines(o))  # a row with a training stage
         if args.holdout and trains:  # a stage (refinement, LBA) whose loss on K held-out windows rises is undone
             options, notes = {**options, "holdout": args.holdout}, with_variant(notes, f"holdout {args.holdout}")
         if not wanted(args, label) or bench.has(method, bits, bits, "fq", notes):

@@ -16,7 +16,7 @@ from vsrq.config import QuantConfig, QuantizerSpec
 from vsrq.methods.base import CalibContext
 from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
 from vsrq.methods.pipeline import quantize_model
-from vsrq.methods.quantvsr import allocate_ranks, max_rank, svd_lowrank_factors
+from vsrq.methods.quantvsr import QuantVSR, allocate_ranks, max_rank, svd_lowrank_factors
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.rotation import PALEY_ORDERS, HadamardRotation, block_plan, fwht, hadamard_block
 
@@ -157,3 +157,19 @@ def test_methods_end_to_end_with_checkpoint(method: str, options: dict, tmp_path
     loaded = checkpoint.load(checkpoint.save(qm, tmp_path / "m.vsrq"))
     with torch.no_grad():
         assert torch.equal(loaded(x), y)
+
+
+def test_refine_option_trains_a_uniform_svd_branch_only_when_asked():
+    """branch=svd keeps its SVD factors unless refine=true (the ablation that separates STCA's allocation)."""
+    base = {"branch": "svd", "lba": False, "fixed_rank": 8, "batch": 2, "epochs": 1}
+    runs = {}
+    for refine in (None, True):
+        cfg = QuantConfig(method="quantvsr", wbits=4, abits=4, options={**base, "refine": refine})
+        qm = quantize_model(_loaded(num_feat=32), cfg, _synthetic_calib(2, 3), **QUIET)
+        runs[refine] = ({n: l.lowrank_up.detach().clone() for n, l in qm.layers().items() if l.rank}, qm.manifest)
+    plain, refined = runs[None], runs[True]
+    assert plain[0].keys() == refined[0].keys() and plain[0]
+    assert "stages" not in plain[1]["notes"]
+    assert [s["stage"] for s in refined[1]["notes"]["stages"]] == ["dual-branch"]
+    assert any(not torch.equal(plain[0][n], refined[0][n]) for n in plain[0])
+    assert QuantVSR.refines({"branch": "stca", "refine": None}) and not QuantVSR.refines({"branch": "none", "refine": True})

@@ -25,6 +25,8 @@ Baselines: ``quarot`` (rotation + round-to-nearest, no branch, no training) and 
 (SmoothQuant smoothing with alpha 0.5 + a fixed rank-32 SVD branch, no refinement), with the same
 weight/activation granularity as ``quantvsr`` so the table compares methods, not granularities.
 QuantVSR's Table 1 ablations are options: ``branch`` ("none" | "svd" | "stca") and ``lba``.
+``refine`` (default: only the STCA branch, as in the paper) can also refine a uniform-rank SVD
+branch, which separates STCA's rank allocation from its refinement.
 """
 
 from __future__ import annotations
@@ -154,9 +156,16 @@ class QuantVSR(_LowRankMethod):
     description = "QuantVSR: STCA-ranked FP low-rank branch + Hadamard-rotated low-bit branch + learnable bias alignment"
     default_options: dict[str, Any] = {
         "branch": "stca", "lba": True, "rotation": True, "per_token": False, "r_min": 16, "r_max": 64,
-        "fixed_rank": 32, "rank_step": 1, "low_pct": 25.0, "high_pct": 75.0,
+        "fixed_rank": 32, "refine": None, "rank_step": 1, "low_pct": 25.0, "high_pct": 75.0,
         "epochs": 2, "batch": 2, "lr": 1e-3, "lr_decay": 0.2, "holdout": 0,
     }
+
+    @staticmethod
+    def refines(options: dict[str, Any]) -> bool:
+        """Whether the recipe refines a branch: by default only STCA's (the paper), else as ``refine`` says."""
+        if options["branch"] == "none":
+            return False
+        return options["branch"] == "stca" if options["refine"] is None else bool(options["refine"])
 
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         o = self.options
@@ -178,7 +187,7 @@ class QuantVSR(_LowRankMethod):
         cfg = FinetuneConfig(epochs=int(o["epochs"]), batch=int(o["batch"]), lr_decay=float(o["lr_decay"]), loss="mse",
                              holdout=int(o["holdout"]))
         stages = []
-        if o["branch"] == "stca":  # dual-branch refinement
+        if self.refines(o):  # dual-branch refinement
             stages.append(Stage("dual-branch", [p for l in ctx.layers.values() if l.rank
                                                 for p in (l.lowrank_up, l.lowrank_down)], float(o["lr"])))
         if o["lba"]:
