@@ -140,3 +140,27 @@ def test_markdown_table_shows_the_calibration_loss_when_rows_carry_it():
     assert "calib loss" not in markdown_table([row], "t")
     lines = markdown_table([row, dict(row, calibration_loss=8.82581, notes="n")], "t").splitlines()
     assert "| calib loss |" in lines[4] and lines[-2].endswith("| - | 1 |  |") and lines[-1].endswith("| 8.8258 | 1 | n |")
+
+
+def test_git_commit_is_dirty_for_code_not_for_results_or_markdown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import subprocess
+
+    from vsrq.benchmark import git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    for name in ("code.py", "README.md", "bench/results/x.json"):
+        (tmp_path / name).write_text("a\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.chdir(tmp_path)
+    clean = git_commit()
+    assert len(clean) >= 7 and not clean.endswith("+dirty")
+    (tmp_path / "README.md").write_text("b\n")
+    (tmp_path / "bench/results/x.json").write_text("b\n")
+    assert git_commit() == clean
+    (tmp_path / "code.py").write_text("b\n")
+    assert git_commit() == clean + "+dirty"

@@ -67,9 +67,12 @@ class Row:
 
 
 def git_commit() -> str:
+    """HEAD's short hash, "+dirty" when tracked files other than results and Markdown differ from it
+    (a benchmark that runs while others write their results still ran committed code)."""
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":(exclude)bench/results", ":(exclude)*.md"], capture_output=True, text=True)
         return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
