@@ -30,6 +30,7 @@ ABLATIONS = (  # (label in notes, method, options)
     ("calibration + OMSE refresh", "qbasicvsr", {"fg_vba": False, "ts_lba": False, "finetune": False}),
     ("FG-VBA +TS-LBA, no FT", "qbasicvsr", {"finetune": False}),
     ("no OMSE refresh", "qbasicvsr", {"omse_refresh": False}),
+    ("OMSE refresh auto", "qbasicvsr", {"omse_refresh": "auto"}),  # ours: kept only if it fine-tunes to a lower loss
     ("+FT", "qbasicvsr", {"fg_vba": False, "ts_lba": False}),
     ("+FT +FG-VBA", "qbasicvsr", {"ts_lba": False}),
     ("+FT +TS-LBA", "qbasicvsr", {"fg_vba": False}),

@@ -11,6 +11,7 @@ import torch
 from tests.conftest import smooth_frames
 from tests.test_quant_layers import _loaded, _synthetic_calib
 from vsrq.config import QuantConfig
+from vsrq.errors import VsrqError
 from vsrq.methods.base import CalibContext
 from vsrq.methods.finetune import (
     FinetuneConfig,
@@ -235,6 +236,30 @@ def test_fab_budget_holds_for_every_video():
         with torch.no_grad():
             qm(video)
         assert accounting.count(qm).fab <= 4.0 + 1e-9
+
+
+def test_auto_refresh_keeps_the_fine_tuned_candidate_with_the_lower_calibration_loss():
+    """omse_refresh=auto fine-tunes both range sets from one start and keeps the better: the result is
+    the single-setting run it chose, to the bit, and that run's loss is the lower one."""
+    calib = _synthetic_calib(2, 3)
+    x = torch.from_numpy(smooth_frames(3, 64, 64, seed=3)).float().div(255).permute(0, 3, 1, 2)[None]
+    outputs = {}
+    chosen = None
+    for refresh in ("auto", None):  # None: the setting auto chose, on its own
+        opts = {"omse_refresh": chosen == "omse" if refresh is None else refresh, "batch": 2, "fg_vba": False,
+                "ts_lba": False}
+        qm = quantize_model(_loaded(), QuantConfig(method="qbasicvsr", wbits=4, abits=4, options=opts), calib, **QUIET)
+        with torch.no_grad():
+            outputs[refresh] = qm(x)
+        if refresh == "auto":
+            notes = qm.manifest["notes"]["omse_refresh"]
+            losses = {"omse": notes["loss_omse"], "ema": notes["loss_ema"]}
+            chosen = notes["chosen"]
+            assert losses["omse"] != losses["ema"] and chosen == min(losses, key=losses.get)
+    assert torch.equal(outputs["auto"], outputs[None])
+    with pytest.raises(VsrqError, match="omse_refresh"):
+        quantize_model(_loaded(), QuantConfig(method="qbasicvsr", wbits=4, abits=4, options={"omse_refresh": "yes"}),
+                       calib, **QUIET)
 
 
 def test_without_omse_refresh_activations_keep_the_ema_ranges():

@@ -150,14 +150,18 @@ def run_stages(
     return logs
 
 
+def mean_loss(ctx: CalibContext, student: nn.Module, batches: list[torch.Tensor], cfg: FinetuneConfig,
+              feature_pattern: str | None) -> float:
+    """The training loss averaged over the windows of ``batches`` (no gradients)."""
+    with torch.no_grad():
+        total = sum(float(_step_loss(ctx, student, x, cfg, feature_pattern)) * len(x) for x in batches)
+    return total / sum(len(x) for x in batches)
+
+
 def _holdout_loss(ctx: CalibContext, student: nn.Module, guard: list[torch.Tensor], cfg: FinetuneConfig,
                   feature_pattern: str | None) -> float | None:
     """The training loss averaged over the held-out windows (None without any)."""
-    if not guard:
-        return None
-    with torch.no_grad():
-        total = sum(float(_step_loss(ctx, student, x, cfg, feature_pattern)) * len(x) for x in guard)
-    return total / sum(len(x) for x in guard)
+    return mean_loss(ctx, student, guard, cfg, feature_pattern) if guard else None
 
 
 @contextmanager

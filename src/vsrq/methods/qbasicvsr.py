@@ -11,9 +11,10 @@ Calibration (Algorithm 1 of the paper):
 4. TS-LBA: per layer, s_space (std over channels) and s_temp (unbiased std over frames) of its input
    stacked over time (Eqs. 10-11); thresholds at the p-th / (100-p)-th percentiles over layers;
    b_L = -1 when both fall below, +1 when both exceed (Eq. 12);
-5. activation ranges refreshed by OMSE at each layer's b_base + b_L bits (``omse_refresh``; off,
-   the EMA ranges stay: measured on Vid4 the refresh costs 0.76 dB at W4A4 and 0.28 dB at W6A6,
-   see the README);
+5. activation ranges refreshed by OMSE at each layer's b_base + b_L bits (``omse_refresh``: true,
+   the paper; false, the EMA ranges stay; "auto", both are fine-tuned from the same start and the
+   one whose fine-tuning loss over the calibration windows ends lower is kept, at twice the
+   fine-tuning time: the refresh suits some content and not other, see the README);
 6. fine-tuning in three stages (weight bounds, activation bounds, bit-adaptation parameters) with
    the Charbonnier + normalized feature loss of :mod:`vsrq.methods.finetune`.
 
@@ -42,11 +43,12 @@ from vsrq.methods.base import (
     observe_activations,
     register_method,
 )
-from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
+from vsrq.methods.finetune import FinetuneConfig, Stage, mean_loss, run_stages
 from vsrq.models.registry import FEATURE_BLOCKS
 from vsrq.progress import progress
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.qmodel import InputController, QuantizedModel
+from vsrq.quant.quantizer import FakeQuantizer
 from vsrq.quant.swap import LayerChoice
 
 # --- FG-VBA: flow-gradient video complexity -------------------------------------------------------
@@ -270,6 +272,22 @@ def _observe(ctx: CalibContext, sensitivity: LayerSensitivity | None) -> None:
             layer.mode = "quant"
 
 
+def _activation_ranges(acts: dict[str, FakeQuantizer], refresh: bool | str
+                       ) -> dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Candidate activation ranges at each layer's own bits: "omse" (the refresh, from the EMA range)
+    and/or "ema" (the EMA min/max itself), as ``omse_refresh`` asks; releases the observers."""
+    out: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for name, q in acts.items():
+        bits = q.layer_bits()
+        q.finish_observation(bits)  # the observer's own range: OMSE from EMA, or EMA when the refresh is off
+        own = (q.lower.detach().clone(), q.upper.detach().clone())
+        out.setdefault("ema" if refresh is False else "omse", {})[name] = own
+        if refresh == "auto":
+            out.setdefault("ema", {})[name] = q.observer.start_range(bits, q.spec.symmetric)
+        q.release_observer()
+    return out
+
+
 def _range_stages(ctx: CalibContext, opts: dict[str, Any]) -> list[Stage]:
     weights = [l.weight_quantizer.upper for l in ctx.layers.values() if l.weight_quantizer is not None]
     acts = [p for l in ctx.layers.values() if l.input_quantizer is not None
@@ -289,10 +307,12 @@ class QBasicVSR(Method):
     }
 
     def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec, QuantizerSpec]:
-        return _specs(choice, "omse", "ema_omse" if self.options["omse_refresh"] else "ema")
+        return _specs(choice, "omse", "ema" if self.options["omse_refresh"] is False else "ema_omse")
 
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         o = self.options
+        if o["omse_refresh"] not in (True, False, "auto"):
+            raise VsrqError(f"option omse_refresh must be true, false or auto, got {o['omse_refresh']!r}")
         budget = o["fab_budget"]
         init_weight_ranges(ctx.layers)
         controller = self._fg_vba(ctx, budget is None) if o["fg_vba"] else None
@@ -316,19 +336,17 @@ class QBasicVSR(Method):
             budget_sum = (float(budget) - base_bits) * len(acts)
             floor = MIN_BITS - base_bits
             project_bit_budget(offsets, budget_sum, floor)
-        for q in acts.values():  # OMSE (if on) at each layer's own bits, from the EMA range
-            q.finish_observation(q.layer_bits())
-            q.release_observer()
+        candidates = _activation_ranges(acts, o["omse_refresh"])
         ctx.notes["layer_bits_init"] = {str(k): int(v) for k, v in zip(*np.unique(list(layer_bits.values()), return_counts=True))}
         student = QuantizedModel(ctx.base, {}, controller)
+        stages = []
         if o["finetune"]:
             stages = _range_stages(ctx, o)
             bit_params = (offsets if o["ts_lba"] else []) + ([controller.lower, controller.upper] if controller else [])
             if bit_params:
                 project = (lambda: project_bit_budget(offsets, budget_sum, floor)) if budget_sum is not None else None
                 stages.append(Stage("bit-adaptation", bit_params, float(o["lr_bits"]), project))
-            logs = run_stages(ctx, student, stages, _finetune_cfg(o), FEATURE_BLOCKS.get(ctx.arch))
-            ctx.notes["stages"] = [log.to_dict() for log in logs]
+        self._finetune_each(ctx, student, acts, candidates, stages)
         for q in acts.values():  # b_L is fixed after calibration: fold it into the layer's bits
             q.bits = q.layer_bits()
             q.bit_offset = None
@@ -340,6 +358,33 @@ class QBasicVSR(Method):
         if budget is not None:
             ctx.notes["fab_budget"] = float(budget)
         return controller
+
+    def _finetune_each(self, ctx: CalibContext, student: QuantizedModel, acts: dict[str, FakeQuantizer],
+                       candidates: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]], stages: list[Stage]) -> None:
+        """Fine-tune from each candidate set of activation ranges; with more than one, keep the one whose
+        loss over every calibration window ends lowest (every tensor else starts from the same state)."""
+        cfg, feature_pattern = _finetune_cfg(self.options), FEATURE_BLOCKS.get(ctx.arch)
+        start, outcomes = None, {}
+        for label, ranges in candidates.items():
+            if start is not None:
+                student.load_state_dict(start)
+            for name, (lower, upper) in ranges.items():
+                acts[name].set_range(lower, upper)
+            if start is None and len(candidates) > 1:
+                start = {k: v.clone() for k, v in student.state_dict().items()}
+            logs = run_stages(ctx, student, stages, cfg, feature_pattern) if stages else []
+            if len(candidates) == 1:
+                if logs:
+                    ctx.notes["stages"] = [log.to_dict() for log in logs]
+                return
+            loss = mean_loss(ctx, student, list(ctx.batches(cfg.batch)), cfg, feature_pattern)
+            ctx.log(f"activation ranges {label}: calibration loss {loss:.4g}")
+            outcomes[label] = (loss, logs, {k: v.clone() for k, v in student.state_dict().items()})
+        chosen = min(outcomes, key=lambda k: outcomes[k][0])
+        student.load_state_dict(outcomes[chosen][2])
+        ctx.notes["omse_refresh"] = {"chosen": chosen, **{f"loss_{k}": v[0] for k, v in outcomes.items()}}
+        if stages:
+            ctx.notes["stages"] = [log.to_dict() for log in outcomes[chosen][1]]
 
     def _fg_vba(self, ctx: CalibContext, allow_up: bool) -> VideoBitController:
         o = self.options

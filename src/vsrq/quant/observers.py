@@ -198,8 +198,12 @@ class OMSEObserver(MinMaxObserver):
 
     def compute(self, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
         values = torch.cat(self.samples, dim=1)
-        lower, upper = super().compute(bits, symmetric)
+        lower, upper = self.start_range(bits, symmetric)
         return mse_search(values, lower, upper, bits, symmetric)
+
+    def start_range(self, bits: int, symmetric: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The range the MSE search starts from (min/max, or EMA min/max for ``ema_omse``)."""
+        return super().compute(bits, symmetric)
 
 
 class EMAOMSEObserver(OMSEObserver):
