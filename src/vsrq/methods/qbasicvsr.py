@@ -362,29 +362,27 @@ class QBasicVSR(Method):
     def _finetune_each(self, ctx: CalibContext, student: QuantizedModel, acts: dict[str, FakeQuantizer],
                        candidates: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]], stages: list[Stage]) -> None:
         """Fine-tune from each candidate set of activation ranges; with more than one, keep the one whose
-        loss over every calibration window ends lowest (every tensor else starts from the same state)."""
+        loss over every calibration window ends lowest (every other tensor starts from the same state)."""
         cfg, feature_pattern = _finetune_cfg(self.options), FEATURE_BLOCKS.get(ctx.arch)
-        start, outcomes = None, {}
-        for label, ranges in candidates.items():
-            if start is not None:
+        if len(candidates) == 1:  # the observers already installed this one
+            logs = run_stages(ctx, student, stages, cfg, feature_pattern)
+        else:
+            start = {k: v.clone() for k, v in student.state_dict().items()}
+            outcomes = {}
+            for label, ranges in candidates.items():
                 student.load_state_dict(start)
-            for name, (lower, upper) in ranges.items():
-                acts[name].set_range(lower, upper)
-            if start is None and len(candidates) > 1:
-                start = {k: v.clone() for k, v in student.state_dict().items()}
-            logs = run_stages(ctx, student, stages, cfg, feature_pattern) if stages else []
-            if len(candidates) == 1:
-                if logs:
-                    ctx.notes["stages"] = [log.to_dict() for log in logs]
-                return
-            loss = mean_loss(ctx, student, list(ctx.batches(cfg.batch)), cfg, feature_pattern)
-            ctx.log(f"activation ranges {label}: calibration loss {loss:.4g}")
-            outcomes[label] = (loss, logs, {k: v.clone() for k, v in student.state_dict().items()})
-        chosen = min(outcomes, key=lambda k: outcomes[k][0])
-        student.load_state_dict(outcomes[chosen][2])
-        ctx.notes["omse_refresh"] = {"chosen": chosen, **{f"loss_{k}": v[0] for k, v in outcomes.items()}}
-        if stages:
-            ctx.notes["stages"] = [log.to_dict() for log in outcomes[chosen][1]]
+                for name, (lower, upper) in ranges.items():
+                    acts[name].set_range(lower, upper)
+                logs = run_stages(ctx, student, stages, cfg, feature_pattern)
+                loss = mean_loss(ctx, student, list(ctx.batches(cfg.batch)), cfg, feature_pattern)
+                ctx.log(f"activation ranges {label}: calibration loss {loss:.4g}")
+                outcomes[label] = (loss, logs, {k: v.clone() for k, v in student.state_dict().items()})
+            chosen = min(outcomes, key=lambda k: outcomes[k][0])
+            _, logs, state = outcomes[chosen]
+            student.load_state_dict(state)
+            ctx.notes["omse_refresh"] = {"chosen": chosen, **{f"loss_{k}": v[0] for k, v in outcomes.items()}}
+        if logs:
+            ctx.notes["stages"] = [log.to_dict() for log in logs]
 
     def _fg_vba(self, ctx: CalibContext, allow_up: bool) -> VideoBitController:
         o = self.options
