@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from tests.conftest import smooth_frames, tiny_basicvsr, write_clip
-from vsrq.cli import main
+from vsrq.cli import _parse_options, main
+from vsrq.methods import get_method
 
 
 @pytest.fixture
@@ -60,3 +61,13 @@ def test_checkpoint_of_another_architecture(tmp_path: Path, capsys):
     write_clip(tmp_path / "lr", smooth_frames(2, 64, 64))
     assert main(["upscale", str(tmp_path / "lr"), str(tmp_path / "o"), "--model", str(tmp_path / "lin.pth")]) == 2
     assert "not a BasicVSR checkpoint" in capsys.readouterr().err
+
+
+def test_methods_lists_options_that_parse_back_to_the_defaults(capsys):
+    assert main(["methods", "qbasicvsr"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    pairs = [line.strip() for line in lines if line.startswith("  ")]
+    assert "omse_refresh=true" in pairs and "fab_budget=null" in pairs
+    assert _parse_options(pairs) == get_method("qbasicvsr").default_options
+    assert main(["methods", "minmax"]) == 0 and capsys.readouterr().out.splitlines()[-1] == "no options"
+    assert main(["methods", "nosuch"]) == 2 and "unknown method 'nosuch'" in capsys.readouterr().err

@@ -221,10 +221,20 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from vsrq.methods import METHODS
+    from vsrq.methods import METHODS, get_method
 
-    for name, cls in sorted(METHODS.items()):
-        print(f"{name:16s} {cls.description}")
+    if args.name is None:
+        for name, cls in sorted(METHODS.items()):
+            print(f"{name:16s} {cls.description}")
+        return 0
+    cls = get_method(args.name)
+    print(f"{args.name}: {cls.description}")
+    if not cls.default_options:
+        print("no options")
+        return 0
+    print("options, with their defaults, as `--option` takes them:")
+    for key, value in sorted(cls.default_options.items()):  # JSON, so each line parses back to the default
+        print(f"  {key}={json.dumps(value)}")
     return 0
 
 
@@ -356,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", default="out/benchmark", help="folder for <name>.json and <name>.md")
     p.set_defaults(func=_cmd_benchmark)
 
-    p = sub.add_parser("methods", help="list quantization methods")
+    p = sub.add_parser("methods", help="list quantization methods, or one method's options and their defaults")
+    p.add_argument("name", nargs="?", help="a method: show its options (`--option key=value`) and defaults")
     p.set_defaults(func=_cmd_methods)
 
     p = sub.add_parser("models", help="list named models and where their weights resolve")
