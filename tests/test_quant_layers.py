@@ -13,7 +13,7 @@ from torch import nn
 from tests.conftest import smooth_frames, tiny_basicvsr, write_clip
 from vsrq import checkpoint
 from vsrq.cli import main
-from vsrq.config import CalibConfig, LayerRule, QuantConfig, QuantizerSpec
+from vsrq.config import LayerRule, QuantConfig, QuantizerSpec
 from vsrq.data.clips import CalibrationSet
 from vsrq.errors import VsrqError
 from vsrq.methods.pipeline import quantize_model
@@ -21,7 +21,7 @@ from vsrq.models.registry import LoadedModel, ModelSpec
 from vsrq.quant import accounting
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.packing import pack_bits, pack_codes, unpack_bits, unpack_codes
-from vsrq.quant.swap import plan_layers, summary, swap_layers
+from vsrq.quant.swap import plan_layers, summary
 
 W4 = QuantizerSpec(bits=4, symmetric=True, granularity="channel")
 A4 = QuantizerSpec(bits=4)

@@ -204,7 +204,7 @@ def test_strict_load_round_trip_with_module_prefix(raft_checkpoint):
 
 
 def test_load_errors_are_one_line(tmp_path: Path, raft_checkpoint):
-    path, state = raft_checkpoint
+    _, state = raft_checkpoint
     cases = {}
     cases["missing"] = tmp_path / "absent.pth"
     cases["garbage"] = tmp_path / "garbage.pth"

@@ -215,7 +215,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
                 print(f"{method} W{bits}A{bits} {scope.upper()}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  "
                       f"FAB {row.fab:.2f}  calib {row.calib_s:.0f} s", flush=True)
                 bench.write(Path(args.output))
-    json_path, md_path = bench.write(Path(args.output))
+    _, md_path = bench.write(Path(args.output))
     print(Path(md_path).read_text())
     return 0
 

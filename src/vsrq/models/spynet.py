@@ -24,7 +24,7 @@ def flow_warp(x: torch.Tensor, flow: torch.Tensor, padding_mode: str = "zeros") 
 
     Always runs in float32: warping is alignment, not a learned layer, and quantization never touches it.
     """
-    n, _, h, w = x.shape
+    _, _, h, w = x.shape
     gy, gx = torch.meshgrid(
         torch.arange(h, dtype=x.dtype, device=x.device),
         torch.arange(w, dtype=x.dtype, device=x.device),

@@ -50,7 +50,7 @@ def scale_zero_point(lower: torch.Tensor, upper: torch.Tensor, bits: Bits, symme
     A symmetric grid is set by ``|upper|`` alone (its range is [-|upper|, |upper|], the single clip
     bound QBasicVSR learns for weights); ``lower`` is ignored.
     """
-    qmin, qmax = int_range(bits, symmetric)
+    _, qmax = int_range(bits, symmetric)
     if symmetric:
         scale = torch.clamp(upper.abs() / qmax, min=_EPS)
         return scale, torch.zeros_like(scale)
