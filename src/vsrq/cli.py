@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-concat", action="store_true",
                    help="run convs over concatenations (BasicVSR: frame + features) as one conv per source, "
                         "each with its own activation range")
-    p.add_argument("--option", action="append", default=[], help="method option key=value (repeatable; `vsrq methods NAME` lists them)")
+    p.add_argument("--option", action="append", default=[],
+                   help="method option key=value (repeatable; `vsrq methods NAME` lists them)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="where calibration computes: cpu (default) or cuda[:N]")
     p.add_argument("-o", "--output", required=True, help="the .vsrq checkpoint to write")
