@@ -39,8 +39,9 @@ def parse_args(description: str, per_token: bool = False, holdout: bool = False)
     parser.add_argument("--keep-float", nargs="+", default=[], metavar="GLOB",
                         help="modules kept in float, e.g. '*_trunk.main.0' (notes say so)")
     if per_token:
-        parser.add_argument("--per-token", action="store_true",
-                            help="dynamic activation ranges per token (pixel) instead of per tensor (notes say so)")
+        parser.add_argument("--per-token", nargs="*", default=None, metavar="GLOB",
+                            help="dynamic activation ranges per token (pixel) instead of per tensor, in every layer "
+                                 "or only in the layers the globs select (notes say so)")
     if holdout:
         parser.add_argument("--holdout", type=int, default=0, metavar="K",
                             help="fine-tuning keeps K calibration windows out to judge each stage (notes say so)")

@@ -9,6 +9,7 @@ Rows carry the average rank and the MACs per frame with the FP branch counted at
 
     python bench/quantvsr_basicvsr.py            # quick: first 10 frames per clip
     python bench/quantvsr_basicvsr.py --per-token   # activations per token (pixel) instead of per tensor
+    python bench/quantvsr_basicvsr.py --per-token '*_trunk.main.0' 'upconv*' conv_hr conv_last  # only there
     python bench/quantvsr_basicvsr.py --per-token --holdout 3 --only quantvsr-w4   # stages judged on 3 held-out windows
 """
 
@@ -44,8 +45,11 @@ ABLATIONS = (  # (notes, options) at W4A4; STCA + LBA is the quantvsr row itself
 def main() -> int:
     args = parse_args(__doc__, per_token=True, holdout=True)
     calib, rules, suffix = variant(args)
-    if args.per_token:  # QuantVSR's option: one dynamic range per pixel (token) across channels
-        suffix = with_variant("per-token activations", suffix)
+    # QuantVSR's option: one dynamic range per pixel (token) across channels, everywhere or in the named layers
+    per_token = None if args.per_token is None else args.per_token or True
+    if per_token is not None:
+        where = "" if per_token is True else " in " + " ".join(per_token)
+        suffix = with_variant(f"per-token activations{where}", suffix)
     bench = Bench("quantvsr_basicvsr", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, calib, device=args.device)
     if args.resume:
         bench.resume(RESULTS)
@@ -67,8 +71,8 @@ def main() -> int:
             options, notes = {**options, "holdout": args.holdout}, with_variant(notes, f"holdout {args.holdout}")
         if not wanted(args, label) or bench.has(method, bits, bits, "fq", notes):
             continue
-        if args.per_token:
-            options = {**options, "per_token": True}
+        if per_token is not None:
+            options = {**options, "per_token": per_token}
         config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib, options=options,
                              split_concat=args.split_concat)
         row, qm = bench.quantized_row(config, method, notes)

@@ -13,6 +13,7 @@ from tests.conftest import smooth_frames
 from tests.test_quant_layers import _loaded, _synthetic_calib
 from vsrq import checkpoint
 from vsrq.config import QuantConfig, QuantizerSpec
+from vsrq.errors import VsrqError
 from vsrq.methods.base import CalibContext
 from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
 from vsrq.methods.pipeline import quantize_model
@@ -173,3 +174,22 @@ def test_refine_option_trains_a_uniform_svd_branch_only_when_asked():
     assert [s["stage"] for s in refined[1]["notes"]["stages"]] == ["dual-branch"]
     assert any(not torch.equal(plain[0][n], refined[0][n]) for n in plain[0])
     assert QuantVSR.refines({"branch": "stca", "refine": None}) and not QuantVSR.refines({"branch": "none", "refine": True})
+
+
+def test_per_token_globs_select_the_layers_with_per_token_activations(tmp_path: Path):
+    """per_token as a list of globs: those layers get one range per pixel, the rest one per tensor; saved and loaded."""
+    cfg = QuantConfig(method="quantvsr", wbits=4, abits=4,
+                      options={"branch": "svd", "lba": False, "per_token": ["upconv*", "conv_last"]})
+    qm = quantize_model(_loaded(num_feat=32), cfg, _synthetic_calib(2, 3), **QUIET)
+    grains = {n: l.input_quantizer.spec.granularity for n, l in qm.layers().items()}
+    token = {n for n, g in grains.items() if g == "token"}
+    assert token == {"upconv1", "upconv2", "conv_last"} and set(grains.values()) == {"token", "tensor"}
+    loaded = checkpoint.load(checkpoint.save(qm, tmp_path / "m.vsrq"))
+    assert {n: l.input_quantizer.spec.granularity for n, l in loaded.layers().items()} == grains
+    x = torch.from_numpy(smooth_frames(3, 64, 64, seed=5)).float().div(255).permute(0, 3, 1, 2)[None]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qm(x))
+    with pytest.raises(VsrqError, match="per_token must be"):
+        quantize_model(_loaded(num_feat=32), QuantConfig(method="quantvsr", wbits=4, abits=4,
+                                                         options={"per_token": "upconv*"}),
+                       _synthetic_calib(2, 3), **QUIET)

@@ -3,7 +3,8 @@
 The layer (paper Eq. 3): ``y = X L1 L2 + Q_A(X H) Q_W(H^T R) + A_bias`` with ``R = W - L1 L2``:
 a full-precision low-rank branch, a randomized-Hadamard-rotated low-bit branch, and a learnable
 bias. Weights are quantized per output channel (symmetric; ranges follow R while it trains and are
-fixed at the end), activations per tensor, asymmetric, with dynamic ranges (per token optional).
+fixed at the end), activations per tensor, asymmetric, with dynamic ranges (per token optional:
+everywhere, or in the layers that module-name globs select).
 
 Calibration, in the paper's three stages:
 
@@ -31,6 +32,7 @@ branch, which separates STCA's rank allocation from its refinement.
 
 from __future__ import annotations
 
+from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
@@ -118,8 +120,16 @@ def _weight_spec(choice: LayerChoice) -> QuantizerSpec:
     return QuantizerSpec(bits=choice.wbits, symmetric=True, granularity="channel", dynamic=True)
 
 
-def _act_spec(choice: LayerChoice, per_token: bool) -> QuantizerSpec:
-    return QuantizerSpec(bits=choice.abits, symmetric=False, granularity="token" if per_token else "tensor", dynamic=True)
+def _act_spec(choice: LayerChoice, per_token: bool | list[str]) -> QuantizerSpec:
+    """Dynamic asymmetric activations, per tensor (QuantVSR) or per token: everywhere (``per_token=true``) or only
+    in the layers a list of module-name globs selects, where a per-tensor range costs the most."""
+    if isinstance(per_token, list) and all(isinstance(g, str) for g in per_token):
+        token = any(fnmatchcase(choice.name, g) for g in per_token)
+    elif isinstance(per_token, bool):
+        token = per_token
+    else:
+        raise VsrqError(f"option per_token must be true, false or a list of module-name globs, got {per_token!r}")
+    return QuantizerSpec(bits=choice.abits, symmetric=False, granularity="token" if token else "tensor", dynamic=True)
 
 
 def _freeze_weight_ranges(ctx: CalibContext) -> None:
@@ -132,7 +142,7 @@ class _LowRankMethod(Method):
     """Shared by quantvsr, svdquant and quarot: rotation/smoothing, an optional branch, optional training."""
 
     def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec, QuantizerSpec]:
-        return _weight_spec(choice), _act_spec(choice, bool(self.options.get("per_token", False)))
+        return _weight_spec(choice), _act_spec(choice, self.options.get("per_token", False))
 
     def add_rotations(self, ctx: CalibContext) -> None:
         for i, layer in enumerate(ctx.layers.values()):
