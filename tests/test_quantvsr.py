@@ -177,19 +177,22 @@ def test_refine_option_trains_a_uniform_svd_branch_only_when_asked():
 
 
 def test_per_token_globs_select_the_layers_with_per_token_activations(tmp_path: Path):
-    """per_token as a list of globs: those layers get one range per pixel, the rest one per tensor; saved and loaded."""
-    cfg = QuantConfig(method="quantvsr", wbits=4, abits=4,
-                      options={"branch": "svd", "lba": False, "per_token": ["upconv*", "conv_last"]})
+    """per_token as globs: the layers they cover (parts of a split conv included) get one range per pixel, the rest
+    one per tensor; saved and loaded; a glob covering no quantized layer and a bad value are clear errors."""
+    cfg = QuantConfig(method="quantvsr", wbits=4, abits=4, split_concat=True,
+                      options={"branch": "svd", "lba": False, "per_token": ["upconv*", "forward_trunk.main.0"]})
     qm = quantize_model(_loaded(num_feat=32), cfg, _synthetic_calib(2, 3), **QUIET)
     grains = {n: l.input_quantizer.spec.granularity for n, l in qm.layers().items()}
     token = {n for n, g in grains.items() if g == "token"}
-    assert token == {"upconv1", "upconv2", "conv_last"} and set(grains.values()) == {"token", "tensor"}
+    assert token == {"upconv1", "upconv2", "forward_trunk.main.0.parts.0", "forward_trunk.main.0.parts.1"}
+    assert "tensor" in grains.values()
     loaded = checkpoint.load(checkpoint.save(qm, tmp_path / "m.vsrq"))
     assert {n: l.input_quantizer.spec.granularity for n, l in loaded.layers().items()} == grains
     x = torch.from_numpy(smooth_frames(3, 64, 64, seed=5)).float().div(255).permute(0, 3, 1, 2)[None]
     with torch.no_grad():
         assert torch.equal(loaded(x), qm(x))
-    with pytest.raises(VsrqError, match="per_token must be"):
-        quantize_model(_loaded(num_feat=32), QuantConfig(method="quantvsr", wbits=4, abits=4,
-                                                         options={"per_token": "upconv*"}),
-                       _synthetic_calib(2, 3), **QUIET)
+    for per_token, message in ((["upconv"], "'upconv' cover no quantized layer"), ("upconv*", "per_token must be")):
+        with pytest.raises(VsrqError, match=message):
+            quantize_model(_loaded(num_feat=32), QuantConfig(method="quantvsr", wbits=4, abits=4,
+                                                             options={"per_token": per_token}),
+                           _synthetic_calib(2, 3), **QUIET)

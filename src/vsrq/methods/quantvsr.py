@@ -32,19 +32,18 @@ branch, which separates STCA's rank allocation from its refinement.
 
 from __future__ import annotations
 
-from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
 import torch
 
-from vsrq.config import QuantizerSpec
+from vsrq.config import QuantConfig, QuantizerSpec
 from vsrq.errors import VsrqError
 from vsrq.methods.base import CalibContext, InputStatistics, Method, register_method, run_model
 from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.qmodel import InputController
-from vsrq.quant.swap import LayerChoice
+from vsrq.quant.swap import LayerChoice, covers
 
 SVD_FULL_LIMIT = 1 << 20  # matrices larger than this many entries use a randomized low-rank SVD
 
@@ -120,16 +119,8 @@ def _weight_spec(choice: LayerChoice) -> QuantizerSpec:
     return QuantizerSpec(bits=choice.wbits, symmetric=True, granularity="channel", dynamic=True)
 
 
-def _act_spec(choice: LayerChoice, per_token: bool | list[str]) -> QuantizerSpec:
-    """Dynamic asymmetric activations, per tensor (QuantVSR) or per token: everywhere (``per_token=true``) or only
-    in the layers a list of module-name globs selects, where a per-tensor range costs the most."""
-    if isinstance(per_token, list) and all(isinstance(g, str) for g in per_token):
-        token = any(fnmatchcase(choice.name, g) for g in per_token)
-    elif isinstance(per_token, bool):
-        token = per_token
-    else:
-        raise VsrqError(f"option per_token must be true, false or a list of module-name globs, got {per_token!r}")
-    return QuantizerSpec(bits=choice.abits, symmetric=False, granularity="token" if token else "tensor", dynamic=True)
+def _act_spec(choice: LayerChoice, per_token: bool) -> QuantizerSpec:
+    return QuantizerSpec(bits=choice.abits, symmetric=False, granularity="token" if per_token else "tensor", dynamic=True)
 
 
 def _freeze_weight_ranges(ctx: CalibContext) -> None:
@@ -139,10 +130,33 @@ def _freeze_weight_ranges(ctx: CalibContext) -> None:
 
 
 class _LowRankMethod(Method):
-    """Shared by quantvsr, svdquant and quarot: rotation/smoothing, an optional branch, optional training."""
+    """Shared by quantvsr, svdquant and quarot: rotation/smoothing, an optional branch, optional training.
+
+    Option ``per_token``: true for per-token activations everywhere, or module-name globs for per-token
+    activations only in the layers they cover (where one range per tensor costs the most), per tensor elsewhere.
+    """
+
+    def __init__(self, config: QuantConfig) -> None:
+        super().__init__(config)
+        per_token = self.options["per_token"]
+        if isinstance(per_token, bool):
+            self.token_globs: tuple[str, ...] = ("*",) if per_token else ()
+        elif isinstance(per_token, (list, tuple)) and all(isinstance(g, str) for g in per_token):
+            self.token_globs = tuple(per_token)
+        else:
+            raise VsrqError(f"option per_token must be true, false or a list of module-name globs, got {per_token!r}")
 
     def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec, QuantizerSpec]:
-        return _weight_spec(choice), _act_spec(choice, self.options.get("per_token", False))
+        return _weight_spec(choice), _act_spec(choice, any(covers(g, choice.name) for g in self.token_globs))
+
+    def calibrate(self, ctx: CalibContext) -> InputController | None:
+        unmatched = [g for g in self.token_globs if not any(covers(g, name) for name in ctx.layers)]
+        if unmatched:
+            raise VsrqError(f"per_token pattern(s) {', '.join(map(repr, unmatched))} cover no quantized layer")
+        return self.calibrate_layers(ctx)
+
+    def calibrate_layers(self, ctx: CalibContext) -> InputController | None:
+        raise NotImplementedError
 
     def add_rotations(self, ctx: CalibContext) -> None:
         for i, layer in enumerate(ctx.layers.values()):
@@ -177,7 +191,7 @@ class QuantVSR(_LowRankMethod):
             return False
         return options["branch"] == "stca" if options["refine"] is None else bool(options["refine"])
 
-    def calibrate(self, ctx: CalibContext) -> InputController | None:
+    def calibrate_layers(self, ctx: CalibContext) -> InputController | None:
         o = self.options
         if o["branch"] not in ("none", "svd", "stca"):
             raise VsrqError(f"option branch must be none, svd or stca, got {o['branch']!r}")
@@ -219,7 +233,7 @@ class QuaRot(_LowRankMethod):
     description = "QuaRot: randomized Hadamard rotation + round-to-nearest, no branch, no training"
     default_options = {"per_token": False}
 
-    def calibrate(self, ctx: CalibContext) -> InputController | None:
+    def calibrate_layers(self, ctx: CalibContext) -> InputController | None:
         self.add_rotations(ctx)
         _freeze_weight_ranges(ctx)
         return None
@@ -231,7 +245,7 @@ class SVDQuant(_LowRankMethod):
     description = "SVDQuant: SmoothQuant smoothing (alpha 0.5) + fixed rank-32 SVD branch, no refinement"
     default_options = {"per_token": False, "rank": 32, "alpha": 0.5}
 
-    def calibrate(self, ctx: CalibContext) -> InputController | None:
+    def calibrate_layers(self, ctx: CalibContext) -> InputController | None:
         absmax = self._input_absmax(ctx)
         alpha = float(self.options["alpha"])
         for name, layer in ctx.layers.items():

@@ -35,6 +35,13 @@ def _matches(name: str, patterns: tuple[str, ...]) -> str | None:
     return next((p for p in patterns if fnmatchcase(name, p)), None)
 
 
+def covers(pattern: str, name: str) -> bool:
+    """Whether a per-layer pattern applies to module ``name``: it matches the module or one of its parents,
+    so a pattern written for a conv keeps applying to the parts of a split conv."""
+    owners = [name] + [name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1)]
+    return any(fnmatchcase(n, pattern) for n in owners)
+
+
 def plan_layers(
     model: nn.Module,
     include: tuple[str, ...],
@@ -69,9 +76,7 @@ def plan_layers(
         if not _matches(name, include):
             choices.append(LayerChoice(name, kind, False, "outside scope"))
             continue
-        # a rule for a module covers its children too (the parts of a split conv keep its rules)
-        owners = [name] + [name.rsplit(".", k)[0] for k in range(1, name.count(".") + 1)]
-        rule = next((r for r in rules if any(fnmatchcase(n, r.pattern) for n in owners)), None)
+        rule = next((r for r in rules if covers(r.pattern, name)), None)
         if rule is not None and rule.skip:
             choices.append(LayerChoice(name, kind, False, f"rule {rule.pattern}"))
             continue
