@@ -67,7 +67,7 @@ def test_methods_lists_options_that_parse_back_to_the_defaults(capsys):
     assert main(["methods", "qbasicvsr"]) == 0
     lines = capsys.readouterr().out.splitlines()
     pairs = [line.strip() for line in lines if line.startswith("  ")]
-    assert "omse_refresh=true" in pairs and "fab_budget=null" in pairs
+    assert 'omse_refresh="auto"' in pairs and "fab_budget=null" in pairs
     assert _parse_options(pairs) == get_method("qbasicvsr").default_options
     assert main(["methods", "minmax"]) == 0 and capsys.readouterr().out.splitlines()[-1] == "no options"
     assert main(["methods", "nosuch"]) == 2 and "unknown method 'nosuch'" in capsys.readouterr().err

@@ -267,7 +267,8 @@ def test_without_omse_refresh_activations_keep_the_ema_ranges():
     opts = {"finetune": False, "omse_refresh": False}
     qm = quantize_model(_loaded(), QuantConfig(method="qbasicvsr", wbits=4, abits=4, options=opts), calib, **QUIET)
     ema = quantize_model(_loaded(), QuantConfig(method="ema", wbits=4, abits=4), calib, **QUIET)
-    refreshed = quantize_model(_loaded(), QuantConfig(method="qbasicvsr", wbits=4, abits=4, options={"finetune": False}),
+    refreshed = quantize_model(_loaded(), QuantConfig(method="qbasicvsr", wbits=4, abits=4,
+                                                      options={"finetune": False, "omse_refresh": True}),
                                calib, **QUIET)
     for name, layer in qm.layers().items():
         q, e = layer.input_quantizer, ema.layers()[name].input_quantizer

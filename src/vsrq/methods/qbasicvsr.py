@@ -12,9 +12,9 @@ Calibration (Algorithm 1 of the paper):
    stacked over time (Eqs. 10-11); thresholds at the p-th / (100-p)-th percentiles over layers;
    b_L = -1 when both fall below, +1 when both exceed (Eq. 12);
 5. activation ranges refreshed by OMSE at each layer's b_base + b_L bits (``omse_refresh``: true,
-   the paper; false, the EMA ranges stay; "auto", both are fine-tuned from the same start and the
-   one whose fine-tuning loss over the calibration windows ends lower is kept, at twice the
-   fine-tuning time: the refresh suits some content and not other, see the README);
+   the paper; false, the EMA ranges stay; "auto", the default, both are fine-tuned from the same
+   start and the one whose fine-tuning loss over the calibration windows ends lower is kept, at
+   twice the fine-tuning time: the refresh suits some content and not other, see the README);
 6. fine-tuning in three stages (weight bounds, activation bounds, bit-adaptation parameters) with
    the Charbonnier + normalized feature loss of :mod:`vsrq.methods.finetune`.
 
@@ -303,7 +303,7 @@ class QBasicVSR(Method):
     default_options = {
         "fg_vba": True, "ts_lba": True, "finetune": True, **_FT_OPTIONS,
         "gamma": 200.0, "lambda_video": 10.0, "p_video": 10.0, "p_space": 30.0, "p_temp": 30.0, "tau": 0.1,
-        "fab_budget": None, "omse_refresh": True,
+        "fab_budget": None, "omse_refresh": "auto",
     }
 
     def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec, QuantizerSpec]:
