@@ -2,8 +2,8 @@
 
 QuantVSR with its Table 1 ablations (no branch, no branch + LBA, SVD branch, SVD branch + LBA,
 STCA, STCA + LBA = quantvsr; ours: SVD branches of uniform rank 16 and 24, which bracket STCA's
-average rank, and uniform ranks 16/24/32 with STCA's dual-branch refinement, which separate its
-allocation from its refinement), QuaRot and SVDQuant, on the same calibration clips as the QBasicVSR
+average rank, of rank 64 where a layer allows it, and uniform ranks 16/24/32 with STCA's
+dual-branch refinement, which separate its allocation from its refinement), QuaRot and SVDQuant, on the same calibration clips as the QBasicVSR
 benchmark; the QBasicVSR rows of bench/results/qbasicvsr_vid4.json are repeated for reference.
 Rows carry the average rank and the MACs per frame with the FP branch counted at 32 bits.
 
@@ -35,6 +35,8 @@ ABLATIONS = (  # (notes, options) at W4A4; STCA + LBA is the quantvsr row itself
     # ours: uniform ranks that bracket STCA's average (18.5 here), to judge its allocation at equal cost
     ("ablation: SVD branch rank 16", {"branch": "svd", "lba": False, "fixed_rank": 16}),
     ("ablation: SVD branch rank 24", {"branch": "svd", "lba": False, "fixed_rank": 24}),
+    # ours: r_max everywhere the layer allows it (64 in upconv1/upconv2, 32 in the 64-channel convs)
+    ("ablation: SVD branch rank 64", {"branch": "svd", "lba": False, "fixed_rank": 64}),
     # ours: the same uniform ranks with STCA's dual-branch refinement, to separate allocation from refinement
     ("ablation: SVD branch + refinement", {"branch": "svd", "lba": False, "refine": True}),
     ("ablation: SVD branch rank 24 + refinement", {"branch": "svd", "lba": False, "fixed_rank": 24, "refine": True}),
