@@ -3,8 +3,8 @@
 QuantVSR with its Table 1 ablations (no branch, no branch + LBA, SVD branch, SVD branch + LBA,
 STCA, STCA + LBA = quantvsr; ours: SVD branches of uniform rank 16 and 24, which bracket STCA's
 average rank, of rank 64 where a layer allows it, and uniform ranks 16/24/32 with STCA's
-dual-branch refinement, which separate its allocation from its refinement), QuaRot and SVDQuant, on the same calibration clips as the QBasicVSR
-benchmark; the QBasicVSR rows of bench/results/qbasicvsr_vid4.json are repeated for reference.
+dual-branch refinement, which separate its allocation from its refinement), QuaRot and SVDQuant,
+on the same calibration clips as the QBasicVSR benchmark; the QBasicVSR rows of bench/results/qbasicvsr_vid4.json are repeated for reference.
 Rows carry the average rank and the MACs per frame with the FP branch counted at 32 bits.
 
     python bench/quantvsr_basicvsr.py            # quick: first 10 frames per clip
