@@ -22,8 +22,8 @@ BENCH_CALIB = CalibConfig(source="default", clips=12, frames=8, crop=64)
 
 
 def parse_args(description: str, per_token: bool = False, holdout: bool = False) -> argparse.Namespace:
-    """The flags every benchmark takes; ``per_token`` adds ``--per-token`` (QuantVSR-family methods),
-    ``holdout`` adds ``--holdout K`` (methods that fine-tune)."""
+    """The flags every benchmark takes; ``per_token`` adds ``--per-token`` and ``--act-clip`` (QuantVSR-family
+    methods), ``holdout`` adds ``--holdout K`` (methods that fine-tune)."""
     parser = argparse.ArgumentParser(description=description)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="first 10 frames of each clip (default)")
@@ -42,6 +42,8 @@ def parse_args(description: str, per_token: bool = False, holdout: bool = False)
         parser.add_argument("--per-token", nargs="*", default=None, metavar="GLOB",
                             help="dynamic activation ranges per token (pixel) instead of per tensor, in every layer "
                                  "or only in the layers the globs select (notes say so)")
+        parser.add_argument("--act-clip", action="store_true",
+                            help="a searched clip ratio per layer scales the dynamic activation ranges (notes say so)")
     if holdout:
         parser.add_argument("--holdout", type=int, default=0, metavar="K",
                             help="fine-tuning keeps K calibration windows out to judge each stage (notes say so)")

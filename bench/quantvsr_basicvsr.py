@@ -11,6 +11,7 @@ Rows carry the average rank and the MACs per frame with the FP branch counted at
     python bench/quantvsr_basicvsr.py --per-token   # activations per token (pixel) instead of per tensor
     python bench/quantvsr_basicvsr.py --per-token '*_trunk.main.0' 'upconv*' conv_hr conv_last  # only there
     python bench/quantvsr_basicvsr.py --per-token --holdout 3 --only quantvsr-w4   # stages judged on 3 held-out windows
+    python bench/quantvsr_basicvsr.py --act-clip   # dynamic ranges scaled by a clip ratio searched per layer
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ def main() -> int:
     if per_token is not None:
         where = "" if per_token is True else " in " + " ".join(per_token)
         suffix = with_variant(f"per-token activations{where}", suffix)
+    if args.act_clip:
+        suffix = with_variant("activation clip search", suffix)
     bench = Bench("quantvsr_basicvsr", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, calib, device=args.device)
     if args.resume:
         bench.resume(RESULTS)
@@ -75,6 +78,8 @@ def main() -> int:
             continue
         if per_token is not None:
             options = {**options, "per_token": per_token}
+        if args.act_clip:
+            options = {**options, "act_clip": True}
         config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib, options=options,
                              split_concat=args.split_concat)
         row, qm = bench.quantized_row(config, method, notes)

@@ -77,6 +77,27 @@ def test_dynamic_granularities():
     assert err_token < err_tensor / 10
 
 
+def test_dynamic_clip_ratio_scales_the_run_time_range():
+    """A clip ratio c quantizes on [c min, c max]: torch's reference grid on that range; 1.0 changes nothing."""
+    torch.manual_seed(3)
+    x = torch.randn(2, 8, 6, 6) * 2 + 0.5
+    q = FakeQuantizer(QuantizerSpec(bits=4, dynamic=True), "act")
+    plain = q(x)
+    q.set_clip_ratio(1.0)
+    assert torch.equal(q(x), plain)
+    q.set_clip_ratio(0.6)
+    lo, hi = 0.6 * float(x.min()), 0.6 * float(x.max())
+    scale = (hi - lo) / 15
+    ref = torch.fake_quantize_per_tensor_affine(x, scale, round(-lo / scale), 0, 15)
+    assert ((q(x) - ref).abs() > 1e-5).float().mean() < 1e-3
+    assert q(x).max() <= hi + scale / 2 + 1e-5 < float(x.max())  # the top is clipped (the grid shifts by < 1/2 step)
+    for bad in (0.0, 1.5):
+        with pytest.raises(VsrqError, match="clip ratio"):
+            q.set_clip_ratio(bad)
+    with pytest.raises(VsrqError, match="must be dynamic"):
+        FakeQuantizer(QuantizerSpec(bits=4), "act").set_clip_ratio(0.5)
+
+
 def test_weight_groups_along_inputs():
     w = torch.randn(4, 8)
     q = FakeQuantizer(QuantizerSpec(bits=4, symmetric=True, granularity="group", group_size=4), "weight", axis=0)

@@ -17,7 +17,7 @@ from vsrq.errors import VsrqError
 from vsrq.methods.base import CalibContext
 from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
 from vsrq.methods.pipeline import quantize_model
-from vsrq.methods.quantvsr import QuantVSR, allocate_ranks, max_rank, svd_lowrank_factors
+from vsrq.methods.quantvsr import CLIP_GRID, ClipSearch, QuantVSR, allocate_ranks, max_rank, svd_lowrank_factors
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.rotation import PALEY_ORDERS, HadamardRotation, block_plan, fwht, hadamard_block
 
@@ -196,3 +196,44 @@ def test_per_token_globs_select_the_layers_with_per_token_activations(tmp_path: 
             quantize_model(_loaded(num_feat=32), QuantConfig(method="quantvsr", wbits=4, abits=4,
                                                              options={"per_token": per_token}),
                            _synthetic_calib(2, 3), **QUIET)
+
+
+def test_clip_search_picks_the_ratio_with_least_output_error():
+    """Heavy-tailed inputs at 4 bits: the search clips (ratio < 1) and its choice is the grid's least error,
+    recomputed here layer by layer; a light-tailed input keeps a ratio near 1."""
+    torch.manual_seed(4)
+    layer = QuantLayer(nn.Conv2d(16, 8, 3, padding=1), QuantizerSpec(bits=4, symmetric=True, granularity="channel",
+                                                                      dynamic=True), QuantizerSpec(bits=4, dynamic=True))
+    uniform = QuantLayer(nn.Conv2d(16, 8, 3, padding=1), None, QuantizerSpec(bits=4, dynamic=True))
+    heavy = torch.distributions.StudentT(2.0).sample((2, 16, 24, 24))
+    light = torch.rand(2, 16, 24, 24)
+    search = ClipSearch({"heavy": layer, "light": uniform})
+    for layer_ in (layer, uniform):
+        layer_.mode = "fp"
+    with search, torch.no_grad():
+        layer(heavy)
+        uniform(light)
+    best = search.best()
+    assert best["heavy"] < 0.8 and best["light"] >= 0.9
+    with torch.no_grad():
+        target = layer.forward(heavy)
+        layer.mode = "quant"
+        errors = []
+        for ratio in CLIP_GRID:
+            layer.input_quantizer.set_clip_ratio(ratio)
+            errors.append(float((layer(heavy) - target).pow(2).sum()))
+    assert CLIP_GRID[min(range(len(errors)), key=errors.__getitem__)] == best["heavy"]
+
+
+def test_act_clip_option_sets_saves_and_reloads_the_ratios(tmp_path: Path):
+    """act_clip: every quantized layer gets a searched ratio, recorded in the manifest and kept by the checkpoint."""
+    cfg = QuantConfig(method="quantvsr", wbits=4, abits=4, options={"branch": "svd", "lba": False, "act_clip": True})
+    qm = quantize_model(_loaded(num_feat=32), cfg, _synthetic_calib(2, 3), **QUIET)
+    ratios = qm.manifest["notes"]["act_clip"]
+    assert set(ratios) == set(qm.layers()) and all(r in CLIP_GRID for r in ratios.values())
+    assert {n: float(l.input_quantizer.clip_ratio) for n, l in qm.layers().items()} == pytest.approx(ratios)
+    loaded = checkpoint.load(checkpoint.save(qm, tmp_path / "m.vsrq"))
+    assert {n: float(l.input_quantizer.clip_ratio) for n, l in loaded.layers().items()} == pytest.approx(ratios)
+    x = torch.from_numpy(smooth_frames(3, 64, 64, seed=5)).float().div(255).permute(0, 3, 1, 2)[None]
+    with torch.no_grad():
+        assert torch.equal(loaded(x), qm(x))

@@ -111,6 +111,8 @@ def _rebuild_layer(module: torch.nn.Module, name: str, entry: dict, tensors: dic
         quantizer.observer = None
         if prefix + f"{key}.lower" in tensors:
             quantizer.set_range(tensors[prefix + f"{key}.lower"], tensors[prefix + f"{key}.upper"])
+        if prefix + f"{key}.clip_ratio" in tensors:
+            quantizer.set_clip_ratio(tensors[prefix + f"{key}.clip_ratio"])
     if entry.get("smooth"):
         layer.smooth = tensors[prefix + "smooth"].clone()
     if entry.get("rotation"):

@@ -31,7 +31,10 @@ def layer_manifest(layer: QuantLayer) -> dict[str, Any]:
     def q(quantizer) -> dict[str, Any] | None:
         if quantizer is None:
             return None
-        return {"spec": quantizer.spec.to_dict(), "bits": quantizer.layer_bits()}
+        entry = {"spec": quantizer.spec.to_dict(), "bits": quantizer.layer_bits()}
+        if quantizer.clip_ratio is not None:
+            entry["clip_ratio"] = round(float(quantizer.clip_ratio), 6)
+        return entry
 
     return {
         "kind": layer.kind,

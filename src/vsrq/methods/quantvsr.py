@@ -46,6 +46,8 @@ from vsrq.quant.qmodel import InputController
 from vsrq.quant.swap import LayerChoice, covers
 
 SVD_FULL_LIMIT = 1 << 20  # matrices larger than this many entries use a randomized low-rank SVD
+CLIP_GRID = tuple(round(1.0 - 0.05 * i, 2) for i in range(14))  # activation clip ratios searched: 1.00 .. 0.35
+CLIP_EVERY = 2  # the clip search judges every 2nd call of each layer
 
 
 def svd_lowrank_factors(w: torch.Tensor, rank: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -91,6 +93,45 @@ class ComplexityStats(InputStatistics):
                 for ct, cs in zip((diff_sum / (count - 1)).tolist(), (spatial_sum / count).tolist()):
                     self.values[name].append((ct, cs))
         self._run = {}
+
+
+class ClipSearch(InputStatistics):
+    """Per layer: the squared output error of the quantized layer at each activation clip ratio, on float inputs.
+
+    The error is measured on what the layer passes on (rotation and branch included), not on how well its
+    input is reproduced: a clipped outlier matters only as much as the weights it meets.
+    """
+
+    def __init__(self, layers: dict[str, QuantLayer], grid: tuple[float, ...] = CLIP_GRID, every: int = 1) -> None:
+        super().__init__({n: layer for n, layer in layers.items() if layer.input_quantizer is not None})
+        self.grid = grid
+        # judge one call in ``every`` per layer and batch, the last of each group (recurrent steps are alike;
+        # the first step, whose hidden state is still zero, is never among them unless every == 1)
+        self.every = every
+        self.errors = {n: torch.zeros(len(grid), dtype=torch.float64) for n in self.layers}
+        self.calls = dict.fromkeys(self.layers, 0)
+
+    def record(self, name: str, x: torch.Tensor) -> None:
+        self.calls[name] += 1
+        if self.calls[name] % self.every:
+            return
+        layer = self.layers[name]
+        x = x.float()
+        target = layer.forward(x)  # the layer is in mode "fp" during the pass: its float output
+        layer.mode = "quant"
+        try:
+            for i, ratio in enumerate(self.grid):
+                layer.input_quantizer.set_clip_ratio(ratio)
+                self.errors[name][i] += (layer.forward(x) - target).double().pow(2).sum().cpu()
+        finally:
+            layer.mode = "fp"
+
+    def end_batch(self) -> None:
+        self.calls = dict.fromkeys(self.layers, 0)
+
+    def best(self) -> dict[str, float]:
+        """The ratio with the least error per layer (1.0, no clip, is in the grid: never worse on these inputs)."""
+        return {n: self.grid[int(e.argmin())] for n, e in self.errors.items()}
 
 
 def allocate_ranks(values: dict[str, list[tuple[float, float]]], caps: dict[str, int], r_min: int = 16,
@@ -158,6 +199,20 @@ class _LowRankMethod(Method):
     def calibrate_layers(self, ctx: CalibContext) -> InputController | None:
         raise NotImplementedError
 
+    def search_clip(self, ctx: CalibContext) -> None:
+        """Option ``act_clip``: one activation clip ratio per layer, the one with the least output error."""
+        if not self.options["act_clip"]:
+            return
+        shortest = min(clip.shape[0] for clip in ctx.calib.clips)  # clips shorter than CLIP_EVERY: judge every call
+        search = ClipSearch(ctx.layers, every=CLIP_EVERY if shortest >= CLIP_EVERY else 1)
+        search.run(ctx)
+        ratios = search.best()
+        for name, ratio in ratios.items():
+            ctx.layers[name].input_quantizer.set_clip_ratio(ratio)
+        ctx.notes["act_clip"] = ratios
+        ctx.log(f"activation clip ratios: mean {np.mean(list(ratios.values())):.3f}, "
+                f"min {min(ratios.values()):.2f} ({min(ratios, key=ratios.get)})")
+
     def add_rotations(self, ctx: CalibContext) -> None:
         for i, layer in enumerate(ctx.layers.values()):
             layer.add_rotation(seed=self.config.seed * 100003 + i)
@@ -181,7 +236,7 @@ class QuantVSR(_LowRankMethod):
     default_options: dict[str, Any] = {
         "branch": "stca", "lba": True, "rotation": True, "per_token": False, "r_min": 16, "r_max": 64,
         "fixed_rank": 32, "refine": None, "rank_step": 1, "low_pct": 25.0, "high_pct": 75.0,
-        "epochs": 2, "batch": 2, "lr": 1e-3, "lr_decay": 0.2, "holdout": 0,
+        "epochs": 2, "batch": 2, "lr": 1e-3, "lr_decay": 0.2, "holdout": 0, "act_clip": False,
     }
 
     @staticmethod
@@ -208,6 +263,7 @@ class QuantVSR(_LowRankMethod):
         else:
             ranks = {}
         self.add_branches(ctx, ranks)
+        self.search_clip(ctx)
         cfg = FinetuneConfig(epochs=int(o["epochs"]), batch=int(o["batch"]), lr_decay=float(o["lr_decay"]), loss="mse",
                              holdout=int(o["holdout"]))
         stages = []
@@ -231,10 +287,11 @@ class QuantVSR(_LowRankMethod):
 class QuaRot(_LowRankMethod):
     name = "quarot"
     description = "QuaRot: randomized Hadamard rotation + round-to-nearest, no branch, no training"
-    default_options = {"per_token": False}
+    default_options = {"per_token": False, "act_clip": False}
 
     def calibrate_layers(self, ctx: CalibContext) -> InputController | None:
         self.add_rotations(ctx)
+        self.search_clip(ctx)
         _freeze_weight_ranges(ctx)
         return None
 
@@ -243,7 +300,7 @@ class QuaRot(_LowRankMethod):
 class SVDQuant(_LowRankMethod):
     name = "svdquant"
     description = "SVDQuant: SmoothQuant smoothing (alpha 0.5) + fixed rank-32 SVD branch, no refinement"
-    default_options = {"per_token": False, "rank": 32, "alpha": 0.5}
+    default_options = {"per_token": False, "rank": 32, "alpha": 0.5, "act_clip": False}
 
     def calibrate_layers(self, ctx: CalibContext) -> InputController | None:
         absmax = self._input_absmax(ctx)
@@ -253,6 +310,7 @@ class SVDQuant(_LowRankMethod):
             scale = (absmax[name].clamp_min(1e-5) ** alpha) / (w.clamp_min(1e-5) ** (1 - alpha))
             layer.add_smoothing(scale.clamp(1e-2, 1e2))
         self.add_branches(ctx, {n: min(int(self.options["rank"]), max_rank(l, 64)) for n, l in ctx.layers.items()})
+        self.search_clip(ctx)
         _freeze_weight_ranges(ctx)
         return None
 

@@ -135,6 +135,10 @@ class FakeQuantizer(nn.Module):
     Bits are ``bits + round(bit_offset) + shared_offset``: ``bits`` is the layer's base width,
     ``bit_offset`` an optional learnable per-layer offset (TS-LBA), ``shared_offset`` a tensor set
     per input by a controller (FG-VBA's per-video offset); the sum is kept within 2..8.
+
+    A dynamic quantizer may carry a calibrated ``clip_ratio`` c: each run-time range [min, max]
+    becomes [c min, c max], trading clipped outliers for a finer grid (at 4 bits over a large tensor
+    the extremes sit far in the tail).
     """
 
     def __init__(self, spec: QuantizerSpec, role: str = "act", axis: int = 1) -> None:
@@ -155,6 +159,7 @@ class FakeQuantizer(nn.Module):
         self.observer: Observer | None = None if spec.dynamic else make_observer(spec)
         self.lower: nn.Parameter | None = None
         self.upper: nn.Parameter | None = None
+        self.register_buffer("clip_ratio", None)
 
     # --- rows -----------------------------------------------------------------------------------
     def to_rows(self, x: torch.Tensor) -> torch.Tensor:
@@ -241,10 +246,31 @@ class FakeQuantizer(nn.Module):
 
     def freeze_range(self, x: torch.Tensor) -> None:
         """Turn a dynamic quantizer static, with min/max ranges of ``x`` (per row): what a checkpoint stores."""
-        rows = self.to_rows(x.detach())
+        lower, upper = self._dynamic_range(self.to_rows(x.detach()), 1)
         self.spec = replace(self.spec, dynamic=False, observer="minmax")
         self.observer = None
-        self.set_range(rows.amin(dim=1), rows.amax(dim=1))
+        self.clip_ratio = None  # now inside the static range
+        self.set_range(lower, upper)
+
+    def set_clip_ratio(self, ratio: float | torch.Tensor | None) -> None:
+        """Scale every dynamic range by ``ratio`` (0 < ratio <= 1); None removes the clip."""
+        if ratio is None:
+            self.clip_ratio = None
+            return
+        if not self.spec.dynamic:
+            raise VsrqError("a clip ratio scales run-time ranges: the quantizer must be dynamic")
+        ratio = torch.as_tensor(ratio, dtype=torch.float32).reshape(())
+        if not 0.0 < float(ratio) <= 1.0:
+            raise VsrqError(f"clip ratio must be in (0, 1], got {float(ratio)}")
+        self.clip_ratio = ratio.clone()
+
+    def _dynamic_range(self, x: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run-time [min, max] of ``x`` (whole tensor, or per row along ``dim``), scaled by the clip ratio."""
+        lower, upper = (x.amin(), x.amax()) if dim is None else (x.amin(dim=dim, keepdim=True), x.amax(dim=dim, keepdim=True))
+        if self.clip_ratio is None:
+            return lower, upper
+        c = self.clip_ratio.to(x.dtype)
+        return lower * c, upper * c
 
     def release_observer(self) -> None:
         """Drop stored statistics once ranges are final (OMSE keeps a sample of values per layer)."""
@@ -258,14 +284,14 @@ class FakeQuantizer(nn.Module):
         qmin, qmax = int_range(bits, self.spec.symmetric)
         if self.spec.granularity == "tensor":
             if self.spec.dynamic:
-                lower, upper = x.amin(), x.amax()
+                lower, upper = self._dynamic_range(x, None)
             else:
                 lower, upper = self._static_range()
             scale, zp = scale_zero_point(lower, upper, bits, self.spec.symmetric)
             return fake_quantize(x, scale, zp, qmin, qmax)
         rows = self.to_rows(x)
         if self.spec.dynamic:
-            lower, upper = rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)
+            lower, upper = self._dynamic_range(rows, 1)
         else:
             lower, upper = (t.view(-1, 1) for t in self._static_range())
         scale, zp = scale_zero_point(lower, upper, bits, self.spec.symmetric)
@@ -288,4 +314,6 @@ class FakeQuantizer(nn.Module):
         s = self.spec
         kind = "sym" if s.symmetric else "asym"
         rng = "dynamic" if s.dynamic else s.observer
+        if self.clip_ratio is not None:
+            rng += f" x{float(self.clip_ratio):.2f}"
         return f"{self.role}, bits={self.bits}, {kind}, per-{s.granularity}, {rng}, mode={self.mode}"
