@@ -22,6 +22,11 @@ Calibration, in the paper's three stages:
 Training follows the paper's schedule scaled to the calibration set: 2 epochs over the clips,
 learning rate 1e-3 then 2e-4, Adam, batch 2.
 
+Option ``act_clip`` (all three methods; off by default, as in the papers): after the branch is built,
+each layer's dynamic activation range [min, max] is scaled by a clip ratio from 1.00 down to 0.35,
+the one with the least squared layer-output error on the calibration clips (every second recurrent
+step judged). Activations stay one 4-bit range per tensor; only the range's width changes.
+
 Baselines: ``quarot`` (rotation + round-to-nearest, no branch, no training) and ``svdquant``
 (SmoothQuant smoothing with alpha 0.5 + a fixed rank-32 SVD branch, no refinement), with the same
 weight/activation granularity as ``quantvsr`` so the table compares methods, not granularities.
