@@ -42,8 +42,9 @@ def parse_args(description: str, per_token: bool = False, holdout: bool = False)
         parser.add_argument("--per-token", nargs="*", default=None, metavar="GLOB",
                             help="dynamic activation ranges per token (pixel) instead of per tensor, in every layer "
                                  "or only in the layers the globs select (notes say so)")
-        parser.add_argument("--act-clip", action="store_true",
-                            help="a searched clip ratio per layer scales the dynamic activation ranges (notes say so)")
+        parser.add_argument("--act-clip", nargs="?", const=True, default=False, type=float, metavar="FLOOR",
+                            help="a searched clip ratio per layer (1.00 down to FLOOR, default 0.35) scales the "
+                                 "dynamic activation ranges (notes say so)")
     if holdout:
         parser.add_argument("--holdout", type=int, default=0, metavar="K",
                             help="fine-tuning keeps K calibration windows out to judge each stage (notes say so)")

@@ -12,6 +12,7 @@ Rows carry the average rank and the MACs per frame with the FP branch counted at
     python bench/quantvsr_basicvsr.py --per-token '*_trunk.main.0' 'upconv*' conv_hr conv_last  # only there
     python bench/quantvsr_basicvsr.py --per-token --holdout 3 --only quantvsr-w4   # stages judged on 3 held-out windows
     python bench/quantvsr_basicvsr.py --act-clip   # dynamic ranges scaled by a clip ratio searched per layer
+    python bench/quantvsr_basicvsr.py --act-clip 0.15   # ... searched from 1.00 down to 0.15
 """
 
 from __future__ import annotations
@@ -53,8 +54,9 @@ def main() -> int:
     if per_token is not None:
         where = "" if per_token is True else " in " + " ".join(per_token)
         suffix = with_variant(f"per-token activations{where}", suffix)
-    if args.act_clip:
-        suffix = with_variant("activation clip search", suffix)
+    if args.act_clip is not False:
+        floor = "" if args.act_clip is True else f" to {args.act_clip:g}"
+        suffix = with_variant(f"activation clip search{floor}", suffix)
     bench = Bench("quantvsr_basicvsr", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, calib, device=args.device)
     if args.resume:
         bench.resume(RESULTS)
@@ -78,8 +80,8 @@ def main() -> int:
             continue
         if per_token is not None:
             options = {**options, "per_token": per_token}
-        if args.act_clip:
-            options = {**options, "act_clip": True}
+        if args.act_clip is not False:
+            options = {**options, "act_clip": args.act_clip}
         config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib, options=options,
                              split_concat=args.split_concat)
         row, qm = bench.quantized_row(config, method, notes)

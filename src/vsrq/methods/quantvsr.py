@@ -23,8 +23,8 @@ Training follows the paper's schedule scaled to the calibration set: 2 epochs ov
 learning rate 1e-3 then 2e-4, Adam, batch 2.
 
 Option ``act_clip`` (all three methods; off by default, as in the papers): after the branch is built,
-each layer's dynamic activation range [min, max] is scaled by a clip ratio from 1.00 down to 0.35,
-the one with the least squared layer-output error on the calibration clips (every second recurrent
+each layer's dynamic activation range [min, max] is scaled by a clip ratio from 1.00 down to 0.35
+(or the floor ``act_clip`` gives), the one with the least squared layer-output error on the calibration clips (every second recurrent
 step judged). Activations stay one 4-bit range per tensor; only the range's width changes.
 
 Baselines: ``quarot`` (rotation + round-to-nearest, no branch, no training) and ``svdquant``
@@ -51,7 +51,17 @@ from vsrq.quant.qmodel import InputController
 from vsrq.quant.swap import LayerChoice, covers
 
 SVD_FULL_LIMIT = 1 << 20  # matrices larger than this many entries use a randomized low-rank SVD
-CLIP_GRID = tuple(round(1.0 - 0.05 * i, 2) for i in range(14))  # activation clip ratios searched: 1.00 .. 0.35
+CLIP_FLOOR = 0.35  # the smallest activation clip ratio searched unless option act_clip names another
+
+
+def clip_grid(floor: float = CLIP_FLOOR) -> tuple[float, ...]:
+    """Clip ratios 1.00, 0.95, ... down to ``floor``."""
+    if not 0.0 < floor <= 1.0:
+        raise VsrqError(f"option act_clip must be true, false or a smallest clip ratio in (0, 1], got {floor}")
+    return tuple(round(1.0 - 0.05 * i, 2) for i in range(int(round((1.0 - floor) / 0.05)) + 1))
+
+
+CLIP_GRID = clip_grid()
 CLIP_EVERY = 2  # the clip search judges every 2nd call of each layer
 
 
@@ -191,6 +201,11 @@ class _LowRankMethod(Method):
             self.token_globs = tuple(per_token)
         else:
             raise VsrqError(f"option per_token must be true, false or a list of module-name globs, got {per_token!r}")
+        act_clip = self.options["act_clip"]
+        if not isinstance(act_clip, bool):
+            if not isinstance(act_clip, (int, float)):
+                raise VsrqError(f"option act_clip must be true, false or a smallest clip ratio, got {act_clip!r}")
+            clip_grid(float(act_clip))  # a floor outside (0, 1] is refused here, before any calibration
 
     def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec, QuantizerSpec]:
         return _weight_spec(choice), _act_spec(choice, any(covers(g, choice.name) for g in self.token_globs))
@@ -205,11 +220,14 @@ class _LowRankMethod(Method):
         raise NotImplementedError
 
     def search_clip(self, ctx: CalibContext) -> None:
-        """Option ``act_clip``: one activation clip ratio per layer, the one with the least output error."""
-        if not self.options["act_clip"]:
+        """Option ``act_clip`` (true, or the smallest ratio to try): one activation clip ratio per layer, the one
+        with the least output error."""
+        act_clip = self.options["act_clip"]
+        if act_clip is False:
             return
+        grid = clip_grid() if act_clip is True else clip_grid(float(act_clip))
         shortest = min(clip.shape[0] for clip in ctx.calib.clips)  # clips shorter than CLIP_EVERY: judge every call
-        search = ClipSearch(ctx.layers, every=CLIP_EVERY if shortest >= CLIP_EVERY else 1)
+        search = ClipSearch(ctx.layers, grid, every=CLIP_EVERY if shortest >= CLIP_EVERY else 1)
         search.run(ctx)
         ratios = search.best()
         for name, ratio in ratios.items():
