@@ -17,7 +17,8 @@ from vsrq.errors import VsrqError
 from vsrq.methods.base import CalibContext
 from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
 from vsrq.methods.pipeline import quantize_model
-from vsrq.methods.quantvsr import CLIP_GRID, ClipSearch, QuantVSR, allocate_ranks, max_rank, svd_lowrank_factors
+from vsrq.methods.quantvsr import (CLIP_GRID, ClipSearch, QuantVSR, allocate_ranks, clip_grid, max_rank,
+                                   svd_lowrank_factors)
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.rotation import PALEY_ORDERS, HadamardRotation, block_plan, fwht, hadamard_block
 
@@ -223,6 +224,18 @@ def test_clip_search_picks_the_ratio_with_least_output_error():
             layer.input_quantizer.set_clip_ratio(ratio)
             errors.append(float((layer(heavy) - target).pow(2).sum()))
     assert CLIP_GRID[min(range(len(errors)), key=errors.__getitem__)] == best["heavy"]
+    # every=2 judges the 2nd, 4th, ... call of a layer in each batch: never the zero-state first step
+    layer.mode = "fp"
+    sparse = ClipSearch({"heavy": layer}, every=2)
+    with sparse, torch.no_grad():
+        layer(heavy)
+        assert not sparse.errors["heavy"].any()
+        layer(heavy)
+        judged = sparse.errors["heavy"].clone()
+        assert judged.all()
+        sparse.end_batch()
+        layer(heavy)
+    assert torch.equal(sparse.errors["heavy"], judged)
 
 
 def test_act_clip_option_sets_saves_and_reloads_the_ratios(tmp_path: Path):
@@ -237,3 +250,11 @@ def test_act_clip_option_sets_saves_and_reloads_the_ratios(tmp_path: Path):
     x = torch.from_numpy(smooth_frames(3, 64, 64, seed=5)).float().div(255).permute(0, 3, 1, 2)[None]
     with torch.no_grad():
         assert torch.equal(loaded(x), qm(x))
+
+
+def test_act_clip_floor_sets_the_grid_and_bad_values_are_clear_errors():
+    assert CLIP_GRID == clip_grid(0.35) and CLIP_GRID[0] == 1.0 and CLIP_GRID[-1] == 0.35 and len(CLIP_GRID) == 14
+    assert clip_grid(0.15)[-1] == 0.15 and len(clip_grid(0.15)) == 18 and clip_grid(1.0) == (1.0,)
+    for bad, message in (("x", "smallest clip ratio, got 'x'"), (1.5, r"in \(0, 1\], got 1.5"), (0, "in \\(0, 1\\]")):
+        with pytest.raises(VsrqError, match=message):
+            QuantVSR(QuantConfig(method="quantvsr", wbits=4, abits=4, options={"act_clip": bad}))
