@@ -17,8 +17,15 @@ from vsrq.errors import VsrqError
 from vsrq.methods.base import CalibContext
 from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
 from vsrq.methods.pipeline import quantize_model
-from vsrq.methods.quantvsr import (CLIP_GRID, ClipSearch, QuantVSR, allocate_ranks, clip_grid, max_rank,
-                                   svd_lowrank_factors)
+from vsrq.methods.quantvsr import (
+    CLIP_GRID,
+    ClipSearch,
+    QuantVSR,
+    allocate_ranks,
+    clip_grid,
+    max_rank,
+    svd_lowrank_factors,
+)
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.rotation import PALEY_ORDERS, HadamardRotation, block_plan, fwht, hadamard_block
 
@@ -203,8 +210,8 @@ def test_clip_search_picks_the_ratio_with_least_output_error():
     """Heavy-tailed inputs at 4 bits: the search clips (ratio < 1) and its choice is the grid's least error,
     recomputed here layer by layer; a light-tailed input keeps a ratio near 1."""
     torch.manual_seed(4)
-    layer = QuantLayer(nn.Conv2d(16, 8, 3, padding=1), QuantizerSpec(bits=4, symmetric=True, granularity="channel",
-                                                                      dynamic=True), QuantizerSpec(bits=4, dynamic=True))
+    weight_spec = QuantizerSpec(bits=4, symmetric=True, granularity="channel", dynamic=True)
+    layer = QuantLayer(nn.Conv2d(16, 8, 3, padding=1), weight_spec, QuantizerSpec(bits=4, dynamic=True))
     uniform = QuantLayer(nn.Conv2d(16, 8, 3, padding=1), None, QuantizerSpec(bits=4, dynamic=True))
     heavy = torch.distributions.StudentT(2.0).sample((2, 16, 24, 24))
     light = torch.rand(2, 16, 24, 24)

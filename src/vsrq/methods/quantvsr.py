@@ -24,8 +24,9 @@ learning rate 1e-3 then 2e-4, Adam, batch 2.
 
 Option ``act_clip`` (all three methods; off by default, as in the papers): after the branch is built,
 each layer's dynamic activation range [min, max] is scaled by a clip ratio from 1.00 down to 0.35
-(or the floor ``act_clip`` gives), the one with the least squared layer-output error on the calibration clips (every second recurrent
-step judged). Activations stay one 4-bit range per tensor; only the range's width changes.
+(or the floor ``act_clip`` gives), the one with the least squared layer-output error on the
+calibration clips (every second recurrent step judged). Activations stay one range per tensor;
+only the range's width changes.
 
 Baselines: ``quarot`` (rotation + round-to-nearest, no branch, no training) and ``svdquant``
 (SmoothQuant smoothing with alpha 0.5 + a fixed rank-32 SVD branch, no refinement), with the same
@@ -58,7 +59,7 @@ def clip_grid(floor: float = CLIP_FLOOR) -> tuple[float, ...]:
     """Clip ratios 1.00, 0.95, ... down to ``floor``."""
     if not 0.0 < floor <= 1.0:
         raise VsrqError(f"option act_clip must be true, false or a smallest clip ratio in (0, 1], got {floor}")
-    return tuple(round(1.0 - 0.05 * i, 2) for i in range(int(round((1.0 - floor) / 0.05)) + 1))
+    return tuple(round(1.0 - 0.05 * i, 2) for i in range(round((1.0 - floor) / 0.05) + 1))
 
 
 CLIP_GRID = clip_grid()

@@ -266,10 +266,13 @@ class FakeQuantizer(nn.Module):
 
     def _dynamic_range(self, x: torch.Tensor, dim: int | None) -> tuple[torch.Tensor, torch.Tensor]:
         """Run-time [min, max] of ``x`` (whole tensor, or per row along ``dim``), scaled by the clip ratio."""
-        lower, upper = (x.amin(), x.amax()) if dim is None else (x.amin(dim=dim, keepdim=True), x.amax(dim=dim, keepdim=True))
+        if dim is None:
+            lower, upper = x.amin(), x.amax()
+        else:
+            lower, upper = x.amin(dim=dim, keepdim=True), x.amax(dim=dim, keepdim=True)
         if self.clip_ratio is None:
             return lower, upper
-        c = self.clip_ratio.to(x.dtype)
+        c = self.clip_ratio.to(x)  # the input's dtype and device
         return lower * c, upper * c
 
     def release_observer(self) -> None:
