@@ -106,14 +106,18 @@ class InputStatistics:
     :meth:`end_batch` closes one batch of clips (their frames arrive one call per time step).
     """
 
+    dtype: ClassVar[torch.dtype | None] = torch.float64  # what :meth:`record` receives (None: the input as it is)
+
     def __init__(self, layers: dict[str, QuantLayer]) -> None:
         self.layers = layers
         self._hooks: list = []
 
     def __enter__(self) -> "InputStatistics":
+        def hook(name: str, x: torch.Tensor) -> None:
+            self.record(name, x.detach() if self.dtype is None else x.detach().to(self.dtype))
+
         for name, layer in self.layers.items():
-            self._hooks.append(layer.register_forward_pre_hook(
-                lambda _m, inputs, name=name: self.record(name, inputs[0].detach().double())))
+            self._hooks.append(layer.register_forward_pre_hook(lambda _m, inputs, name=name: hook(name, inputs[0])))
         return self
 
     def __exit__(self, *exc: object) -> None:

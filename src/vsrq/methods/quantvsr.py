@@ -118,6 +118,8 @@ class ClipSearch(InputStatistics):
     input is reproduced: a clipped outlier matters only as much as the weights it meets.
     """
 
+    dtype = None  # the layer's own input: no float64 copy, even of the calls not judged
+
     def __init__(self, layers: dict[str, QuantLayer], grid: tuple[float, ...] = CLIP_GRID, every: int = 1) -> None:
         super().__init__({n: layer for n, layer in layers.items() if layer.input_quantizer is not None})
         self.grid = grid
@@ -132,7 +134,6 @@ class ClipSearch(InputStatistics):
         if self.calls[name] % self.every:
             return
         layer = self.layers[name]
-        x = x.float()
         target = layer.forward(x)  # the layer is in mode "fp" during the pass: its float output
         layer.mode = "quant"
         try:
@@ -203,10 +204,11 @@ class _LowRankMethod(Method):
         else:
             raise VsrqError(f"option per_token must be true, false or a list of module-name globs, got {per_token!r}")
         act_clip = self.options["act_clip"]
-        if not isinstance(act_clip, bool):
-            if not isinstance(act_clip, (int, float)):
-                raise VsrqError(f"option act_clip must be true, false or a smallest clip ratio, got {act_clip!r}")
-            clip_grid(float(act_clip))  # a floor outside (0, 1] is refused here, before any calibration
+        if not isinstance(act_clip, (bool, int, float)):
+            raise VsrqError(f"option act_clip must be true, false or a smallest clip ratio, got {act_clip!r}")
+        # the clip ratios to search (None: no search); a floor outside (0, 1] is refused here, before calibration
+        self.clip_ratios: tuple[float, ...] | None = (
+            None if act_clip is False else clip_grid() if act_clip is True else clip_grid(float(act_clip)))
 
     def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec, QuantizerSpec]:
         return _weight_spec(choice), _act_spec(choice, any(covers(g, choice.name) for g in self.token_globs))
@@ -223,12 +225,10 @@ class _LowRankMethod(Method):
     def search_clip(self, ctx: CalibContext) -> None:
         """Option ``act_clip`` (true, or the smallest ratio to try): one activation clip ratio per layer, the one
         with the least output error."""
-        act_clip = self.options["act_clip"]
-        if act_clip is False:
+        if self.clip_ratios is None:
             return
-        grid = clip_grid() if act_clip is True else clip_grid(float(act_clip))
         shortest = min(clip.shape[0] for clip in ctx.calib.clips)  # clips shorter than CLIP_EVERY: judge every call
-        search = ClipSearch(ctx.layers, grid, every=CLIP_EVERY if shortest >= CLIP_EVERY else 1)
+        search = ClipSearch(ctx.layers, self.clip_ratios, every=CLIP_EVERY if shortest >= CLIP_EVERY else 1)
         search.run(ctx)
         ratios = search.best()
         for name, ratio in ratios.items():
