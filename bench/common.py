@@ -11,7 +11,6 @@ from pathlib import Path
 import torch
 
 from vsrq.benchmark import Bench, Row
-
 from vsrq.config import CalibConfig, LayerRule
 
 RESULTS = Path(__file__).resolve().parent / "results"

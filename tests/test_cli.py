@@ -60,7 +60,7 @@ def test_checkpoint_of_another_architecture(tmp_path: Path, capsys):
     torch.save({"params": torch.nn.Linear(2, 2).state_dict()}, tmp_path / "lin.pth")
     write_clip(tmp_path / "lr", smooth_frames(2, 64, 64))
     assert main(["upscale", str(tmp_path / "lr"), str(tmp_path / "o"), "--model", str(tmp_path / "lin.pth")]) == 2
-    assert "not a BasicVSR checkpoint" in capsys.readouterr().err
+    assert "fit no known model family" in capsys.readouterr().err
 
 
 def test_methods_lists_options_that_parse_back_to_the_defaults(capsys):

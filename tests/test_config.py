@@ -13,7 +13,7 @@ from vsrq.errors import VsrqError
 
 def test_quant_config_json_round_trip():
     cfg = QuantConfig(method="qbasicvsr", wbits=4, abits=6, scope="pq", include=("a.*",), exclude=("b",),
-                      rules=(LayerRule("c.*", wbits=8, abits=32), LayerRule("d", skip=True)), quantize_spynet=True,
+                      rules=(LayerRule("c.*", wbits=8, abits=32), LayerRule("d", skip=True)), quantize_auxiliary=True,
                       split_concat=True,
                       calib=CalibConfig("clips/", 3, 5, 96, "bd"), seed=7, options={"fab_budget": 4.0})
     assert QuantConfig.from_json(cfg.to_json()) == cfg

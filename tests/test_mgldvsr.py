@@ -12,6 +12,7 @@ from torch import nn
 
 from vsrq.cli import main
 from vsrq.errors import VsrqError
+from vsrq.models.catalog import load_model
 from vsrq.models.mgldvsr import (
     PRESETS,
     MGLDVSRConfig,
@@ -19,7 +20,7 @@ from vsrq.models.mgldvsr import (
     load_mgldvsr_unet,
     load_video_vae,
 )
-from vsrq.models.registry import WEIGHTS_ENV, load_model
+from vsrq.models.weights import WEIGHTS_ENV
 
 
 def _millions(*modules: nn.Module) -> float:

@@ -16,6 +16,7 @@ from tests.conftest import smooth_frames, write_clip
 from vsrq.cli import main
 from vsrq.data.frames import list_frames, read_frame
 from vsrq.errors import VsrqError
+from vsrq.models.catalog import load_model
 from vsrq.models.mgldvsr import build_mgldvsr
 from vsrq.models.mgldvsr.pipeline import LatentUpscaler, ping_pong, run_chunk
 from vsrq.models.mgldvsr.sampler import (
@@ -32,7 +33,6 @@ from vsrq.models.mgldvsr.sampler import (
     tiled,
 )
 from vsrq.models.mgldvsr.small import SmallConfig, SmallMGLDVSR, score_crops, vid4_crops
-from vsrq.models.registry import load_model
 
 
 @pytest.fixture(autouse=True, scope="module")

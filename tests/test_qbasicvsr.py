@@ -22,19 +22,15 @@ from vsrq.methods.finetune import (
     split_holdout,
 )
 from vsrq.methods.pipeline import quantize_model
-from vsrq.methods.qbasicvsr import (
-    LayerSensitivity,
-    VideoBitController,
-    assign_layer_bits,
-    project_bit_budget,
-    spatial_complexity,
-    temporal_complexity,
-    video_complexity,
-)
-from vsrq.models.registry import FEATURE_BLOCKS
+from vsrq.methods.qbasicvsr import LayerSensitivity, assign_layer_bits, project_bit_budget
+from vsrq.models.basicvsr import BasicVSRHost
+from vsrq.models.host import HOSTS
 from vsrq.quant import accounting
+from vsrq.quant.controller import VideoBitController, spatial_complexity, temporal_complexity, video_complexity
+from vsrq.quant.layers import QuantLayer
 
 QUIET = dict(log=lambda s: None, show_progress=False)
+FEATURES = BasicVSRHost().feature_blocks(None)
 
 
 # --- statistics ---------------------------------------------------------------------------------
@@ -70,14 +66,14 @@ def test_video_complexity_combines_with_lambda():
 
 
 def test_layer_sensitivity_matches_numpy():
-    layer = torch.nn.Identity()
+    layer = QuantLayer(torch.nn.Conv2d(3, 3, 1).double(), None, None)  # statistics read its input
     rng = np.random.default_rng(0)
     frames = rng.normal(size=(4, 2, 3, 5, 5))  # T, B, C, H, W
-    stats = LayerSensitivity({"l": layer})
+    stats = LayerSensitivity({"l": layer}, HOSTS["basicvsr"])
     with stats:
         for t in range(4):
             layer(torch.from_numpy(frames[t]))
-        stats.end_batch()
+        stats.end_call()
     space, temp = stats.result()["l"]
     assert space == pytest.approx(frames.std(axis=2, ddof=1).mean())
     assert temp == pytest.approx(frames.std(axis=0, ddof=1).mean())
@@ -142,7 +138,7 @@ def _ema_context(clips: int) -> tuple:
     loaded = _loaded()
     calib = _synthetic_calib(clips, 3)
     qm = quantize_model(loaded, cfg, calib, **QUIET)
-    return qm, CalibContext(loaded.model, qm.base, qm.layers(), calib, cfg, "basicvsr", **QUIET)
+    return qm, CalibContext(loaded.model, qm.base, qm.layers(), calib, cfg, loaded.host, **QUIET)
 
 
 def test_each_stage_trains_only_its_own_parameters():
@@ -152,7 +148,7 @@ def test_each_stage_trains_only_its_own_parameters():
               Stage("a", [p for l in layers for p in (l.input_quantizer.lower, l.input_quantizer.upper)], 1e-2)]
     for stage in stages:
         before = {k: v.clone() for k, v in qm.state_dict().items()}
-        run_stages(ctx, qm.base, [stage], FinetuneConfig(batch=2), FEATURE_BLOCKS["basicvsr"])
+        run_stages(ctx, qm.base, [stage], FinetuneConfig(batch=2), FEATURES)
         own = {id(p) for p in stage.params}
         names = {n for n, p in qm.named_parameters() if id(p) in own}
         after = qm.state_dict()
@@ -193,14 +189,14 @@ def test_step_checkpointing_changes_no_gradient():
 
     qm, ctx = _ema_context(2)
     params = [l.input_quantizer.upper for l in qm.layers().values()]
-    x = next(iter(ctx.batches(2)))
+    x = next(iter(ctx.calls(2)))
     grads = []
     for on in (False, True):
         qm.base.checkpoint_steps = on
         for p in params:
             p.requires_grad_(True)
             p.grad = None
-        loss = _step_loss(ctx, qm.base, x, FinetuneConfig(), FEATURE_BLOCKS["basicvsr"])
+        loss = _step_loss(ctx, qm.base, x, FinetuneConfig(), FEATURES)
         loss.backward()
         grads.append((loss.item(), torch.stack([p.grad for p in params])))
     qm.base.checkpoint_steps = False

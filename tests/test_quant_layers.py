@@ -17,7 +17,7 @@ from vsrq.config import LayerRule, QuantConfig, QuantizerSpec
 from vsrq.data.clips import CalibrationSet
 from vsrq.errors import VsrqError
 from vsrq.methods.pipeline import quantize_model
-from vsrq.models.registry import LoadedModel, ModelSpec
+from vsrq.models.catalog import LoadedModel, loaded_module
 from vsrq.quant import accounting
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.packing import pack_bits, pack_codes, unpack_bits, unpack_codes
@@ -99,7 +99,7 @@ def _synthetic_calib(n: int = 2, t: int = 3, size: int = 64) -> CalibrationSet:
 
 def _loaded(seed: int = 0, num_feat: int = 8) -> LoadedModel:
     model = tiny_basicvsr(seed, num_feat=num_feat)
-    return LoadedModel(model, ModelSpec("basicvsr", {"num_feat": num_feat, "num_block": 1}), "tiny", "-", "bi")
+    return loaded_module(model, name="tiny")
 
 
 @pytest.mark.parametrize("method", ["minmax", "percentile", "omse", "dbdc", "ema"])

@@ -7,7 +7,8 @@ import torch
 
 from vsrq.config import QuantizerSpec
 from vsrq.errors import VsrqError
-from vsrq.quant.quantizer import FakeQuantizer, fake_quantize, int_range, round_ste, scale_zero_point
+from vsrq.quant.grid import fake_quantize, int_range, round_ste, scale_zero_point
+from vsrq.quant.quantizer import FakeQuantizer
 
 
 def test_round_ste_forward_rounds_backward_is_identity():

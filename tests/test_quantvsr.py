@@ -26,6 +26,7 @@ from vsrq.methods.quantvsr import (
     max_rank,
     svd_lowrank_factors,
 )
+from vsrq.models.host import HOSTS
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.rotation import PALEY_ORDERS, HadamardRotation, block_plan, fwht, hadamard_block
 
@@ -135,7 +136,7 @@ def test_each_quantvsr_stage_trains_only_its_own_parameters():
     qm = quantize_model(loaded, cfg, _synthetic_calib(2, 3), **QUIET)
     for layer in qm.layers().values():
         layer.add_bias_alignment()
-    ctx = CalibContext(loaded.model, qm.base, qm.layers(), _synthetic_calib(2, 3), cfg, "basicvsr", **QUIET)
+    ctx = CalibContext(loaded.model, qm.base, qm.layers(), _synthetic_calib(2, 3), cfg, loaded.host, **QUIET)
     layers = [l for l in qm.layers().values()]
     for stage in (Stage("dual-branch", [p for l in layers if l.rank for p in (l.lowrank_up, l.lowrank_down)], 1e-2),
                   Stage("lba", [l.bias_align for l in layers], 1e-2)):
@@ -215,7 +216,7 @@ def test_clip_search_picks_the_ratio_with_least_output_error():
     uniform = QuantLayer(nn.Conv2d(16, 8, 3, padding=1), None, QuantizerSpec(bits=4, dynamic=True))
     heavy = torch.distributions.StudentT(2.0).sample((2, 16, 24, 24))
     light = torch.rand(2, 16, 24, 24)
-    search = ClipSearch({"heavy": layer, "light": uniform})
+    search = ClipSearch({"heavy": layer, "light": uniform}, HOSTS["basicvsr"])
     for layer_ in (layer, uniform):
         layer_.mode = "fp"
     with search, torch.no_grad():
@@ -233,14 +234,14 @@ def test_clip_search_picks_the_ratio_with_least_output_error():
     assert CLIP_GRID[min(range(len(errors)), key=errors.__getitem__)] == best["heavy"]
     # every=2 judges the 2nd, 4th, ... call of a layer in each batch: never the zero-state first step
     layer.mode = "fp"
-    sparse = ClipSearch({"heavy": layer}, every=2)
+    sparse = ClipSearch({"heavy": layer}, HOSTS["basicvsr"], every=2)
     with sparse, torch.no_grad():
         layer(heavy)
         assert not sparse.errors["heavy"].any()
         layer(heavy)
         judged = sparse.errors["heavy"].clone()
         assert judged.all()
-        sparse.end_batch()
+        sparse.end_call()
         layer(heavy)
     assert torch.equal(sparse.errors["heavy"], judged)
 

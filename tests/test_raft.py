@@ -23,8 +23,8 @@ from vsrq.models.raft import (
     load_raft,
     lookup,
 )
-from vsrq.models.registry import WEIGHTS_ENV
 from vsrq.models.spynet import flow_warp
+from vsrq.models.weights import WEIGHTS_ENV
 
 
 def _conv(cin: int, cout: int, kh: int, kw: int | None = None) -> int:

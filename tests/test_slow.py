@@ -11,7 +11,7 @@ from vsrq.benchmark import mean_scores, score_dataset
 from vsrq.config import CalibConfig, QuantConfig
 from vsrq.data.datasets import load_paired
 from vsrq.methods.pipeline import quantize_model
-from vsrq.models.registry import load_model
+from vsrq.models.catalog import load_model
 
 pytestmark = pytest.mark.slow
 

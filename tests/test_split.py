@@ -15,8 +15,11 @@ from vsrq.cli import main
 from vsrq.config import LayerRule, QuantConfig
 from vsrq.errors import VsrqError
 from vsrq.methods.pipeline import quantize_model
+from vsrq.models.host import HOSTS
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.split import SplitInputConv, split_concat_inputs
+
+HOST = HOSTS["basicvsr"]
 
 QUIET = dict(log=lambda s: None, show_progress=False)
 
@@ -42,19 +45,19 @@ def test_bad_splits_are_refused():
         SplitInputConv(nn.Conv2d(8, 4, 3), (3, 4))
     with pytest.raises(VsrqError, match="ungrouped"):
         SplitInputConv(nn.Conv2d(8, 4, 3, groups=2), (4, 4))
-    with pytest.raises(VsrqError, match="declares no concatenated"):
-        split_concat_inputs(nn.Sequential(nn.Conv2d(3, 3, 1)))
+    with pytest.raises(VsrqError, match="no convs over concatenations"):
+        split_concat_inputs(nn.Sequential(nn.Conv2d(3, 3, 1)), {})
 
 
 def test_basicvsr_split_changes_nothing_in_float():
     model = tiny_basicvsr()
     split = tiny_basicvsr()
     expected = {"backward_trunk.main.0": (3, 8), "forward_trunk.main.0": (3, 8), "fusion": (8, 8)}
-    assert split_concat_inputs(split) == expected
+    assert split_concat_inputs(split, HOST.concat_inputs(split)) == expected
     with torch.no_grad():
         torch.testing.assert_close(split(_clip()), model(_clip()), rtol=0, atol=1e-5)
     uni = tiny_basicvsr(bidirectional=False)
-    assert uni.concat_inputs() == {"forward_trunk.main.0": (3, 8)}
+    assert HOST.concat_inputs(uni) == {"forward_trunk.main.0": (3, 8)}
 
 
 def test_each_source_gets_its_own_range_and_checkpoints_round_trip(tmp_path: Path):

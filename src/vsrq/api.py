@@ -8,10 +8,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import tempfile
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 from torch import nn
 
@@ -21,40 +20,53 @@ from vsrq.data.clips import CalibrationSet, load_calibration
 from vsrq.data.degrade import degrade, modcrop
 from vsrq.data.frames import atomic_output
 from vsrq.data.sources import Clip, discover_clips, open_sink
-from vsrq.metrics.report import EvalReport, evaluate_paths
-from vsrq.methods.pipeline import quantize_model
-from vsrq.models.registry import load_model
-from vsrq.quant.qmodel import QuantizedModel
-from vsrq.progress import progress
-from vsrq.errors import VsrqError
 from vsrq.devices import check_device
-from vsrq.runtime.onnx_export import calibrate_outputs, export_basicvsr
+from vsrq.errors import VsrqError
+from vsrq.metrics.report import EvalReport, evaluate_paths
+from vsrq.models.catalog import host_for, load_model, loaded_module
+from vsrq.models.host import ModelHost
+from vsrq.progress import progress
+from vsrq.quant.qmodel import QuantizedModel
+from vsrq.runtime.onnx_export import calibrate_outputs, check_exportable, export_basicvsr
 from vsrq.runtime.ort import OrtBasicVSR, OrtFromModel
-from vsrq.runtime.upscale import StreamConfig, WindowRunner, chunk_runner, torch_runner, upscale_path
+from vsrq.runtime.upscale import StreamConfig, upscale_path
 
 
-def load(name_or_path: str | Path) -> nn.Module:
-    """A ready-to-run model: a named/official full-precision model, a ``.pth`` checkpoint or a ``.vsrq`` file."""
+def load(name_or_path: str | Path, model: nn.Module | None = None) -> nn.Module:
+    """A ready-to-run model: a named/official full-precision model, a weights file or a ``.vsrq`` file
+    (rebuilt into ``model``, a float module of its family, when vsrq cannot build the architecture itself)."""
     if str(name_or_path).endswith(checkpoint.SUFFIX):
-        return checkpoint.load(name_or_path)
+        return checkpoint.load(name_or_path, model)
     return load_model(str(name_or_path)).model
 
 
 def quantize(
-    model: str,
+    model: str | nn.Module,
     config: QuantConfig = QuantConfig(),
-    calib: CalibrationSet | None = None,
+    calib: Any = None,
     log: Callable[[str], None] = print,
     show_progress: bool = True,
     device: str = "cpu",
+    host: ModelHost | str | None = None,
 ) -> QuantizedModel:
-    """Quantize a named model or ``.pth`` checkpoint with ``config`` (method, bits, scope, calibration).
+    """Quantize a named model, a weights file or a float ``nn.Module`` with ``config`` (method, bits, scope,
+    calibration).
 
-    Calibration runs on ``device`` (``cpu``, ``cuda[:N]``); the result, on the CPU, runs like the
-    float model (a fake-quant simulation) and carries its manifest; :func:`save` writes it with
-    packed integer weights.
+    A module is quantized through its family's host (``host``, else the one registered for its class), so
+    every method applies to every family. ``calib`` is calibration data in the host's form (default: the
+    clips ``config.calib`` names). Calibration runs on ``device`` (``cpu``, ``cuda[:N]``); the result, on
+    the CPU, runs like the float model (a fake-quant simulation) and carries its manifest; :func:`save`
+    writes it with packed integer weights.
     """
-    return quantize_model(load_model(model), config, calib, log, show_progress, device)
+    from vsrq.methods.pipeline import quantize_model  # calibration code loads only when a job quantizes
+
+    if isinstance(model, nn.Module):
+        loaded = loaded_module(model, host)
+    else:
+        loaded = load_model(str(model))
+        if host is not None:
+            loaded.host = host_for(loaded.model, host)
+    return quantize_model(loaded, config, calib, log, show_progress, device)
 
 
 def save(model: QuantizedModel, path: str | Path, overwrite: bool = False) -> Path:
@@ -92,32 +104,16 @@ def upscale(
     net = load(model) if isinstance(model, (str, Path)) and not onnx_file else model
     if isinstance(net, nn.Module) and runtime == "torch":
         net = net.to(dev)
-    diffusion = _diffusion_stream(net, seed, flow, device) if isinstance(net, nn.Module) else None
-    if diffusion is not None:
-        if runtime != "torch":
-            raise VsrqError("diffusion models (MGLD-VSR) run with the torch runtime only")
-        return upscale_path(diffusion[0], Path(source), Path(output), diffusion[1], overwrite, show_progress)
+        runner, stream = host_for(net).stream(net, device, chunk, overlap, seed, flow)
+        return upscale_path(runner, Path(source), Path(output), stream, overwrite, show_progress)
+    if isinstance(net, nn.Module):
+        check_exportable(net)  # before any output exists: what the integer graphs cannot express
     with tempfile.TemporaryDirectory(prefix="vsrq-ort-") as tmp:
-        if runtime == "torch":
-            runner = torch_runner(net, device)
-        elif onnx_file:
+        if onnx_file:
             runner = OrtBasicVSR(model)
         else:
             runner = OrtFromModel(net, export_ranges(net), Path(tmp), getattr(net, "manifest", None))
         return upscale_path(runner, Path(source), Path(output), StreamConfig(chunk, overlap), overwrite, show_progress)
-
-
-def _diffusion_stream(net: nn.Module, seed: int, flow: str, device: str) -> tuple[WindowRunner, StreamConfig] | None:
-    """MGLD-VSR models run chunk by chunk through their sampler; None for other models.
-
-    The diffusion code is imported here rather than at module import, to keep ``import vsrq`` light.
-    """
-    from vsrq.models.mgldvsr.pipeline import as_upscaler, run_chunk
-
-    upscaler = as_upscaler(net, flow)
-    if upscaler is None:
-        return None
-    return chunk_runner(lambda lr: run_chunk(upscaler, lr, seed), device), StreamConfig(upscaler.num_frames, 0)
 
 
 def export_ranges(model: nn.Module, calib: CalibrationSet | None = None) -> dict[str, tuple[float, float]] | None:

@@ -30,7 +30,7 @@ from vsrq.devices import check_device
 from vsrq.methods.pipeline import quantize_model
 from vsrq.metrics.psnr_ssim import tensor_to_uint8
 from vsrq.metrics.report import ClipScores, score_clip
-from vsrq.models.registry import LoadedModel, load_model
+from vsrq.models.catalog import LoadedModel, load_model
 from vsrq.progress import progress
 from vsrq.quant import accounting
 

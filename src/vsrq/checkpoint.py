@@ -1,37 +1,73 @@
-"""The ``.vsrq`` checkpoint: one safetensors file with packed integer weights and a JSON manifest.
+"""The ``.vsrq`` checkpoint format: one safetensors file with packed integer weights and a JSON manifest.
 
 Quantized layers store their weights as integer codes packed at the real bit-width (``*.weight_int``,
 uint8 bit stream) with a float32 scale and zero-point per row; activation ranges, biases, low-rank
 branches, rotation signs and every unquantized layer are stored as they are. The manifest (method,
 bits, per-layer settings, calibration clips and hash, seed, versions) sits in the safetensors
 metadata under ``vsrq_manifest``. Loading rebuilds the architecture from the manifest and gives
-outputs identical to the model that was saved.
+outputs identical to the model that was saved. Loading imports no calibration code.
+
+Format 2 (since the model-host contract) records the model's family (``model.family``), names the
+float-auxiliary rule ``quantize_auxiliary`` (was ``quantize_spynet``) and tags an input controller
+with its ``kind``; format 1 files are migrated on load (:func:`migrate_manifest`).
 """
 
 from __future__ import annotations
 
+import copy
 import json
-import os
-import tempfile
+import platform
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
+from torch import nn
 
 from vsrq.config import QuantizerSpec
 from vsrq.errors import VsrqError
-from vsrq.methods.base import get_method
-from vsrq.methods.pipeline import FORMAT_VERSION, layer_manifest
-from vsrq.models.registry import ModelSpec, build_model
+from vsrq.models.catalog import build_model, host_for
+from vsrq.models.host import HOSTS, ModelSpec
+from vsrq.models.weights import write_safetensors
+from vsrq.quant.controller import controller_from_manifest
 from vsrq.quant.layers import SUPPORTED, QuantLayer
 from vsrq.quant.packing import pack_codes, unpack_codes
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.quant.split import split_concat_inputs
 from vsrq.quant.swap import quant_layers
+from vsrq.version import __version__
 
 MANIFEST_KEY = "vsrq_manifest"
 SUFFIX = ".vsrq"
+FORMAT_VERSION = 2
+
+
+def layer_manifest(layer: QuantLayer) -> dict[str, Any]:
+    """Per-layer settings as a checkpoint records them."""
+
+    def q(quantizer) -> dict[str, Any] | None:
+        if quantizer is None:
+            return None
+        entry = {"spec": quantizer.spec.to_dict(), "bits": quantizer.layer_bits()}
+        if quantizer.clip_ratio is not None:
+            entry["clip_ratio"] = round(float(quantizer.clip_ratio), 6)
+        return entry
+
+    return {
+        "kind": layer.kind,
+        "weight": q(layer.weight_quantizer),
+        "input": q(layer.input_quantizer),
+        "weight_shape": list(layer._weight_shape()),
+        "rank": layer.rank,
+        "rotation": None if layer.rotation is None else layer.rotation.size,
+        "bias_align": layer.bias_align is not None,
+        "smooth": layer.smooth is not None,
+    }
+
+
+def versions() -> dict[str, str]:
+    return {"vsrq": __version__, "torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
 
 
 def _packed_state(model: QuantizedModel) -> dict[str, torch.Tensor]:
@@ -62,20 +98,6 @@ def save(model: QuantizedModel, path: str | Path, overwrite: bool = False) -> Pa
     return write_safetensors(_packed_state(model), path, {MANIFEST_KEY: json.dumps(manifest, sort_keys=True)})
 
 
-def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
-    """Write through a temporary file and rename: an interrupted write leaves no partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
-
-
 def read_manifest(path: str | Path) -> dict:
     """The manifest of a ``.vsrq`` file, without loading tensors."""
     path = Path(path)
@@ -88,9 +110,25 @@ def read_manifest(path: str | Path) -> dict:
         raise VsrqError(f"{path}: not a vsrq checkpoint ({type(exc).__name__})") from None
     if MANIFEST_KEY not in meta:
         raise VsrqError(f"{path}: a safetensors file without a vsrq manifest")
-    manifest = json.loads(meta[MANIFEST_KEY])
-    if manifest.get("format") != FORMAT_VERSION:
-        raise VsrqError(f"{path}: checkpoint format {manifest.get('format')} is not {FORMAT_VERSION}")
+    return migrate_manifest(json.loads(meta[MANIFEST_KEY]), path)
+
+
+def migrate_manifest(manifest: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:
+    """A manifest in the current format: format 1 is upgraded in memory, later or unknown ones refused."""
+    version = manifest.get("format")
+    if version == 1:
+        manifest = copy.deepcopy(manifest)
+        config = manifest["config"]
+        config["quantize_auxiliary"] = config.pop("quantize_spynet", False)
+        arch = manifest["model"]["spec"]["arch"]
+        manifest["model"]["family"] = "mgldvsr" if arch.startswith("mgldvsr") else arch  # the two families of format 1
+        if manifest.get("controller"):
+            manifest["controller"] = {"kind": "video_bits", **manifest["controller"]}
+        manifest["format"] = FORMAT_VERSION
+        return manifest
+    if version != FORMAT_VERSION:
+        raise VsrqError(f"{path}: checkpoint format {version} is not one this vsrq reads ({FORMAT_VERSION}, or 1); "
+                        "re-quantize the model with this version (`vsrq quantize`)")
     return manifest
 
 
@@ -104,6 +142,8 @@ def _rebuild_layer(module: torch.nn.Module, name: str, entry: dict, tensors: dic
         module, None if wq is None else QuantizerSpec.from_dict(wq["spec"]), None if aq is None else QuantizerSpec.from_dict(aq["spec"])
     )
     prefix = f"base.{name}."
+    if layer.bias is None and prefix + "bias" in tensors:  # bias alignment folded into a layer built without one
+        layer.bias = torch.nn.Parameter(torch.zeros_like(tensors[prefix + "bias"]), requires_grad=False)
     for quantizer, info, key in ((layer.weight_quantizer, wq, "weight_quantizer"), (layer.input_quantizer, aq, "input_quantizer")):
         if quantizer is None:
             continue
@@ -130,25 +170,41 @@ def _rebuild_layer(module: torch.nn.Module, name: str, entry: dict, tensors: dic
     return layer
 
 
-def load(path: str | Path) -> QuantizedModel:
-    """Rebuild a quantized model from a ``.vsrq`` file."""
+def _base_network(manifest: dict[str, Any], model: nn.Module | None, path: Path) -> nn.Module:
+    """The float network the checkpoint's layers go into: ``model`` (a copy) if given, else rebuilt from the spec."""
+    family = manifest["model"]["family"]
+    if family not in HOSTS:
+        raise VsrqError(f"{path}: model family {family!r} is not known to this vsrq ({', '.join(sorted(HOSTS))})")
+    if model is not None:
+        given = host_for(model)
+        if given.name != family:
+            raise VsrqError(f"{path} holds a {family} model, not one of the {given.name} family it is loaded into")
+        return copy.deepcopy(model).eval()
+    spec = manifest["model"].get("spec")
+    if spec is None:
+        raise VsrqError(f"{path}: a {family} model vsrq cannot rebuild by itself; pass the float model (model=...)")
+    return build_model(ModelSpec.from_dict(spec)).eval()
+
+
+def load(path: str | Path, model: nn.Module | None = None) -> QuantizedModel:
+    """Rebuild a quantized model from a ``.vsrq`` file, into ``model`` (its architecture, any weights) if given."""
     path = Path(path)
     manifest = read_manifest(path)
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    base = build_model(ModelSpec.from_dict(manifest["model"]["spec"])).eval()
+    base = _base_network(manifest, model, path)
+    host = HOSTS[manifest["model"]["family"]]
     if manifest["config"].get("split_concat"):
-        split_concat_inputs(base)
+        split_concat_inputs(base, host.concat_inputs(base))
     modules = dict(base.named_modules())
     for name, entry in manifest["layers"].items():
         if name not in modules:
-            raise VsrqError(f"manifest does not match the model: no layer {name} in {manifest['model']['spec']['arch']}")
+            raise VsrqError(f"manifest does not match the model: no layer {name} in this {host.name} model")
         parent_name, _, child = name.rpartition(".")
         parent = base.get_submodule(parent_name) if parent_name else base
         setattr(parent, child, _rebuild_layer(modules[name], name, entry, tensors))
-    method = get_method(manifest["method"])
-    controller = method.build_controller(manifest.get("controller"), base)
-    model = QuantizedModel(base, manifest, controller)
+    controller = controller_from_manifest(manifest.get("controller"), base, host)
+    qm = QuantizedModel(base, manifest, host, controller)
     state = dict(tensors)
     for name, layer in quant_layers(base).items():
         if layer.weight is None:
@@ -156,10 +212,10 @@ def load(path: str | Path) -> QuantizedModel:
             if layer.weight_quantizer is not None:  # clip bounds are not stored once the weight is integer codes
                 for key, value in layer.weight_quantizer.state_dict().items():
                     state.setdefault(f"base.{name}.weight_quantizer.{key}", value)
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing, unexpected = qm.load_state_dict(state, strict=False)
     if missing or unexpected:
         shown = ", ".join((missing + unexpected)[:3])
         raise VsrqError(f"{path}: tensors do not match the manifest's model ({shown})")
-    for p in model.parameters():
+    for p in qm.parameters():
         p.requires_grad_(False)
-    return model.eval()
+    return qm.eval()

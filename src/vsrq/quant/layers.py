@@ -15,7 +15,8 @@ and per-row scales, exactly what a checkpoint stores.
 
 from __future__ import annotations
 
-from typing import Callable
+from contextlib import contextmanager
+from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +24,8 @@ from torch import nn
 
 from vsrq.config import QuantizerSpec
 from vsrq.errors import VsrqError
-from vsrq.quant.quantizer import FakeQuantizer, quantize_to_int
+from vsrq.quant.grid import quantize_to_int
+from vsrq.quant.quantizer import FakeQuantizer
 from vsrq.quant.rotation import HadamardRotation
 
 SUPPORTED: dict[type[nn.Module], str] = {
@@ -254,3 +256,20 @@ class QuantLayer(nn.Module):
         if self.weight is None:
             parts.append("frozen-int")
         return ", ".join(parts)
+
+
+@contextmanager
+def layer_modes(layers: Iterable[QuantLayer], mode: str) -> Iterator[None]:
+    """Run a block with ``layers`` in ``mode`` ("quant", "observe" or "fp"); each gets its previous mode back
+    afterwards, also when the block fails. Nest two for mixed modes."""
+    if mode not in ("quant", "observe", "fp"):
+        raise ValueError(f"unknown layer mode {mode!r}")
+    layers = list(layers)
+    previous = [layer.mode for layer in layers]
+    for layer in layers:
+        layer.mode = mode
+    try:
+        yield
+    finally:
+        for layer, before in zip(layers, previous):
+            layer.mode = before

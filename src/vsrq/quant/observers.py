@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 
 from vsrq.config import QuantizerSpec
+from vsrq.quant.grid import fake_quantize, int_range, scale_zero_point
 
 _SAMPLE_PER_ROW = 1 << 17  # activation values kept per row for OMSE
 _HIST_BINS = 2048
@@ -34,8 +35,6 @@ def mse_search(
     Symmetric: one scale factor on max|x|. Asymmetric: two rounds of coordinate search, upper
     bound then lower bound, each over ``steps`` factors in [0.05, 1].
     """
-    from vsrq.quant.quantizer import fake_quantize, int_range, scale_zero_point
-
     qmin, qmax = int_range(bits, symmetric)
     factors = torch.linspace(0.05, 1.0, steps, dtype=values.dtype, device=values.device)
 

@@ -8,9 +8,9 @@ splitting the conv by input channels changes nothing in float and gives each sou
 quantized conv with its own activation range: still one integer conv per quantized input, every
 weight still at the layer's bit-width, executable by any integer runtime (two convs and an add).
 
-Which convs read concatenations, and of what sizes, is each model's knowledge
-(``concat_inputs()`` on the model); the parts are named ``<conv>.parts.<i>`` and a layer rule
-written for the conv applies to its parts.
+Which convs read concatenations, and of what sizes, is each family's knowledge (its host's
+``concat_inputs``); the parts are named ``<conv>.parts.<i>`` and a layer rule written for the conv
+applies to its parts.
 """
 
 from __future__ import annotations
@@ -55,12 +55,10 @@ class SplitInputConv(nn.Module):
         return out
 
 
-def split_concat_inputs(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """Replace, in place, every conv the model declares as reading a concatenation; returns them with their sizes."""
-    declared = getattr(model, "concat_inputs", None)
-    if declared is None:
-        raise VsrqError(f"{type(model).__name__} declares no concatenated conv inputs to split")
-    splits = declared()
+def split_concat_inputs(model: nn.Module, splits: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
+    """Replace, in place, every conv named in ``splits`` by one conv per source of the sizes given; returns ``splits``."""
+    if not splits:
+        raise VsrqError(f"no convs over concatenations are declared for {type(model).__name__}: nothing to split")
     for name, sizes in splits.items():
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

@@ -1,7 +1,7 @@
 """Replace layers in place, selected by module-name globs, and report what was and was not quantized.
 
 Quantization knows nothing of any architecture: it sees module names and types. Which names
-form a model's "propagation body" or its flow network is the model registry's business.
+form a model's "propagation body" or its flow network is its family host's business (vsrq.models.host).
 """
 
 from __future__ import annotations

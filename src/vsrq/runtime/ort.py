@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from vsrq.errors import VsrqError
+from vsrq.runtime.onnx_export import export_basicvsr
 
 
 def _session(path: Path, threads: int | None):
@@ -91,8 +92,6 @@ class OrtFromModel:
         self.runners: dict[tuple[int, int], OrtBasicVSR] = {}
 
     def __call__(self, lr: torch.Tensor, output_frames: range) -> torch.Tensor:
-        from vsrq.runtime.onnx_export import export_basicvsr
-
         size = tuple(lr.shape[-2:])
         if size not in self.runners:
             path = self.folder / f"model_{size[0]}x{size[1]}.onnx"

