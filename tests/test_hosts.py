@@ -217,7 +217,7 @@ def test_a_checkpoint_loads_only_into_its_own_family(tmp_path: Path):
 
 
 def test_a_diffusion_model_needs_captured_inputs():
-    with pytest.raises(VsrqError, match="calibrates on denoiser inputs captured from its sampler"):
+    with pytest.raises(VsrqError, match="a bare denoiser has no sampler to capture calibration inputs from"):
         vsrq.quantize(tiny_denoiser(), QuantConfig(), **QUIET)
     with pytest.raises(VsrqError, match="calibrates on captured denoiser inputs, not CalibrationSet"):
         vsrq.quantize(tiny_denoiser(), QuantConfig(), _synthetic_calib(1, 2), **QUIET)

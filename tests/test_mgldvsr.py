@@ -13,6 +13,7 @@ from torch import nn
 from vsrq.cli import main
 from vsrq.errors import VsrqError
 from vsrq.models.catalog import load_model
+from vsrq.models.inventory import LayerCost
 from vsrq.models.mgldvsr import (
     PRESETS,
     MGLDVSRConfig,
@@ -21,6 +22,7 @@ from vsrq.models.mgldvsr import (
     load_video_vae,
 )
 from vsrq.models.weights import WEIGHTS_ENV
+from vsrq.quant.accounting import compressed_cost
 
 
 def _millions(*modules: nn.Module) -> float:
@@ -173,6 +175,31 @@ def test_info_full_size_json_matches_quantvsr_table2(capsys):
     assert set(unet["macs_by_type"]) == {"Conv2d", "Conv3d", "Linear"}
     assert [round(report["parts"][p]["params"] / 1e6, 1) for p in ("structcond", "vae_encoder", "vae_decoder")] == [
         52.5, 34.2, 80.8]
+
+
+def test_table2_accounting_at_full_size_matches_the_paper_within_3_percent(capsys):
+    """QuantVSR Table 2 from the meta-device UNet: the per-rank sums measured on the original code, and the
+    published params/ops at W8A8 / W6A6 / W4A4 within 3% with a uniform rank-22 branch."""
+    assert main(["info", "mgldvsr", "--table2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["quantized_layers"] == 351 and len(report["float_layers"]) == 3
+    assert report["sum_m_plus_n"] == 1_226_560 and report["sum_positions_m_plus_n_g"] == pytest.approx(4.4617, abs=1e-4)
+    for row in report["rows"]:
+        assert abs(row["params_dev"]) < 0.03 and abs(row["ops_dev"]) < 0.03, row
+    # the same sums by hand: uniform rank r adds r * 1,226,560 params and r * 4.4617 G MACs to every bit-width
+    assert main(["info", "mgldvsr", "--table2", "30", "--json"]) == 0
+    wider = json.loads(capsys.readouterr().out)
+    for a, b in zip(report["rows"], wider["rows"]):
+        assert b["params_m"] - a["params_m"] == pytest.approx(8 * 1.22656, abs=0.02)
+        assert b["ops_g"] - a["ops_g"] == pytest.approx(8 * 4.4617, abs=0.02)
+
+
+def test_compressed_cost_by_hand():
+    """One 3x4 layer at 10 positions with a bias, quantized at 4 bits with a rank-2 branch, and a float 2x2 one."""
+    costs = {"q": LayerCost(3, 4, 10, 3), "f": LayerCost(2, 2, 5, 0)}
+    params, ops = compressed_cost(costs, other_params=7, bits=4, ranks={"q": 2, "f": 9}, keep_float={"f"})
+    assert params * 1e6 == pytest.approx(7 + 12 / 8 + 3 + 2 * 7 + 4)
+    assert ops * 1e9 == pytest.approx((120 + 30) / 8 + 2 * 10 * 7 + 20)
 
 
 def test_info_keys_and_other_models(capsys):

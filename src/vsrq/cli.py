@@ -149,8 +149,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 
 def _model_info(args: argparse.Namespace) -> int:
-    from vsrq.models.info import describe, parse_shape, render, render_keys
+    from vsrq.models.info import describe, parse_shape, render, render_keys, render_table2, table2
 
+    if args.table2 is not None:
+        report = table2(args.model, args.table2, parse_shape(args.ops_shape) if args.ops_shape else None)
+        print(json.dumps(report, indent=1) if args.json else render_table2(report))
+        return 0
     report = describe(args.model, parse_shape(args.ops_shape) if args.ops_shape else None, keys=args.keys)
     if args.json:
         print(json.dumps(report, indent=1))
@@ -337,6 +341,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ops-shape", help="input the operations are counted at, FRAMESxCxHxW: an LR clip for BasicVSR "
                    "(default 2x3x64x64), a latent clip for MGLD-VSR (default 5x4x64x64, as QuantVSR Table 2)")
     p.add_argument("--keys", action="store_true", help="print the official checkpoint keys, one `name shape` a line")
+    p.add_argument("--table2", type=int, nargs="?", const=22, default=None, metavar="RANK",
+                   help="QuantVSR Table 2's params/ops at W8A8/W6A6/W4A4 with a uniform float branch of RANK "
+                        "(default 22) in every quantized layer, beside the paper's figures (MGLD-VSR models)")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.set_defaults(func=_cmd_info)
 

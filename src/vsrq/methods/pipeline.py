@@ -66,7 +66,7 @@ def quantize_model(
     teacher = loaded.model if dev.type == "cpu" else copy.deepcopy(loaded.model).to(dev)
     log(summary(choices))
     if calib is None:
-        calib = host.default_calibration(config.calib, config.seed)
+        calib = host.default_calibration(loaded.model, config.calib, config.seed, log)
     torch.manual_seed(config.seed)
     ctx = CalibContext(teacher, base, layers, calib, config, host, log, show_progress, device=dev)
     start = time.perf_counter()

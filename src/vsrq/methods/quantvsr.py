@@ -99,8 +99,8 @@ class ComplexityStats(InputStatistics):
         self._run: dict[str, list] = {}
 
     def record(self, name: str, x: torch.Tensor) -> None:
-        # x (clips, C, ...): one frame of every clip; a frame without spatial positions spreads over its channels
-        spread = x.flatten(2) if x.dim() > 2 else x[:, None]
+        # x (clips, C, ...): one frame of every clip; a frame with one position at most spreads over its channels
+        spread = x.flatten(2) if x.dim() > 2 and x.shape[2:].numel() > 1 else x.reshape(x.shape[0], 1, -1)
         spatial = spread.std(dim=2).mean(dim=1)  # per clip: mean over channels of the spatial std
         run = self._run.get(name)
         if run is None:

@@ -145,8 +145,9 @@ class ModelHost:
         raise VsrqError(f"the {self.name} host declares no motion source")
 
     # --- calibration ----------------------------------------------------------------------------
-    def default_calibration(self, config: CalibConfig, seed: int) -> Any:
-        """The calibration data a config names, for this family's forward loop."""
+    def default_calibration(self, model: nn.Module, config: CalibConfig, seed: int,
+                            log: Callable[[str], None] = print) -> Any:
+        """The calibration data a config names, in the form this family's forward loop takes."""
         raise NotImplementedError
 
     def calls(self, calib: Any, batch_size: int, indices: Sequence[int] | None = None,
@@ -207,7 +208,8 @@ class RecurrentHost(ModelHost):
 
     time_layout = RECURRENT
 
-    def default_calibration(self, config: CalibConfig, seed: int) -> Any:
+    def default_calibration(self, model: nn.Module, config: CalibConfig, seed: int,
+                            log: Callable[[str], None] = print) -> Any:
         return load_calibration(config, seed)
 
     def calls(self, calib: Any, batch_size: int, indices: Sequence[int] | None = None,

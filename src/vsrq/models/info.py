@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
 from vsrq.errors import VsrqError
-from vsrq.models.catalog import NAMED_MODELS, UNTRAINED_MODELS, build_model
+from vsrq.models.catalog import NAMED_MODELS, UNTRAINED_MODELS, build_model, host_for
 from vsrq.models.host import ModelSpec
-from vsrq.models.inventory import Part, take_inventory
+from vsrq.models.inventory import WEIGHTED, Part, layer_costs, take_inventory
 from vsrq.models.mgldvsr.model import CHECKPOINT_PARTS
+from vsrq.quant.accounting import compressed_cost
 
 
 @dataclass(frozen=True)
@@ -197,3 +199,54 @@ def render_keys(report: dict[str, Any]) -> str:
     """``name shape`` a line, every official checkpoint file in turn (their prefixes do not collide)."""
     return "\n".join(f"{k} {s}" for keys in report["checkpoint_keys"].values() for k, s in keys.items())
 
+
+
+# QuantVSR Table 2 (MGLD-VSR's UNet at a 5x4x64x64 latent): bits -> (M params, G ops)
+TABLE2_PAPER = {8: (263.0, 563.0), 6: (204.0, 446.0), 4: (146.0, 328.0)}
+TABLE2_ROOT = "model.diffusion_model"  # the UNet, under the denoiser
+
+
+def table2(name: str, rank: int = 22, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+    """QuantVSR Table 2's accounting of a registered MGLD-VSR model's UNet on the meta device (no weights):
+    params and ops at W8A8 / W6A6 / W4A4 with a uniform float branch of ``rank`` in every quantized layer and
+    the layers the host keeps in float counted in full, beside the paper's figures."""
+    spec = info_spec(name)
+    profile = PROFILES[spec.arch]
+    with torch.device("meta"):
+        model = build_model(spec).eval()
+        shape = shape or profile.default_shape(model)
+        costs = layer_costs(model, lambda: profile.run(model, shape))
+    host = host_for(model)
+    unet_name = next((n for n, _ in model.named_modules() if n.endswith(TABLE2_ROOT)), None)
+    if unet_name is None:
+        raise VsrqError(f"{name} has no {TABLE2_ROOT}: Table 2 counts an MGLD-VSR UNet")
+    unet = model.get_submodule(unet_name)
+    costs = {n: c for n, c in costs.items() if n.startswith(unet_name + ".")}
+    keep = {n for n in costs if any(fnmatchcase(n, g) for g in host.auxiliary(model))}
+    layer_params = sum(p.numel() for m in unet.modules() if isinstance(m, WEIGHTED) for p in m.parameters())
+    other = sum(p.numel() for p in unet.parameters()) - layer_params
+    rows = []
+    for bits, (paper_params, paper_ops) in TABLE2_PAPER.items():
+        ranks = {n: rank for n in costs if n not in keep}
+        params, ops = compressed_cost(costs, other, bits, ranks, keep)
+        rows.append({"bits": bits, "params_m": round(params, 2), "ops_g": round(ops, 2), "paper_params_m": paper_params,
+                     "paper_ops_g": paper_ops, "params_dev": round(params / paper_params - 1, 4),
+                     "ops_dev": round(ops / paper_ops - 1, 4)})
+    quantized = [c for n, c in costs.items() if n not in keep]
+    return {"model": name, "ops_shape": list(shape), "rank": rank, "quantized_layers": len(quantized),
+            "float_layers": sorted(keep), "sum_m_plus_n": sum(c.m + c.n for c in quantized),
+            "sum_positions_m_plus_n_g": round(sum(c.positions * (c.m + c.n) for c in quantized) / 1e9, 4),
+            "other_params": other, "rows": rows}
+
+
+def render_table2(report: dict[str, Any]) -> str:
+    lines = [f"QuantVSR Table 2 accounting of {report['model']}'s UNet at {'x'.join(map(str, report['ops_shape']))}: "
+             f"{report['quantized_layers']} quantized layers, a uniform rank-{report['rank']} float branch each; "
+             f"in float: {', '.join(n.rsplit(TABLE2_ROOT + '.', 1)[-1] for n in report['float_layers'])}",
+             f"per unit of rank: sum(m+n) {report['sum_m_plus_n']:,} params, sum(positions*(m+n)) "
+             f"{report['sum_positions_m_plus_n_g']} G MACs",
+             "| W/A | params (M) | paper | dev | ops (G) | paper | dev |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in report["rows"]:
+        lines.append(f"| W{r['bits']}A{r['bits']} | {r['params_m']:.1f} | {r['paper_params_m']:.0f} | "
+                     f"{100 * r['params_dev']:+.1f}% | {r['ops_g']:.1f} | {r['paper_ops_g']:.0f} | {100 * r['ops_dev']:+.1f}% |")
+    return "\n".join(lines)

@@ -60,6 +60,52 @@ class PartInventory:
         }
 
 
+@dataclass(frozen=True)
+class LayerCost:
+    """One Conv/Linear layer as QuantVSR's Table 2 counts it: its weight as an ``m x n`` matrix (outputs by
+    inputs times kernel) applied at ``positions`` output positions, and its bias."""
+
+    m: int
+    n: int
+    positions: int
+    bias: int  # bias parameters (0 without one)
+
+    @property
+    def macs(self) -> int:
+        return self.positions * self.m * self.n
+
+    @property
+    def bias_adds(self) -> int:
+        return self.positions * self.bias
+
+
+def _cost(module: nn.Module, out: torch.Tensor) -> LayerCost:
+    width = out.shape[-1] if isinstance(module, nn.Linear) else out.shape[1]
+    m = module.weight.shape[0]
+    bias = 0 if module.bias is None else module.bias.numel()
+    return LayerCost(m, module.weight.numel() // m, out.numel() // width, bias)
+
+
+def layer_costs(root: nn.Module, run: Callable[[], object]) -> dict[str, LayerCost]:
+    """Every Conv/Linear layer under ``root`` as the forward ``run`` calls it (a layer called twice counts twice)."""
+    costs: dict[str, LayerCost] = {}
+
+    def on_forward(name: str, module: nn.Module, out: torch.Tensor) -> None:
+        cost = _cost(module, out)
+        seen = costs.get(name)
+        costs[name] = cost if seen is None else LayerCost(cost.m, cost.n, seen.positions + cost.positions, cost.bias)
+
+    hooks = [m.register_forward_hook(lambda mod, _a, out, name=name: on_forward(name, mod, out))
+             for name, m in root.named_modules() if isinstance(m, WEIGHTED)]
+    try:
+        with torch.inference_mode():
+            run()
+    finally:
+        for h in hooks:
+            h.remove()
+    return costs
+
+
 def _params_of(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
@@ -107,10 +153,9 @@ def take_inventory(parts: Sequence[Part], run: Callable[[], object]) -> list[Par
             inv.attention_qk += products * q.shape[-1]
             inv.attention_av += products * v.shape[-1]
             return
-        width = out.shape[-1] if isinstance(module, nn.Linear) else out.shape[1]
-        inv.macs_by_type[type(module).__name__] += (out.numel() // width) * module.weight.numel()
-        if module.bias is not None:
-            inv.bias_adds += out.numel()
+        cost = _cost(module, out)
+        inv.macs_by_type[type(module).__name__] += cost.macs
+        inv.bias_adds += cost.bias_adds
 
     hooks = [m.register_forward_hook(on_forward) for m in counted]
     try:

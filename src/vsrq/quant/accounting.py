@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from vsrq.models.inventory import LayerCost
 from vsrq.quant.layers import SUPPORTED, QuantLayer
 from vsrq.quant.quantizer import FakeQuantizer
 
@@ -91,3 +92,22 @@ def count(model: nn.Module, example: torch.Tensor | None = None, **forward_kwarg
                 h.remove()
     fab = sum(abits) / len(abits) if abits else 32.0
     return Accounting(params / 1e6, effective / 1e6, macs / 1e9, macs_eff / 1e9, fab)
+
+
+def compressed_cost(costs: dict[str, LayerCost], other_params: int, bits: int, ranks: dict[str, int],
+                    keep_float: set[str]) -> tuple[float, float]:
+    """QuantVSR Table 2's (M params, G ops) of a model quantized at ``bits`` with a float low-rank branch.
+
+    ``costs`` are every Conv/Linear layer's; a quantized layer's weight and operations (MACs and bias additions)
+    count at bits/32; a layer in ``keep_float``, every bias parameter and the ``other_params`` (norms, learned
+    blends) count in full; a rank-r branch adds r(m + n) parameters and r * positions * (m + n) MACs. Attention
+    matmuls are not counted (the table leaves them out).
+    """
+    scale = bits / 32
+    params, ops = float(other_params), 0.0
+    for name, c in costs.items():
+        share = 1.0 if name in keep_float else scale
+        r = 0 if name in keep_float else ranks.get(name, 0)
+        params += c.m * c.n * share + c.bias + r * (c.m + c.n)
+        ops += (c.macs + c.bias_adds) * share + r * c.positions * (c.m + c.n)
+    return params / 1e6, ops / 1e9

@@ -14,15 +14,17 @@ from __future__ import annotations
 import re
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
 from vsrq.config import CalibConfig
 from vsrq.data.captured import CapturedInputs
+from vsrq.data.clips import load_calibration
 from vsrq.errors import VsrqError
 from vsrq.models.host import BATCHED, ModelCall, ModelHost, ModelSpec, NamedModel, register_host
+from vsrq.models.mgldvsr.capture import capture_denoiser_inputs
 from vsrq.models.mgldvsr.checkpoint import load_official_mgldvsr
 from vsrq.models.mgldvsr.config import resolve_config
 from vsrq.models.mgldvsr.model import MGLDVSR, MGLDVSRDenoiser, build_mgldvsr
@@ -91,9 +93,34 @@ class MGLDVSRHost(ModelHost):
         return "" if isinstance(model, MGLDVSRDenoiser) else "denoiser."
 
     def scopes(self, model: nn.Module) -> dict[str, tuple[str, ...]]:
-        # pq: the UNet alone (QuantVSR's target); fq: the whole denoiser, struct-cond encoder included
+        """fq: the UNet, QuantVSR's target (the struct-cond encoder and the first/last layers are auxiliary)."""
+        return {"fq": (f"{self._prefix(model)}model.diffusion_model.*",)}
+
+    def auxiliary(self, model: nn.Module) -> tuple[str, ...]:
+        """Kept in float as QuantVSR's code keeps them: the struct-cond encoder, the timestep MLP's first layer,
+        the UNet's first and last convs."""
         p = self._prefix(model)
-        return {"pq": (f"{p}model.diffusion_model.*",), "fq": (f"{p}*",) if p else ("*",)}
+        unet = f"{p}model.diffusion_model."
+        return (f"{p}structcond_stage_model", f"{p}structcond_stage_model.*", f"{unet}time_embed.0",
+                f"{unet}input_blocks.0.0", f"{unet}out.2")
+
+    def concat_inputs(self, model: nn.Module) -> dict[str, tuple[int, ...]]:
+        """Each decoder res block reads cat(h, encoder skip), in its first conv (after GroupNorm and SiLU, channel
+        for channel) and in its 1x1 skip conv: the shortcut Q-Diffusion quantizes split from h."""
+        cfg = denoiser_of(model).config.unet
+        ch, skips = cfg.model_channels, [cfg.model_channels]
+        for level, mult in enumerate(cfg.channel_mult):
+            ch = mult * cfg.model_channels
+            skips += [ch] * cfg.num_res_blocks + ([ch] if level != len(cfg.channel_mult) - 1 else [])
+        splits, block = {}, 0
+        unet = f"{self._prefix(model)}model.diffusion_model.output_blocks"
+        for mult in reversed(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks + 1):
+                sizes = (ch, skips.pop())
+                splits[f"{unet}.{block}.0.in_layers.2"] = sizes
+                splits[f"{unet}.{block}.0.skip_connection"] = sizes
+                ch, block = mult * cfg.model_channels, block + 1
+        return splits
 
     def feature_blocks(self, model: nn.Module) -> str:
         """The UNet's middle block and every decoder stage: the denoiser's multi-scale features."""
@@ -107,9 +134,13 @@ class MGLDVSRHost(ModelHost):
         return super().frames(name, x, clips, channel_axis)
 
     # --- calibration ----------------------------------------------------------------------------
-    def default_calibration(self, config: CalibConfig, seed: int) -> Any:
-        raise VsrqError("a diffusion model calibrates on denoiser inputs captured from its sampler: pass them as "
-                        "calib=CapturedInputs(...) (vsrq.data.captured)")
+    def default_calibration(self, model: nn.Module, config: CalibConfig, seed: int,
+                            log: Callable[[str], None] = print) -> Any:
+        """Denoiser inputs captured from the float sampler on the clips ``config`` names (cached for reuse)."""
+        if isinstance(model, MGLDVSRDenoiser):
+            raise VsrqError("a bare denoiser has no sampler to capture calibration inputs from: pass them as "
+                            "calib=CapturedInputs(...) (vsrq.data.captured), or quantize the whole model")
+        return capture_denoiser_inputs(model, load_calibration(config, seed), seed=seed, log=log)
 
     def calls(self, calib: Any, batch_size: int, indices: Sequence[int] | None = None,
               device: torch.device = torch.device("cpu")) -> Iterator[ModelCall]:
@@ -117,9 +148,9 @@ class MGLDVSRHost(ModelHost):
         if not isinstance(calib, CapturedInputs):
             raise VsrqError(f"the {self.name} host calibrates on captured denoiser inputs, "
                             f"not {type(calib).__name__}")
-        items = calib.items if indices is None else [calib.items[i] for i in indices]
-        for i in range(0, len(items), batch_size):
-            group = items[i : i + batch_size]
+        order = list(range(len(calib))) if indices is None else list(indices)
+        for i in range(0, len(order), batch_size):
+            group = [calib.items[j] for j in order[i : i + batch_size]]
             args = []
             for key in DENOISER_INPUTS:
                 if key == "context" and all(torch.equal(g[key], group[0][key]) for g in group):

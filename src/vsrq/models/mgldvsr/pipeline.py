@@ -32,6 +32,7 @@ class ChunkUpscaler(Protocol):
     """One chunk of LR frames ``(num_frames, 3, h, w)`` in [0, 1] -> HR frames ``(num_frames, 3, 4h, 4w)``."""
 
     num_frames: int
+    sampler: SamplerConfig
 
     def upscale(self, lr: torch.Tensor, seed: int) -> torch.Tensor: ...
 
@@ -96,6 +97,7 @@ class SmallUpscaler:
     def __init__(self, model: SmallMGLDVSR, flow: str = "spynet") -> None:
         self.model = model.eval()
         self.num_frames = model.config.num_frames
+        self.sampler = model.config.sampler
         self.flow = named_flow(flow) if model.config.sampler.guidance_scale > 0 else None
 
     def upscale(self, lr: torch.Tensor, seed: int) -> torch.Tensor:
