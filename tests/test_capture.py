@@ -110,7 +110,7 @@ def test_capture_ram_stays_bounded_while_samples_grow_fourfold(tmp_path: Path):
         out = subprocess.run([sys.executable, "-c", RAM_PROBE, str(items), "8", str(tmp_path / f"c{items}")],
                              capture_output=True, text=True, cwd=ROOT, check=True)
         growth.append(float(out.stdout.strip()))
-    assert growth[1] < 64 and growth[1] - growth[0] < 24, growth  # MB
+    assert growth[1] < 100 and growth[1] - growth[0] < 24, growth  # MB; holding every item would add 144 MB
 
 
 def test_quantize_and_upscale_a_diffusion_member_from_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

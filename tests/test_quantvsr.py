@@ -26,6 +26,7 @@ from vsrq.methods.quantvsr import (
     max_rank,
     svd_lowrank_factors,
 )
+from vsrq.models.catalog import loaded_module
 from vsrq.models.host import HOSTS
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.rotation import PALEY_ORDERS, HadamardRotation, block_plan, fwht, hadamard_block
@@ -266,3 +267,33 @@ def test_act_clip_floor_sets_the_grid_and_bad_values_are_clear_errors():
     for bad, message in (("x", "smallest clip ratio, got 'x'"), (1.5, r"in \(0, 1\], got 1.5"), (0, "in \\(0, 1\\]")):
         with pytest.raises(VsrqError, match=message):
             QuantVSR(QuantConfig(method="quantvsr", wbits=4, abits=4, options={"act_clip": bad}))
+
+
+@pytest.mark.parametrize("family", ["basicvsr", "mgldvsr"])
+def test_ts_lba_option_gives_quantvsr_per_layer_bits_on_the_hosts_time_axis(family: str, tmp_path: Path):
+    """QBasicVSR's TS-LBA inside QuantVSR (option ts_lba): activation bits abits + b_L per layer, b_L from the
+    statistics of the float model's layer inputs read through the host, for a recurrent and a batched family."""
+    from tests.test_hosts import FAMILIES
+    from vsrq.methods.qbasicvsr import LayerSensitivity, assign_layer_bits
+    from vsrq.quant import accounting
+
+    build, make_calib, probe = FAMILIES[family]
+    model, calib = build(), make_calib()
+    cfg = QuantConfig(method="quantvsr", wbits=6, abits=6, options={"ts_lba": True, "branch": "none", "lba": False})
+    qm = quantize_model(loaded_module(model), cfg, calib, **QUIET)
+    offsets = {n: l.input_quantizer.bits - 6 for n, l in qm.layers().items()}
+    assert set(offsets.values()) == {-1, 0, 1}
+    plain = quantize_model(loaded_module(model), QuantConfig(method="minmax", wbits=6, abits=6), calib, **QUIET)
+    ctx = CalibContext(model, plain.base, plain.layers(), calib, cfg, plain.host, **QUIET)
+    stats = LayerSensitivity(plain.layers(), plain.host)
+    stats.run(ctx)
+    assert offsets == assign_layer_bits(stats.result(), 30.0, 30.0)
+    assert sum(qm.manifest["notes"]["layer_bits"].values()) == len(offsets)
+    args = probe()
+    with torch.no_grad():
+        out = qm(*args)
+    assert accounting.count(qm).fab == pytest.approx(6 + sum(offsets.values()) / len(offsets))
+    again = checkpoint.load(checkpoint.save(qm, tmp_path / "t.vsrq"))
+    assert {n: l.input_quantizer.bits for n, l in again.layers().items()} == {n: 6 + b for n, b in offsets.items()}
+    with torch.no_grad():
+        assert torch.equal(again(*args), out)

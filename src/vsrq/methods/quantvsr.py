@@ -31,7 +31,8 @@ only the range's width changes.
 Baselines: ``quarot`` (rotation + round-to-nearest, no branch, no training) and ``svdquant``
 (SmoothQuant smoothing with alpha 0.5 + a fixed rank-32 SVD branch, no refinement), with the same
 weight/activation granularity as ``quantvsr`` so the table compares methods, not granularities.
-QuantVSR's Table 1 ablations are options: ``branch`` ("none" | "svd" | "stca") and ``lba``.
+QuantVSR's Table 1 ablations are options: ``branch`` ("none" | "svd" | "stca") and ``lba``. Option
+``ts_lba`` (ours) adds QBasicVSR's per-layer activation bits to QuantVSR's layer: the two methods combined.
 ``refine`` (default: only the STCA branch, as in the paper) can also refine a uniform-rank SVD
 branch, which separates STCA's rank allocation from its refinement.
 """
@@ -43,10 +44,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from vsrq.config import QuantConfig, QuantizerSpec
+from vsrq.config import MAX_BITS, MIN_BITS, QuantConfig, QuantizerSpec
 from vsrq.errors import VsrqError
 from vsrq.methods.base import CalibContext, InputStatistics, Method, register_method, run_model
 from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
+from vsrq.methods.qbasicvsr import LayerSensitivity, assign_layer_bits
 from vsrq.models.host import RECURRENT, ModelHost
 from vsrq.quant.controller import InputController
 from vsrq.quant.layers import QuantLayer, layer_modes
@@ -268,7 +270,22 @@ class QuantVSR(_LowRankMethod):
         "branch": "stca", "lba": True, "rotation": True, "per_token": False, "r_min": 16, "r_max": 64,
         "fixed_rank": 32, "refine": None, "rank_step": 1, "low_pct": 25.0, "high_pct": 75.0,
         "epochs": 2, "batch": 2, "lr": 1e-3, "lr_decay": 0.2, "holdout": 0, "act_clip": False,
+        "ts_lba": False, "p_space": 30.0, "p_temp": 30.0,
     }
+
+    def layer_bits(self, ctx: CalibContext) -> None:
+        """Option ``ts_lba`` (ours, the cross direction): QBasicVSR's temporal-shared layer bits on this layer,
+        b_L in {-1, 0, +1} activation bits per layer from s_space and s_temp of its float input (Eqs. 10-12),
+        read on the host's time axis; fixed, not trained."""
+        stats = LayerSensitivity(ctx.layers, ctx.host)
+        stats.run(ctx)
+        offsets = assign_layer_bits(stats.result(), float(self.options["p_space"]), float(self.options["p_temp"]))
+        for name, b in offsets.items():
+            q = ctx.layers[name].input_quantizer
+            if q is not None:
+                q.bits = min(MAX_BITS, max(MIN_BITS, q.bits + b))
+        values, counts = np.unique(list(offsets.values()), return_counts=True)
+        ctx.notes["layer_bits"] = {str(int(v)): int(c) for v, c in zip(values, counts)}
 
     @staticmethod
     def refines(options: dict[str, Any]) -> bool:
@@ -281,6 +298,8 @@ class QuantVSR(_LowRankMethod):
         o = self.options
         if o["branch"] not in ("none", "svd", "stca"):
             raise VsrqError(f"option branch must be none, svd or stca, got {o['branch']!r}")
+        if o["ts_lba"]:
+            self.layer_bits(ctx)
         if o["rotation"]:
             self.add_rotations(ctx)
         caps = {n: max_rank(layer, int(o["r_max"])) for n, layer in ctx.layers.items()}
