@@ -95,15 +95,20 @@ def layer_costs(root: nn.Module, run: Callable[[], object]) -> dict[str, LayerCo
         seen = costs.get(name)
         costs[name] = cost if seen is None else LayerCost(cost.m, cost.n, seen.positions + cost.positions, cost.bias)
 
-    hooks = [m.register_forward_hook(lambda mod, _a, out, name=name: on_forward(name, mod, out))
-             for name, m in root.named_modules() if isinstance(m, WEIGHTED)]
+    _run_hooked([(m, lambda mod, _a, out, name=name: on_forward(name, mod, out))
+                 for name, m in root.named_modules() if isinstance(m, WEIGHTED)], run)
+    return costs
+
+
+def _run_hooked(hooks: list[tuple[nn.Module, Callable[..., None]]], run: Callable[[], object]) -> None:
+    """Run a forward with forward hooks attached (removed afterwards, also on error), without autograd."""
+    handles = [module.register_forward_hook(hook) for module, hook in hooks]
     try:
         with torch.inference_mode():
             run()
     finally:
-        for h in hooks:
+        for h in handles:
             h.remove()
-    return costs
 
 
 def _params_of(module: nn.Module) -> int:
@@ -157,11 +162,5 @@ def take_inventory(parts: Sequence[Part], run: Callable[[], object]) -> list[Par
         inv.macs_by_type[type(module).__name__] += cost.macs
         inv.bias_adds += cost.bias_adds
 
-    hooks = [m.register_forward_hook(on_forward) for m in counted]
-    try:
-        with torch.inference_mode():
-            run()
-    finally:
-        for h in hooks:
-            h.remove()
+    _run_hooked([(m, on_forward) for m in counted], run)
     return inventories
