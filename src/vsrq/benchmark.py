@@ -270,7 +270,7 @@ def write_results(rows: list[Row] | list[dict[str, Any]], name: str, results_dir
 
 
 METHOD_ORDER = ("fp", "minmax", "percentile", "omse", "dbdc", "ema", "minmax+ft", "percentile+ft", "dbdc+ft",
-                "qbasicvsr", "quarot", "svdquant", "quantvsr")
+                "qbasicvsr", "quarot", "viditq", "svdquant", "quantvsr")
 
 
 def display_order(row: dict[str, Any]) -> tuple:

@@ -28,8 +28,9 @@ each layer's dynamic activation range [min, max] is scaled by a clip ratio from 
 calibration data (every second step of a recurrent model judged). Activations stay one range per tensor;
 only the range's width changes.
 
-Baselines: ``quarot`` (rotation + round-to-nearest, no branch, no training) and ``svdquant``
-(SmoothQuant smoothing with alpha 0.5 + a fixed rank-32 SVD branch, no refinement), with the same
+Baselines: ``quarot`` (rotation + round-to-nearest, no branch, no training), ``svdquant``
+(SmoothQuant smoothing with alpha 0.5 + a fixed rank-32 SVD branch, no refinement) and ``viditq``
+(smoothing + rotation + per-token activations, no branch; its per-token default aside), with the same
 weight/activation granularity as ``quantvsr`` so the table compares methods, not granularities.
 QuantVSR's Table 1 ablations are options: ``branch`` ("none" | "svd" | "stca") and ``lba``. Option
 ``ts_lba`` (ours) adds QBasicVSR's per-layer activation bits to QuantVSR's layer: the two methods combined.
@@ -353,32 +354,56 @@ class SVDQuant(_LowRankMethod):
     default_options = {"per_token": False, "rank": 32, "alpha": 0.5, "act_clip": False}
 
     def calibrate_layers(self, ctx: CalibContext) -> InputController | None:
-        absmax = self._input_absmax(ctx)
-        alpha = float(self.options["alpha"])
-        for name, layer in ctx.layers.items():
-            w = layer.weight.detach().movedim(layer.in_axis, 0).reshape(layer.in_channels, -1).abs().amax(dim=1)
-            scale = (absmax[name].clamp_min(1e-5) ** alpha) / (w.clamp_min(1e-5) ** (1 - alpha))
-            layer.add_smoothing(scale.clamp(1e-2, 1e2))
+        smooth_channels(ctx, float(self.options["alpha"]))
         self.add_branches(ctx, {n: min(int(self.options["rank"]), max_rank(l, 64)) for n, l in ctx.layers.items()})
         self.search_clip(ctx)
         _freeze_weight_ranges(ctx)
         return None
 
-    @staticmethod
-    def _input_absmax(ctx: CalibContext) -> dict[str, torch.Tensor]:
-        absmax: dict[str, torch.Tensor] = {}
-        hooks = []
-        for name, layer in ctx.layers.items():
-            def hook(module: QuantLayer, inputs: tuple, name: str = name) -> None:
-                x = inputs[0].detach().abs().movedim(module.act_axis, 0)
-                m = x.reshape(x.shape[0], -1).amax(dim=1)
-                absmax[name] = m if name not in absmax else torch.maximum(absmax[name], m)
-            hooks.append(layer.register_forward_pre_hook(hook))
-        try:
-            with layer_modes(ctx.layers.values(), "fp"):
-                run_model(ctx, ctx.base, "smooth")
-        finally:
-            for h in hooks:
-                h.remove()
-        return absmax
 
+@register_method
+class ViDiTQ(_LowRankMethod):
+    """ViDiT-Q's quantizer as QuantVSR compares with it, simplified to its two balancing steps: static channel
+    balancing (SmoothQuant scales, fixed after calibration) and dynamic balancing (a randomized Hadamard
+    rotation, which spreads the channel outliers that move with the timestep), with per-token dynamic
+    activations; no branch, no training. Its metric-decoupled mixed precision is left out."""
+
+    name = "viditq"
+    description = "ViDiT-Q (simplified): static channel balancing + Hadamard rotation + per-token activations"
+    default_options = {"per_token": True, "alpha": 0.5, "act_clip": False}
+
+    def calibrate_layers(self, ctx: CalibContext) -> InputController | None:
+        smooth_channels(ctx, float(self.options["alpha"]))
+        self.add_rotations(ctx)
+        self.search_clip(ctx)
+        _freeze_weight_ranges(ctx)
+        return None
+
+
+def smooth_channels(ctx: CalibContext, alpha: float) -> None:
+    """SmoothQuant: per input channel s = max|X|^alpha / max|W|^(1-alpha) (clamped to [1e-2, 1e2]), from the
+    float inputs' absolute maxima over the calibration data; inputs divided by s, weights multiplied."""
+    absmax = _input_absmax(ctx)
+    for name, layer in ctx.layers.items():
+        w = layer.weight.detach().movedim(layer.in_axis, 0).reshape(layer.in_channels, -1).abs().amax(dim=1)
+        scale = (absmax[name].clamp_min(1e-5) ** alpha) / (w.clamp_min(1e-5) ** (1 - alpha))
+        layer.add_smoothing(scale.clamp(1e-2, 1e2))
+
+
+def _input_absmax(ctx: CalibContext) -> dict[str, torch.Tensor]:
+    """Per layer, the largest |input| of each input channel over a float pass."""
+    absmax: dict[str, torch.Tensor] = {}
+    hooks = []
+    for name, layer in ctx.layers.items():
+        def hook(module: QuantLayer, inputs: tuple, name: str = name) -> None:
+            x = inputs[0].detach().abs().movedim(module.act_axis, 0)
+            m = x.reshape(x.shape[0], -1).amax(dim=1)
+            absmax[name] = m if name not in absmax else torch.maximum(absmax[name], m)
+        hooks.append(layer.register_forward_pre_hook(hook))
+    try:
+        with layer_modes(ctx.layers.values(), "fp"):
+            run_model(ctx, ctx.base, "smooth")
+    finally:
+        for h in hooks:
+            h.remove()
+    return absmax
