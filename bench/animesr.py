@@ -109,11 +109,30 @@ def compare(pred: np.ndarray, ref: np.ndarray, flow: CachedFlow) -> dict[str, fl
 
 def row(label: str, method: str, bits: int, scores: dict[str, float], fab: float, size: float,
         calib_s: float | None, notes: str, commit: str, **extra) -> Row:
+    psnr_y = None if method == "fp" else round(scores["psnr_y"], 4)  # the reference itself: no finite PSNR
     return Row(MODEL, method, bits, bits, "fq" if method != "fp" else None, "bigbuckbunny30", "bi", "full",
-               round(scores["psnr_y"], 4), round(scores["ssim_y"], 5), round(fab, 3), round(size, 4),
+               psnr_y, round(scores["ssim_y"], 5), round(fab, 3), round(size, 4),
                None if calib_s is None else round(calib_s, 1), notes, commit, today(),
                {"label": label, "reference": "fp", "tof": round(scores["tof"], 4), "ewarp": round(scores["ewarp"], 4),
                 "ewarp_fp": round(scores["ewarp_fp"], 4), **extra})
+
+
+def table(rows: list[dict], name: str) -> str:
+    """The rows by bits and method, with their temporal scores (the FP row is the reference)."""
+    order = {label: i for i, (label, *_rest) in enumerate(METHODS)}
+    rows = sorted(rows, key=lambda r: (r["method"] != "fp", -r["wbits"], order.get(r["label"].rsplit("-w", 1)[0], 99)))
+    commits = ", ".join(sorted({r["commit"] for r in rows}))
+    lines = [f"# {name}", "", f"{MODEL} on the first {TEST_FRAMES} frames of {TEST_CLIP} (BI to 320x180), Y, "
+             f"against the FP model's output; E_warp (x1e-3) and tOF on the first {TEMPORAL_FRAMES} HR frames; "
+             f"commits {commits}, {', '.join(sorted({r['date'] for r in rows}))}.", "",
+             "| method | W/A | PSNR-Y vs FP | SSIM-Y vs FP | E_warp | tOF vs FP | FAB | size (MB) | calib (s) | notes |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for r in rows:
+        psnr = "ref." if r["psnr_y"] is None else f"{r['psnr_y']:.2f}"
+        calib = "-" if r["calib_s"] is None else f"{r['calib_s']:.0f}"
+        lines.append(f"| {r['method']} | {r['wbits']}/{r['abits']} | {psnr} | {r['ssim_y']:.4f} | {r['ewarp']:.3f} | "
+                     f"{r['tof']:.3f} | {r['fab']:.2f} | {r['size_mb']:.2f} | {calib} | {r['notes']} |")
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -121,14 +140,20 @@ def main() -> int:
     parser.add_argument("--only", nargs="*", default=None, help="rows whose label (e.g. omse-w4) contains one of these")
     parser.add_argument("--resume", action="store_true", help="keep the rows already in the results file")
     parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--tables", action="store_true", help="only write the table again from the results file")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     path = RESULTS / f"{NAME}.json"
     rows = [Row(**{k: d[k] for k in Row.__dataclass_fields__ if k not in ("extra",) and k in d},
                 extra={k: v for k, v in d.items() if k not in Row.__dataclass_fields__})
-            for d in (json.loads(path.read_text()) if args.resume and path.exists() else [])]
+            for d in (json.loads(path.read_text()) if (args.resume or args.tables) and path.exists() else [])]
     done = {r.extra.get("label") for r in rows}
+    if args.tables:
+        for r in rows:  # an FP row scored against itself has no finite PSNR
+            r.psnr_y = None if r.method == "fp" else r.psnr_y
+        write_results(rows, NAME, RESULTS, table)
+        return 0
     commit = git_commit()
     loaded = load_model(MODEL)
     lr = test_clip()
@@ -160,8 +185,8 @@ def main() -> int:
                         method_notes=qm.manifest["notes"]))
         print(f"{key}: {scores['psnr_y']:.2f} dB vs FP, E_warp {scores['ewarp']:.3f} (FP {scores['ewarp_fp']:.3f}), "
               f"calib {calib_s:.0f} s", flush=True)
-        write_results(rows, NAME, RESULTS)
-    write_results(rows, NAME, RESULTS)
+        write_results(rows, NAME, RESULTS, table)
+    write_results(rows, NAME, RESULTS, table)
     return 0
 
 

@@ -17,7 +17,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -258,14 +258,15 @@ def row_key(row: dict[str, Any]) -> tuple:
                                        "scope", "notes"))
 
 
-def write_results(rows: list[Row] | list[dict[str, Any]], name: str, results_dir: Path) -> tuple[Path, Path]:
-    """``<name>.json`` (list of rows) and ``<name>.md`` (a table) under ``results_dir``."""
+def write_results(rows: list[Row] | list[dict[str, Any]], name: str, results_dir: Path,
+                  table: Callable[[list[dict[str, Any]], str], str] | None = None) -> tuple[Path, Path]:
+    """``<name>.json`` (list of rows, strict JSON) and ``<name>.md`` (``table``, default :func:`markdown_table`)."""
     results_dir.mkdir(parents=True, exist_ok=True)
     data = [r if isinstance(r, dict) else r.to_dict() for r in rows]
     json_path = results_dir / f"{name}.json"
-    _write_atomic(json_path, json.dumps(data, indent=1) + "\n")
+    _write_atomic(json_path, json.dumps(data, indent=1, allow_nan=False) + "\n")
     md_path = results_dir / f"{name}.md"
-    _write_atomic(md_path, markdown_table(data, name) + "\n")
+    _write_atomic(md_path, (table or markdown_table)(data, name) + "\n")
     return json_path, md_path
 
 
