@@ -125,7 +125,8 @@ def table(rows: list[dict], name: str) -> str:
     lines = [f"# {name}", "", f"{MODEL} on the first {TEST_FRAMES} frames of {TEST_CLIP} (BI to 320x180), Y, "
              f"against the FP model's output; E_warp (x1e-3) and tOF on the first {TEMPORAL_FRAMES} HR frames; "
              f"commits {commits}, {', '.join(sorted({r['date'] for r in rows}))}.", "",
-             "| method | W/A | PSNR-Y vs FP | SSIM-Y vs FP | E_warp | tOF vs FP | FAB | size (MB) | calib (s) | notes |",
+             "| method | W/A | PSNR-Y vs FP | SSIM-Y vs FP | E_warp | tOF vs FP | FAB | size (MB) | calib (s) "
+             "| notes |",
              "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in rows:
         psnr = "ref." if r["psnr_y"] is None else f"{r['psnr_y']:.2f}"
