@@ -79,12 +79,12 @@ class ShardedItems(Sequence):
         except Exception as exc:  # a missing, truncated or foreign file
             raise VsrqError(f"{path}: captured shard unreadable ({type(exc).__name__}); delete {self.folder} "
                             "to capture again") from None
-        items = [{key.split("/", 1)[1]: v.float() if v.is_floating_point() else v
-                  for key, v in flat.items() if key.startswith(f"{i}/")} for i in range(info["items"])]
-        if tensors_sha256([{k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(f"{i}/")}
-                           for i in range(info["items"])]) != info["sha256"]:
+        stored = [{key.split("/", 1)[1]: v for key, v in flat.items() if key.startswith(f"{i}/")}
+                  for i in range(info["items"])]
+        if tensors_sha256(stored) != info["sha256"]:
             raise VsrqError(f"{path}: captured shard does not match its index (SHA-256); delete {self.folder} "
                             "to capture again")
+        items = [{k: v.float() if v.is_floating_point() else v for k, v in item.items()} for item in stored]
         return items
 
 

@@ -71,7 +71,8 @@ class NamedModel:
 
 @dataclass
 class ModelCall:
-    """One call of a model, ``model(*args, **kwargs)``, holding ``size`` calibration items (clips)."""
+    """One call of a model, ``model(*args, **kwargs)``, holding ``size`` calibration items (clips; 0 when
+    unknown, as at inference)."""
 
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
