@@ -2,7 +2,7 @@
 
 The shipped 2-step DDIM sampler was picked by a sweep scored on the same Vid4 centre crops it is
 reported on. This script scores the sweep's candidates per clip (Y-PSNR gain over bicubic; first
-5 frames, 192x192 HR centre crop, BI x4, seed 0, as ``train_mgldvsr_small.py`` scores), then runs
+5 frames, 192x192 HR centre crop, BI x4, seed 0, as ``train_mgldvsr.py --member small`` scores), then runs
 leave-one-clip-out selection: each clip is scored with the candidate that is best on the other
 three. The mean of those four held-out gains is the honest estimate of "pick a sampler on Vid4,
 then report Vid4". The facts go to ``train_mgldvsr_small.json`` under ``sampler_cross_validation``.

@@ -79,6 +79,21 @@ def test_a_damaged_shard_is_one_clear_error(tmp_path: Path):
     assert cap.sha256 == fresh.sha256
 
 
+def test_inputs_captured_from_another_model_are_refused(tmp_path: Path):
+    from tests.test_hosts import captured
+
+    cap = capture_denoiser_inputs(tiny_small(2), _synthetic_calib(1, 3, size=16), steps=1, folder=tmp_path / "c",
+                                  **QUIET)
+    other = tiny_small(2)
+    with torch.no_grad():
+        other.denoiser.model.diffusion_model.out[2].bias.add_(1.0)
+    with pytest.raises(VsrqError, match="another model's sampler"):
+        vsrq.quantize(other, QuantConfig(), cap, **QUIET)
+    with pytest.raises(VsrqError, match=r"do not fit this denoiser: it reads 48 channels in windows of 3 frames"):
+        vsrq.quantize(tiny_small(2), QuantConfig(), captured(1), **QUIET)  # 4-channel latents of 2 frames
+    assert vsrq.quantize(tiny_small(2), QuantConfig(), cap, **QUIET).layers()
+
+
 def test_a_failed_capture_leaves_no_folder(tmp_path: Path):
     with pytest.raises(RuntimeError), CaptureWriter(tmp_path / "x", {}, "d") as writer:
         writer.add("a", {"x": torch.zeros(2, 3)})

@@ -106,3 +106,18 @@ def test_atomic_output_leaves_nothing_on_failure(tmp_path: Path):
         tmp.mkdir()
         (tmp / "new.png").write_bytes(b"y")
     assert [p.name for p in target.iterdir()] == ["new.png"]
+
+
+def test_safetensors_files_get_the_mode_a_plain_open_gives(tmp_path: Path):
+    import os
+
+    import torch
+
+    from vsrq.models.weights import write_safetensors
+
+    umask = os.umask(0o022)
+    try:
+        path = write_safetensors({"a": torch.zeros(2)}, tmp_path / "w.safetensors", {})
+        assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's 0600: shipped weights must be readable
+    finally:
+        os.umask(umask)

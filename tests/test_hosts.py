@@ -31,7 +31,7 @@ from vsrq.models.mgldvsr.model import MGLDVSRDenoiser
 from vsrq.models.weights import package_dir
 
 QUIET = dict(log=lambda s: None, show_progress=False)
-FAST = {"qbasicvsr": {"epochs": 1, "batch": 2}, "quantvsr": {"epochs": 1, "batch": 2},
+FAST = {"qbasicvsr": {"epochs": 1, "batch": 2}, "quantvsr": {"epochs": 1, "batch": 2}, "qdiffusion": {"iters": 20},
         **{f"{m}+ft": {"epochs": 1, "batch": 2} for m in ("minmax", "percentile", "dbdc")}}
 FRAMES = 2  # frames per denoiser window in the tiny config
 
@@ -129,6 +129,7 @@ def test_every_method_quantizes_every_family(family: str, method: str, tmp_path:
     rel = float((out - fp).norm() / fp.norm())
     assert rel < 0.5, rel  # 6 bits on a random tiny model: an approximation of the float output, not noise
     path = checkpoint.save(qm, tmp_path / "m.vsrq")
+    assert checkpoint.tensor_nbytes(qm) == sum(t.numel() * t.element_size() for t in _tensors(path).values())
     loaded = checkpoint.load(path)
     with torch.no_grad():
         assert torch.equal(loaded(*args), out)

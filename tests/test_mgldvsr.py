@@ -194,6 +194,43 @@ def test_table2_accounting_at_full_size_matches_the_paper_within_3_percent(capsy
         assert b["ops_g"] - a["ops_g"] == pytest.approx(8 * 4.4617, abs=0.02)
 
 
+def test_member_ranks_carry_to_the_full_unet_by_layer_role():
+    from vsrq.models.info import layer_role, scaled_ranks, table2
+
+    unet = "denoiser.model.diffusion_model."
+    member = {unet + "input_blocks.1.1.transformer_blocks.0.attn1.to_q": 40,
+              unet + "input_blocks.4.1.transformer_blocks.0.attn1.to_q": 56,
+              unet + "output_blocks.2.0.skip_connection.parts.1": 16}
+    assert layer_role(next(iter(member))) == "input_blocks.transformer_blocks.attn1.to_q"
+    assert layer_role(unet + "output_blocks.2.0.skip_connection.parts.1") == "output_blocks.skip_connection"
+    full = ["model.diffusion_model.input_blocks.7.1.transformer_blocks.0.attn1.to_q",
+            "model.diffusion_model.output_blocks.9.0.skip_connection", "model.diffusion_model.middle_block.0.in_layers.2"]
+    # role means 48 and 16; the unmatched layer takes the overall mean 37.3, snapped to 40
+    assert scaled_ranks(member, full) == dict(zip(full, (48, 16, 40)))
+    # a member with one rank everywhere gives exactly the uniform accounting
+    uniform = table2("mgldvsr", rank=24)
+    carried = table2("mgldvsr", member_ranks={unet + "input_blocks.1.0.in_layers.2": 24})
+    assert carried["rows"] == uniform["rows"] and carried["mean_rank"] == 24
+
+
+def test_info_of_a_checkpoint_carries_its_ranks_into_table2(tmp_path: Path, capsys):
+    import vsrq
+    from tests.test_hosts import QUIET, captured, tiny_denoiser
+    from vsrq.config import QuantConfig
+
+    qm = vsrq.quantize(tiny_denoiser(), QuantConfig(method="quantvsr", wbits=4, abits=4,
+                                                    options={"refine": False, "lba": False}), captured(2), **QUIET)
+    path = vsrq.save(qm, tmp_path / "q.vsrq")
+    assert main(["info", str(path), "--table2", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "mgldvsr" and "carried over by layer role" in report["profile"]
+    assert 16 <= report["mean_rank"] <= 64 and len(report["rows"]) == 3
+    minmax = vsrq.save(vsrq.quantize(tiny_denoiser(), QuantConfig(method="minmax"), captured(2), **QUIET),
+                       tmp_path / "m.vsrq")
+    assert main(["info", str(minmax), "--table2"]) == 2
+    assert "carries the branch ranks" in capsys.readouterr().err
+
+
 def test_compressed_cost_by_hand():
     """One 3x4 layer at 10 positions with a bias, quantized at 4 bits with a rank-2 branch, and a float 2x2 one."""
     costs = {"q": LayerCost(3, 4, 10, 3), "f": LayerCost(2, 2, 5, 0)}

@@ -11,6 +11,7 @@ from typing import Iterator
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 from tests.conftest import smooth_frames, write_clip
 from vsrq.cli import main
@@ -216,6 +217,27 @@ def test_small_member_beats_bicubic_on_vid4_crops(vid4_root: Path):
     scores = score_crops(model, vid4_crops(vid4_root))
     gain = np.mean([s["model"] - s["bicubic"] for s in scores.values()])
     assert gain >= 0.3, scores
+
+
+def test_st_member_beats_bicubic_by_half_a_db_with_a_sampler_chosen_off_vid4(vid4_root: Path):
+    loaded = load_model("mgldvsr-st")
+    model = loaded.model
+    unet = model.denoiser.config.unet
+    assert unet.attention_levels == (0, 1) and isinstance(model.context, torch.nn.Parameter)
+    with safe_open(loaded.weights_path, framework="pt") as f:
+        facts = json.loads(f.metadata()["training"])
+    assert "carphone_pristine.mp4" not in facts["data"] and facts["held_out_frames"] > 0
+    assert facts["sampler_choice"]["chosen_steps"] == model.config.sampler.steps  # chosen before Vid4 was scored
+    scores = score_crops(model, vid4_crops(vid4_root))
+    gain = np.mean([s["model"] - s["bicubic"] for s in scores.values()])
+    assert gain >= 0.5, scores
+
+
+def test_small_config_round_trips_through_json():
+    config = SmallConfig(attention_levels=(0, 1), context_tokens=8, channel_mult=(1, 2, 2))
+    assert SmallConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(VsrqError, match="attention_levels"):
+        SmallConfig(attention_levels=(3,))
 
 
 def test_cli_upscale_with_the_small_member_is_seeded(tmp_path: Path):

@@ -269,6 +269,17 @@ def test_act_clip_floor_sets_the_grid_and_bad_values_are_clear_errors():
             QuantVSR(QuantConfig(method="quantvsr", wbits=4, abits=4, options={"act_clip": bad}))
 
 
+def test_a_rank_no_layer_can_hold_is_one_clear_error():
+    from tests.test_hosts import QUIET, captured, tiny_denoiser
+
+    for options, message in (({"branch": "svd", "fixed_rank": 4096}, "fixed_rank=4096 is larger than any"),
+                             ({"r_min": 2048, "r_max": 4096}, "r_min=2048 is larger than any"),
+                             ({"r_min": 32, "r_max": 16}, "need 1 <= r_min <= r_max")):
+        with pytest.raises(VsrqError, match=message):
+            quantize_model(loaded_module(tiny_denoiser()), QuantConfig(method="quantvsr", wbits=4, abits=4,
+                                                                       options=options), captured(1), **QUIET)
+
+
 @pytest.mark.parametrize("family", ["basicvsr", "mgldvsr"])
 def test_ts_lba_option_gives_quantvsr_per_layer_bits_on_the_hosts_time_axis(family: str, tmp_path: Path):
     """QBasicVSR's TS-LBA inside QuantVSR (option ts_lba): activation bits abits + b_L per layer, b_L from the

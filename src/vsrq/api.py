@@ -48,6 +48,7 @@ def quantize(
     show_progress: bool = True,
     device: str = "cpu",
     host: ModelHost | str | None = None,
+    inplace: bool = False,
 ) -> QuantizedModel:
     """Quantize a named model, a weights file or a float ``nn.Module`` with ``config`` (method, bits, scope,
     calibration).
@@ -56,7 +57,8 @@ def quantize(
     every method applies to every family. ``calib`` is calibration data in the host's form (default: the
     clips ``config.calib`` names). Calibration runs on ``device`` (``cpu``, ``cuda[:N]``); the result, on
     the CPU, runs like the float model (a fake-quant simulation) and carries its manifest; :func:`save`
-    writes it with packed integer weights.
+    writes it with packed integer weights. ``inplace`` quantizes the module itself, not a copy (half the
+    memory; recipes that train against the float model then refuse).
     """
     from vsrq.methods.pipeline import quantize_model  # calibration code loads only when a job quantizes
 
@@ -66,7 +68,7 @@ def quantize(
         loaded = load_model(str(model))
         if host is not None:
             loaded.host = host_for(loaded.model, host)
-    return quantize_model(loaded, config, calib, log, show_progress, device)
+    return quantize_model(loaded, config, calib, log, show_progress, device, inplace)
 
 
 def save(model: QuantizedModel, path: str | Path, overwrite: bool = False) -> Path:

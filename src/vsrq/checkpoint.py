@@ -32,7 +32,7 @@ from vsrq.models.host import HOSTS, ModelSpec
 from vsrq.models.weights import write_safetensors
 from vsrq.quant.controller import controller_from_manifest
 from vsrq.quant.layers import SUPPORTED, QuantLayer
-from vsrq.quant.packing import pack_codes, unpack_codes
+from vsrq.quant.packing import pack_codes, packed_nbytes, unpack_codes
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.quant.split import split_concat_inputs
 from vsrq.quant.swap import quant_layers
@@ -84,6 +84,25 @@ def _packed_state(model: QuantizedModel) -> dict[str, torch.Tensor]:
         state[prefix + "weight_scale"] = scale.float().contiguous()
         state[prefix + "weight_zero_point"] = zp.to(torch.int16).contiguous()  # integer-valued, at most 8 bits
     return {k: v.clone() for k, v in state.items()}  # safetensors refuses shared storage
+
+
+def tensor_nbytes(model: QuantizedModel) -> int:
+    """Bytes of the tensors :func:`save` writes for ``model``, from shapes and bit-widths alone (no packing, so a
+    model on the meta device is sized too); the file adds its JSON header and manifest."""
+    total = 0
+    quantized = {f"base.{name}.": layer for name, layer in model.layers().items() if layer.weight_quantizer is not None}
+    replaced = ("weight", "weight_quantizer.lower", "weight_quantizer.upper", "weight_int", "weight_scale",
+                "weight_zero_point")
+    for key, value in model.state_dict().items():
+        layer_prefix = next((p for p in quantized if key.startswith(p) and key[len(p):] in replaced), None)
+        if layer_prefix is None:
+            total += value.numel() * value.element_size()
+    for layer in quantized.values():
+        q, shape = layer.weight_quantizer, layer._weight_shape()
+        count = int(np.prod(shape))
+        rows = {"tensor": 1, "channel": shape[q.axis]}.get(q.spec.granularity, count // max(q.spec.group_size or 1, 1))
+        total += packed_nbytes(count, q.current_bits()) + rows * (4 + 2)  # codes, fp32 scale and int16 zero-point
+    return total
 
 
 def save(model: QuantizedModel, path: str | Path, overwrite: bool = False) -> Path:

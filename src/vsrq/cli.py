@@ -127,9 +127,11 @@ def _cmd_info(args: argparse.Namespace) -> int:
         return _model_info(args)
     from vsrq.checkpoint import read_manifest
 
-    if args.keys or args.ops_shape:
+    if args.keys or (args.ops_shape and args.table2 is None):
         raise VsrqError("--keys and --ops-shape describe a model name; a .vsrq file shows its manifest")
     m = read_manifest(args.model)
+    if args.table2 is not None:
+        return _checkpoint_table2(args, m)
     if args.json:
         print(json.dumps(m, indent=1))
         return 0
@@ -145,6 +147,19 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if m.get("notes"):
         print("notes  " + json.dumps(m["notes"])[:2000])
     print(f"built  {m['created']} with {m['versions']}")
+    return 0
+
+
+def _checkpoint_table2(args: argparse.Namespace, m: dict) -> int:
+    """Table 2 of the full-size UNet with this checkpoint's branch ranks carried over by layer role."""
+    from vsrq.models.info import parse_shape, render_table2, table2
+
+    ranks = {n: e["rank"] for n, e in m["layers"].items() if e.get("rank")}
+    if m["model"]["family"] != "mgldvsr" or not ranks:
+        raise VsrqError(f"{args.model}: Table 2 carries the branch ranks of a quantized MGLD-VSR model to the full "
+                        f"UNet; this is {m['method']} on {m['model']['family']} with {len(ranks)} branch(es)")
+    report = table2("mgldvsr", shape=parse_shape(args.ops_shape) if args.ops_shape else None, member_ranks=ranks)
+    print(json.dumps(report, indent=1) if args.json else render_table2(report))
     return 0
 
 
@@ -343,7 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", action="store_true", help="print the official checkpoint keys, one `name shape` a line")
     p.add_argument("--table2", type=int, nargs="?", const=22, default=None, metavar="RANK",
                    help="QuantVSR Table 2's params/ops at W8A8/W6A6/W4A4 with a uniform float branch of RANK "
-                        "(default 22) in every quantized layer, beside the paper's figures (MGLD-VSR models)")
+                        "(default 22) in every quantized layer, beside the paper's figures (MGLD-VSR models); for a "
+                        ".vsrq checkpoint of an MGLD-VSR member, its branch ranks carried to the full UNet by layer role")
     p.add_argument("--json", action="store_true", help="print everything as JSON")
     p.set_defaults(func=_cmd_info)
 

@@ -7,7 +7,7 @@ the shared loops here instead of writing its own.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
@@ -29,7 +29,7 @@ Log = Callable[[str], None]
 class CalibContext:
     """Everything a method's calibration sees. Model facts come from ``host``, never from the model's type."""
 
-    fp_model: nn.Module  # the untouched float model: the teacher, never modified
+    teacher: nn.Module | None  # the untouched float model, never modified (None: quantized in place)
     base: nn.Module  # the model with QuantLayers swapped in, calibrated in place
     layers: dict[str, QuantLayer]
     calib: Any  # calibration data in the form the host's forward loop takes
@@ -39,6 +39,14 @@ class CalibContext:
     show_progress: bool = True
     notes: dict[str, Any] = field(default_factory=dict)  # method facts recorded in the manifest
     device: torch.device = torch.device("cpu")  # where both models sit and every call goes
+
+    @property
+    def fp_model(self) -> nn.Module:
+        """The float teacher; a recipe that needs one fails here, by name, on a model quantized in place."""
+        if self.teacher is None:
+            raise VsrqError(f"{self.config.method} as configured trains against the float model, which in-place "
+                            "quantization does not keep: quantize a copy (inplace=False)")
+        return self.teacher
 
     def calls(self, batch_size: int = 4, indices: list[int] | None = None) -> Iterator[ModelCall]:
         """The host's forward loop over the calibration data (all items, or those at ``indices``), in order."""
@@ -57,13 +65,14 @@ class Method:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     default_options: ClassVar[dict[str, Any]] = {}
+    fixed: ClassVar[dict[str, Any]] = {}  # QuantConfig fields the recipe itself sets (e.g. split_concat)
 
     def __init__(self, config: QuantConfig) -> None:
         unknown = set(config.options) - set(self.default_options)
         if unknown:
             raise VsrqError(f"method {self.name} has no option(s) {', '.join(sorted(unknown))}; "
                             f"known: {', '.join(sorted(self.default_options)) or 'none'}")
-        self.config = config
+        self.config = replace(config, **self.fixed) if self.fixed else config
         self.options = {**self.default_options, **config.options}
 
     def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec | None, QuantizerSpec | None]:

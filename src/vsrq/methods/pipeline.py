@@ -41,6 +41,7 @@ def quantize_model(
     log: Log = print,
     show_progress: bool = True,
     device: str = "cpu",
+    inplace: bool = False,
 ) -> QuantizedModel:
     """Swap the selected layers, run the method's calibration, and record everything in a manifest.
 
@@ -49,12 +50,16 @@ def quantize_model(
 
     Calibration runs on ``device`` (``cpu``, ``cuda``, ``cuda:N``); the result always comes back on
     the CPU, so checkpoints and exports never depend on where it was calibrated.
+
+    ``inplace`` quantizes ``loaded.model`` itself instead of a copy (half the memory: a full-size UNet on a
+    CPU); the float model is gone afterwards, so recipes that train against it refuse.
     """
     dev = check_device(device)
     host = loaded.host
     method = get_method(config.method)(config)
+    config = method.config  # with the fields the recipe fixes
     method.check_host(host, loaded.model)  # a fact the recipe needs and the host lacks fails before any work
-    base = copy.deepcopy(loaded.model).eval()
+    base = (loaded.model if inplace else copy.deepcopy(loaded.model)).eval()
     for p in base.parameters():
         p.requires_grad_(False)
     if config.split_concat:
@@ -63,10 +68,11 @@ def quantize_model(
     choices: list[LayerChoice] = plan_layers(base, include, exclude, config.rules, config.wbits, config.abits)
     layers = swap_layers(base, choices, method.layer_specs)
     base.to(dev)
-    teacher = loaded.model if dev.type == "cpu" else copy.deepcopy(loaded.model).to(dev)
+    teacher = None if inplace else loaded.model if dev.type == "cpu" else copy.deepcopy(loaded.model).to(dev)
     log(summary(choices))
     if calib is None:
         calib = host.default_calibration(loaded.model, config.calib, config.seed, log)
+    host.check_calibration(loaded.model, calib)
     torch.manual_seed(config.seed)
     ctx = CalibContext(teacher, base, layers, calib, config, host, log, show_progress, device=dev)
     start = time.perf_counter()

@@ -288,6 +288,18 @@ class QuantVSR(_LowRankMethod):
         values, counts = np.unique(list(offsets.values()), return_counts=True)
         ctx.notes["layer_bits"] = {str(int(v)): int(c) for v, c in zip(values, counts)}
 
+    def check_ranks(self, caps: dict[str, int]) -> None:
+        """Ranks are capped per layer (half its smaller weight dimension, a multiple of 8); a requested rank that no
+        quantized layer can hold is a mistake, not a cap."""
+        o = self.options
+        if not 1 <= int(o["r_min"]) <= int(o["r_max"]):
+            raise VsrqError(f"need 1 <= r_min <= r_max, got r_min={o['r_min']} and r_max={o['r_max']}")
+        largest = max(caps.values(), default=0)
+        wanted = {"svd": ("fixed_rank", int(o["fixed_rank"])), "stca": ("r_min", int(o["r_min"]))}.get(o["branch"])
+        if wanted and wanted[1] > largest:
+            raise VsrqError(f"{wanted[0]}={wanted[1]} is larger than any quantized layer allows (at most {largest}: half "
+                            "the smaller weight dimension, a multiple of 8, capped at r_max)")
+
     @staticmethod
     def refines(options: dict[str, Any]) -> bool:
         """Whether the recipe refines a branch: by default only STCA's (the paper), else as ``refine`` says."""
@@ -304,6 +316,7 @@ class QuantVSR(_LowRankMethod):
         if o["rotation"]:
             self.add_rotations(ctx)
         caps = {n: max_rank(layer, int(o["r_max"])) for n, layer in ctx.layers.items()}
+        self.check_ranks(caps)
         if o["branch"] == "stca":
             stats = ComplexityStats(ctx.layers, ctx.host)
             stats.run(ctx)

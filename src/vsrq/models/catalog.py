@@ -71,7 +71,7 @@ def load_model(name_or_path: str) -> LoadedModel:
     if name_or_path in NAMED_MODELS:
         named, host = NAMED_MODELS[name_or_path]
         model, path = host.load_named(name_or_path, named)
-        return LoadedModel(model, host, named.spec, name_or_path, path, named.degradation)
+        return LoadedModel(model, host, host.named_spec(named, model), name_or_path, path, named.degradation)
     path = Path(name_or_path)
     if not path.exists():
         raise VsrqError(f"unknown model {name_or_path!r}: not a file and not one of {', '.join(sorted(NAMED_MODELS))}")

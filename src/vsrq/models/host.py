@@ -106,6 +106,11 @@ class ModelHost:
         """The model a short name stands for, in eval mode, and where its weights came from."""
         raise NotImplementedError
 
+    def named_spec(self, named: NamedModel, model: nn.Module) -> ModelSpec:
+        """The spec a checkpoint of a named model records; a family whose files carry settings the name does
+        not fix (a trained member's sampler) records them from the loaded model."""
+        return named.spec
+
     def spec_of(self, model: nn.Module) -> ModelSpec | None:
         """The spec that rebuilds ``model``'s architecture (None: the family cannot rebuild it)."""
         return None
@@ -134,6 +139,13 @@ class ModelHost:
     def concat_inputs(self, model: nn.Module) -> dict[str, tuple[int, ...]]:
         """Convs whose input is a concatenation, with the channels of each source."""
         return {}
+
+    def check_calibration(self, model: nn.Module, calib: Any) -> None:
+        """Fail at once, by name, on calibration data that cannot belong to ``model`` (before any work)."""
+
+    def blocks(self, model: nn.Module) -> tuple[str, ...]:
+        """Module names that block reconstruction calibrates as one unit each (none: layer by layer)."""
+        return ()
 
     def feature_blocks(self, model: nn.Module) -> str | None:
         """A regex over module names: the blocks whose outputs feature losses compare (None: none declared)."""

@@ -206,10 +206,32 @@ TABLE2_PAPER = {8: (263.0, 563.0), 6: (204.0, 446.0), 4: (146.0, 328.0)}
 TABLE2_ROOT = "model.diffusion_model"  # the UNet, under the denoiser
 
 
-def table2(name: str, rank: int = 22, shape: tuple[int, ...] | None = None) -> dict[str, Any]:
+def layer_role(name: str) -> str:
+    """A UNet layer's role with its position stripped: ``output_blocks.transformer_blocks.attn1.to_q``."""
+    name = re.sub(r"\.parts\.\d+$", "", name.split(TABLE2_ROOT + ".", 1)[-1])
+    return ".".join(p for p in name.split(".") if not p.isdigit())
+
+
+def scaled_ranks(member: dict[str, int], layers: list[str], r_min: int = 16, r_max: int = 64) -> dict[str, int]:
+    """A member's per-layer branch ranks carried to another UNet's ``layers``: each gets the mean rank of the
+    member's layers of its role (``layer_role``), else the member's overall mean; multiples of 8 in [r_min, r_max]."""
+    by_role: dict[str, list[int]] = {}
+    for name, r in member.items():
+        by_role.setdefault(layer_role(name), []).append(r)
+    overall = sum(member.values()) / max(len(member), 1)
+
+    def snap(r: float) -> int:
+        return min(r_max, max(r_min, int(round(r / 8.0)) * 8))
+
+    return {n: snap(sum(v) / len(v) if (v := by_role.get(layer_role(n))) else overall) for n in layers}
+
+
+def table2(name: str, rank: int = 22, shape: tuple[int, ...] | None = None,
+           member_ranks: dict[str, int] | None = None) -> dict[str, Any]:
     """QuantVSR Table 2's accounting of a registered MGLD-VSR model's UNet on the meta device (no weights):
-    params and ops at W8A8 / W6A6 / W4A4 with a uniform float branch of ``rank`` in every quantized layer and
-    the layers the host keeps in float counted in full, beside the paper's figures."""
+    params and ops at W8A8 / W6A6 / W4A4 with a float branch in every quantized layer and the layers the host
+    keeps in float counted in full, beside the paper's figures. The branch has a uniform ``rank``, or the ranks
+    of a calibrated member (``member_ranks``, e.g. a checkpoint's) carried over by :func:`scaled_ranks`."""
     spec = info_spec(name)
     profile = PROFILES[spec.arch]
     with torch.device("meta"):
@@ -225,15 +247,24 @@ def table2(name: str, rank: int = 22, shape: tuple[int, ...] | None = None) -> d
     keep = {n for n in costs if any(fnmatchcase(n, g) for g in host.auxiliary(model))}
     layer_params = sum(p.numel() for m in unet.modules() if isinstance(m, WEIGHTED) for p in m.parameters())
     other = sum(p.numel() for p in unet.parameters()) - layer_params
+    quantized_names = [n for n in costs if n not in keep]
+    if member_ranks:
+        ranks = scaled_ranks(member_ranks, quantized_names)
+        matched = sum(layer_role(n) in {layer_role(m) for m in member_ranks} for n in quantized_names)
+        profile_text = (f"STCA ranks of a calibrated member carried over by layer role ({matched} of "
+                        f"{len(quantized_names)} layers matched a role; the rest at the member's mean)")
+    else:
+        ranks = {n: rank for n in quantized_names}
+        profile_text = f"a uniform rank-{rank} float branch each"
     rows = []
     for bits, (paper_params, paper_ops) in TABLE2_PAPER.items():
-        ranks = {n: rank for n in costs if n not in keep}
         params, ops = compressed_cost(costs, other, bits, ranks, keep)
         rows.append({"bits": bits, "params_m": round(params, 2), "ops_g": round(ops, 2), "paper_params_m": paper_params,
                      "paper_ops_g": paper_ops, "params_dev": round(params / paper_params - 1, 4),
                      "ops_dev": round(ops / paper_ops - 1, 4)})
     quantized = [c for n, c in costs.items() if n not in keep]
-    return {"model": name, "ops_shape": list(shape), "rank": rank, "quantized_layers": len(quantized),
+    return {"model": name, "ops_shape": list(shape), "rank": rank, "profile": profile_text,
+            "mean_rank": round(sum(ranks.values()) / max(len(ranks), 1), 2), "quantized_layers": len(quantized),
             "float_layers": sorted(keep), "sum_m_plus_n": sum(c.m + c.n for c in quantized),
             "sum_positions_m_plus_n_g": round(sum(c.positions * (c.m + c.n) for c in quantized) / 1e9, 4),
             "other_params": other, "rows": rows}
@@ -241,7 +272,7 @@ def table2(name: str, rank: int = 22, shape: tuple[int, ...] | None = None) -> d
 
 def render_table2(report: dict[str, Any]) -> str:
     lines = [f"QuantVSR Table 2 accounting of {report['model']}'s UNet at {'x'.join(map(str, report['ops_shape']))}: "
-             f"{report['quantized_layers']} quantized layers, a uniform rank-{report['rank']} float branch each; "
+             f"{report['quantized_layers']} quantized layers, {report['profile']}, mean rank {report['mean_rank']}; "
              f"in float: {', '.join(n.rsplit(TABLE2_ROOT + '.', 1)[-1] for n in report['float_layers'])}",
              f"per unit of rank: sum(m+n) {report['sum_m_plus_n']:,} params, sum(positions*(m+n)) "
              f"{report['sum_positions_m_plus_n_g']} G MACs",

@@ -96,6 +96,9 @@ def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: di
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the file gets the mode a plain open would give
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

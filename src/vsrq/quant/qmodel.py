@@ -34,3 +34,11 @@ class QuantizedModel(nn.Module):
 
     def layers(self) -> dict[str, QuantLayer]:
         return quant_layers(self.base)
+
+    def freeze(self) -> "QuantizedModel":
+        """Replace every quantized layer's float weight by its integer codes, as loading a checkpoint does: the
+        memory of the deployed model, outputs bit-identical. No calibration can follow."""
+        for layer in self.layers().values():
+            if layer.weight is not None and layer.weight_quantizer is not None:
+                layer.freeze_weight()
+        return self

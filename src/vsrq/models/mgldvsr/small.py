@@ -33,13 +33,15 @@ from vsrq.models.weights import load_state_dict_strict, write_safetensors
 
 SCALE = 4
 WEIGHTS_FILE = "mgldvsr_small.safetensors"
+ST_WEIGHTS_FILE = "mgldvsr_st.safetensors"  # the member with spatial transformers
 
 
-def _small_denoiser(fold: int, num_frames: int) -> MGLDVSRConfig:
+def _small_denoiser(fold: int, num_frames: int, channel_mult: tuple[int, ...],
+                    attention_levels: tuple[int, ...]) -> MGLDVSRConfig:
     channels = 3 * fold * fold
     return MGLDVSRConfig(
-        unet=UNetConfig(in_channels=channels, out_channels=channels, model_channels=32, channel_mult=(1, 2, 4),
-                        num_res_blocks=1, attention_levels=(), head_channels=32, context_dim=32,
+        unet=UNetConfig(in_channels=channels, out_channels=channels, model_channels=32, channel_mult=channel_mult,
+                        num_res_blocks=1, attention_levels=attention_levels, head_channels=32, context_dim=32,
                         struct_channels=32, spade_hidden=32, num_frames=num_frames),
         structcond=StructCondConfig(in_channels=channels, model_channels=32, out_channels=32, channel_mult=(1, 1, 2),
                                     num_res_blocks=1, attention_levels=(), num_heads=1),
@@ -49,22 +51,32 @@ def _small_denoiser(fold: int, num_frames: int) -> MGLDVSRConfig:
 
 @dataclass(frozen=True)
 class SmallConfig:
-    """Widths of the member, how pixels map to its diffusion space, and how it samples."""
+    """Widths of the member, how pixels map to its diffusion space, and how it samples.
+
+    ``attention_levels`` puts spatial transformers (self- and cross-attention, GEGLU feed-forward) into
+    the input and output blocks of those UNet levels, as the full model has them at three of its four;
+    ``context_tokens`` > 0 makes the cross-attention context a learned ``(1, tokens, 32)`` tensor, the
+    counterpart of the full model's fixed empty-prompt embedding (0: a zero context, as ``mgldvsr-small``).
+    """
 
     fold: int = 4
     num_frames: int = 5
     residual_scale: float = 10.0
+    channel_mult: tuple[int, ...] = (1, 2, 4)
+    attention_levels: tuple[int, ...] = ()
+    context_tokens: int = 0
     sampler: SamplerConfig = field(default_factory=lambda: SamplerConfig(
         steps=2, start_t=999, eta=0.0, prediction="v", guidance_scale=0.0, tile=64, tile_overlap=16,
         color_fix=False))
 
     def __post_init__(self) -> None:
-        if self.fold < 1 or self.num_frames < 1 or self.residual_scale <= 0:
-            raise VsrqError(f"small MGLD-VSR: bad fold/num_frames/residual_scale in {self}")
+        if self.fold < 1 or self.num_frames < 1 or self.residual_scale <= 0 or self.context_tokens < 0:
+            raise VsrqError(f"small MGLD-VSR: bad fold/num_frames/residual_scale/context_tokens in {self}")
+        self.denoiser  # the UNet config checks widths and attention levels
 
     @property
     def denoiser(self) -> MGLDVSRConfig:
-        return _small_denoiser(self.fold, self.num_frames)
+        return _small_denoiser(self.fold, self.num_frames, self.channel_mult, self.attention_levels)
 
     @property
     def multiple(self) -> int:
@@ -76,7 +88,8 @@ class SmallConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SmallConfig":
-        return cls(**{**d, "sampler": SamplerConfig(**d.get("sampler", {}))})
+        tuples = {k: tuple(v) for k, v in d.items() if isinstance(v, list)}  # JSON lists back to tuples
+        return cls(**{**d, **tuples, "sampler": SamplerConfig(**d.get("sampler", {}))})
 
 
 def bicubic_up(lr: torch.Tensor) -> torch.Tensor:
@@ -91,8 +104,12 @@ class SmallMGLDVSR(nn.Module):
         super().__init__()
         self.config = config
         self.denoiser = MGLDVSRDenoiser(config.denoiser)
-        # no text: a fixed zero context, the counterpart of the full model's empty prompt
-        self.register_buffer("context", torch.zeros(1, 1, config.denoiser.unet.context_dim), persistent=False)
+        # no text: a fixed context, the counterpart of the full model's empty-prompt embedding
+        dim = config.denoiser.unet.context_dim
+        if config.context_tokens:
+            self.context = nn.Parameter(torch.randn(1, config.context_tokens, dim) * dim**-0.5)
+        else:
+            self.register_buffer("context", torch.zeros(1, 1, dim), persistent=False)
 
     def fold(self, x: torch.Tensor) -> torch.Tensor:
         return F.pixel_unshuffle(x, self.config.fold)
@@ -161,25 +178,27 @@ def load_small(path: str | Path) -> SmallMGLDVSR:
     return model.eval()
 
 
+def crop_pair(frames: np.ndarray, y: int, x: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(GT uint8 ``(T, size, size, 3)``, BI x4 LR) cut at HR ``(y, x)`` (multiples of 4) from whole frames.
+
+    LR is made from the whole frame (MATLAB-style bicubic) and cut at the matching LR position, so the
+    crop border sees the same LR pixels as whole-frame inference.
+    """
+    gts = frames[:, y : y + size, x : x + size]
+    lrs = [degrade(f, "bi")[y // SCALE : (y + size) // SCALE, x // SCALE : (x + size) // SCALE] for f in frames]
+    return np.ascontiguousarray(gts), np.stack(lrs)
+
+
 def vid4_crops(gt_root: str | Path, clips: tuple[str, ...] = ("calendar", "city", "foliage", "walk"),
                frames: int = 5, size: int = 192) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Centre crops of the first ``frames`` frames of each clip under ``gt_root`` (Vid4's ``GT`` folder):
-    (GT uint8 ``(T, size, size, 3)``, BI x4 LR).
-
-    LR is made from the whole frame (MATLAB-style bicubic) and cut at the matching LR position, so
-    the crop border sees the same LR pixels as whole-frame inference.
-    """
+    (GT uint8 ``(T, size, size, 3)``, BI x4 LR)."""
     out = {}
     for name in clips:
-        paths = list_frames(Path(gt_root) / name)[:frames]
-        gts, lrs = [], []
-        for p in paths:
-            gt = modcrop(read_frame(p), SCALE)
-            y = (gt.shape[0] // 2 - size // 2) // SCALE * SCALE
-            x = (gt.shape[1] // 2 - size // 2) // SCALE * SCALE
-            gts.append(gt[y : y + size, x : x + size])
-            lrs.append(degrade(gt, "bi")[y // SCALE : (y + size) // SCALE, x // SCALE : (x + size) // SCALE])
-        out[name] = (np.stack(gts), np.stack(lrs))
+        video = np.stack([modcrop(read_frame(p), SCALE) for p in list_frames(Path(gt_root) / name)[:frames]])
+        y = (video.shape[1] // 2 - size // 2) // SCALE * SCALE
+        x = (video.shape[2] // 2 - size // 2) // SCALE * SCALE
+        out[name] = crop_pair(video, y, x, size)
     return out
 
 
