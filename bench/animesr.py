@@ -15,7 +15,6 @@ flow, and the tOF between the two. Rows run in the order the acceptance needs th
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import sys
@@ -27,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS  # noqa: E402
+from common import RESULTS, apply_threads, labelled_rows_parser  # noqa: E402
 
 from vsrq.benchmark import Row, git_commit, super_resolve, today, write_results  # noqa: E402
 from vsrq.config import CalibConfig, QuantConfig  # noqa: E402
@@ -137,14 +136,7 @@ def table(rows: list[dict], name: str) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--only", nargs="*", default=None, help="rows whose label (e.g. omse-w4) contains one of these")
-    parser.add_argument("--resume", action="store_true", help="keep the rows already in the results file")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--tables", action="store_true", help="only write the table again from the results file")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = apply_threads(labelled_rows_parser(__doc__.splitlines()[0]).parse_args())
     path = RESULTS / f"{NAME}.json"
     rows = [Row(**{k: d[k] for k in Row.__dataclass_fields__ if k not in ("extra",) and k in d},
                 extra={k: v for k, v in d.items() if k not in Row.__dataclass_fields__})

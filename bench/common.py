@@ -20,6 +20,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 BENCH_CALIB = CalibConfig(source="default", clips=12, frames=8, crop=64)
 
 
+def labelled_rows_parser(description: str) -> argparse.ArgumentParser:
+    """The flags of a benchmark that runs a plan of labelled rows (``omse-w4``): ``--only``, ``--resume``,
+    ``--threads`` (applied by :func:`apply_threads`) and ``--tables``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--only", nargs="*", default=None, help="rows whose label (e.g. omse-w4) contains one of these")
+    parser.add_argument("--resume", action="store_true", help="keep the rows already in the results file")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--tables", action="store_true", help="only write the table again from the results file")
+    return parser
+
+
+def apply_threads(args: argparse.Namespace) -> argparse.Namespace:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def parse_args(description: str, per_token: bool = False, holdout: bool = False) -> argparse.Namespace:
     """The flags every benchmark takes; ``per_token`` adds ``--per-token`` and ``--act-clip`` (QuantVSR-family
     methods), ``holdout`` adds ``--holdout K`` (methods that fine-tune)."""

@@ -21,7 +21,6 @@ PSNR vs FP with the branch factors rounded to float16 (the precision question of
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS  # noqa: E402
+from common import RESULTS, apply_threads, labelled_rows_parser  # noqa: E402
 
 from vsrq import checkpoint  # noqa: E402
 from vsrq.benchmark import git_commit, today, write_results  # noqa: E402
@@ -195,15 +194,9 @@ def plan() -> list[tuple[str, str, int, dict, str]]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = labelled_rows_parser(__doc__.splitlines()[0])
     parser.add_argument("--model", default="mgldvsr-st")
-    parser.add_argument("--only", nargs="*", default=None, help="rows whose label (e.g. quantvsr-w4) contains one")
-    parser.add_argument("--resume", action="store_true", help="keep the rows already in the results file")
-    parser.add_argument("--threads", type=int, default=0)
-    parser.add_argument("--tables", action="store_true", help="only write the table again from the results file")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    args = apply_threads(parser.parse_args())
     path = RESULTS / f"{NAME}.json"
     rows = json.loads(path.read_text()) if path.exists() else []
     if args.tables:

