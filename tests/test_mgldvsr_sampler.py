@@ -17,7 +17,7 @@ from tests.conftest import smooth_frames, write_clip
 from vsrq.cli import main
 from vsrq.data.frames import list_frames, read_frame
 from vsrq.errors import VsrqError
-from vsrq.models.catalog import load_model
+from vsrq.models.catalog import build_model, load_model
 from vsrq.models.mgldvsr import build_mgldvsr
 from vsrq.models.mgldvsr.pipeline import LatentUpscaler, ping_pong, run_chunk
 from vsrq.models.mgldvsr.sampler import (
@@ -228,6 +228,7 @@ def test_st_member_beats_bicubic_by_half_a_db_with_a_sampler_chosen_off_vid4(vid
         facts = json.loads(f.metadata()["training"])
     assert "carphone_pristine.mp4" not in facts["data"] and facts["held_out_frames"] > 0
     assert facts["sampler_choice"]["chosen_steps"] == model.config.sampler.steps  # chosen before Vid4 was scored
+    assert build_model(loaded.spec).config == model.config  # a checkpoint's spec rebuilds this member, sampler too
     scores = score_crops(model, vid4_crops(vid4_root))
     gain = np.mean([s["model"] - s["bicubic"] for s in scores.values()])
     assert gain >= 0.5, scores

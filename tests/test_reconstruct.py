@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -59,8 +60,11 @@ def test_qdiffusion_splits_the_shortcut_and_reloads_bit_identically(qdiffusion, 
     assert any(".skip_connection.parts." in n for n in qdiffusion.layers())
     args = denoiser_probe()
     path = checkpoint.save(qdiffusion, tmp_path / "q.vsrq")
+    frozen = copy.deepcopy(qdiffusion).freeze()
+    assert all(layer.weight is None for layer in frozen.layers().values())
     with torch.no_grad():
-        assert torch.equal(checkpoint.load(path)(*args), qdiffusion(*args))
+        out = qdiffusion(*args)
+        assert torch.equal(checkpoint.load(path)(*args), out) and torch.equal(frozen(*args), out)
 
 
 def test_same_seed_same_reconstruction():

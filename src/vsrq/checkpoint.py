@@ -87,8 +87,8 @@ def _packed_state(model: QuantizedModel) -> dict[str, torch.Tensor]:
 
 
 def tensor_nbytes(model: QuantizedModel) -> int:
-    """Bytes of the tensors :func:`save` writes for ``model``, from shapes and bit-widths alone (no packing, so a
-    model on the meta device is sized too); the file adds its JSON header and manifest."""
+    """Bytes of the tensors :func:`save` writes for ``model``, from shapes and bit-widths alone (no packing: a
+    full-size model is sized without the seconds of bit packing); the file adds its JSON header and manifest."""
     total = 0
     quantized = {f"base.{name}.": layer for name, layer in model.layers().items() if layer.weight_quantizer is not None}
     replaced = ("weight", "weight_quantizer.lower", "weight_quantizer.upper", "weight_int", "weight_scale",

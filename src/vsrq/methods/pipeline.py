@@ -72,7 +72,8 @@ def quantize_model(
     log(summary(choices))
     if calib is None:
         calib = host.default_calibration(loaded.model, config.calib, config.seed, log)
-    host.check_calibration(loaded.model, calib)
+    else:  # the host's own calibration fits the model by construction; a caller's is checked before any work
+        host.check_calibration(loaded.model, calib)
     torch.manual_seed(config.seed)
     ctx = CalibContext(teacher, base, layers, calib, config, host, log, show_progress, device=dev)
     start = time.perf_counter()

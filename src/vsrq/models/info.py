@@ -250,7 +250,8 @@ def table2(name: str, rank: int = 22, shape: tuple[int, ...] | None = None,
     quantized_names = [n for n in costs if n not in keep]
     if member_ranks:
         ranks = scaled_ranks(member_ranks, quantized_names)
-        matched = sum(layer_role(n) in {layer_role(m) for m in member_ranks} for n in quantized_names)
+        roles = {layer_role(m) for m in member_ranks}
+        matched = sum(layer_role(n) in roles for n in quantized_names)
         profile_text = (f"STCA ranks of a calibrated member carried over by layer role ({matched} of "
                         f"{len(quantized_names)} layers matched a role; the rest at the member's mean)")
     else:
