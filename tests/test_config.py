@@ -164,3 +164,39 @@ def test_git_commit_is_dirty_for_code_not_for_results_or_markdown(tmp_path: Path
     assert git_commit() == clean
     (tmp_path / "code.py").write_text("b\n")
     assert git_commit() == clean + "+dirty"
+
+
+def test_seeded_row_is_the_mean_and_sample_std_over_calibration_samples():
+    """Each seed is calibrated once (cached seeds are not), and the row's spread is statistics.stdev's."""
+    import statistics
+
+    from vsrq.benchmark import Bench, Row, markdown_table
+    from vsrq.config import QuantConfig
+
+    psnr = {0: 24.90, 1: 24.81, 2: 25.02, 3: 24.77}
+    bench = Bench.__new__(Bench)
+    bench.name, bench.rows, bench.seed, bench._calib = "t", [], 0, None
+    calls = []
+
+    def quantized_row(config, method_label=None, notes=""):
+        calls.append((bench.seed, config.seed))
+        row = Row(model="m", method=config.method, wbits=4, abits=4, scope="fq", dataset="vid4", degradation="bi",
+                  frames="quick", psnr_y=psnr[config.seed], ssim_y=0.7 + config.seed / 100, fab=4.0, size_mb=1.0,
+                  calib_s=10.0 * (config.seed + 1), notes=notes, extra={"calib_sha256": f"h{config.seed}"})
+        bench.rows.append(row)
+        return row, None
+
+    bench.quantized_row = quantized_row
+    cached = {1: quantized_row(QuantConfig(seed=1))[0]}
+    bench.rows, calls[:] = [], []
+    row = bench.seeded_row(QuantConfig(method="minmax", wbits=4, abits=4), [0, 1, 2, 3], notes="4 samples",
+                           done=cached)
+    assert calls == [(0, 0), (2, 2), (3, 3)]  # bench and method both take the seed; seed 1 came from the cache
+    assert bench.rows == [row] and row.notes == "4 samples"
+    assert row.psnr_y == pytest.approx(statistics.mean(psnr.values()), abs=1e-4)
+    assert row.extra["psnr_y_std"] == pytest.approx(statistics.stdev(psnr.values()), abs=1e-4)
+    assert row.extra["seeds"] == [0, 1, 2, 3] and row.calib_s == 25.0
+    assert [s["calib_sha256"] for s in row.extra["per_seed"]] == ["h0", "h1", "h2", "h3"]
+    assert f"{row.psnr_y:.2f} ± {row.extra['psnr_y_std']:.2f}" in markdown_table([row.to_dict()], "t")
+    with pytest.raises(ValueError, match="at least two seeds"):
+        bench.seeded_row(QuantConfig(), [0])

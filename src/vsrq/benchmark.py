@@ -15,7 +15,7 @@ import os
 import subprocess
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -192,6 +192,31 @@ class Bench:
                        method_notes=qm.manifest["notes"], **extra)
         return row, qm
 
+    def use_seed(self, seed: int) -> None:
+        """Calibrate from now on on the sample ``seed`` cuts (QBasicVSR Table 5 varies the sample this way)."""
+        if seed != self.seed:
+            self.seed, self._calib = seed, None
+
+    def seeded_row(self, config: QuantConfig, seeds: list[int], method_label: str | None = None, notes: str = "",
+                   done: dict[int, Row] | None = None, on_seed: Callable[[int, Row], None] | None = None) -> Row:
+        """One row of the mean and sample standard deviation over calibration samples ``seeds``: each seed
+        cuts its own calibration clips and seeds the method. ``done`` holds rows measured before (a
+        benchmark's cache); ``on_seed`` sees each new one as it is measured."""
+        per_seed = dict(done or {})
+        for seed in seeds:
+            if seed in per_seed:
+                continue
+            self.use_seed(seed)
+            row, _ = self.quantized_row(replace(config, seed=seed), method_label, notes)
+            self.rows.remove(row)
+            per_seed[seed] = row
+            if on_seed is not None:
+                on_seed(seed, row)
+        rows = [per_seed[s] for s in seeds]
+        row = seed_summary(rows, seeds, notes)
+        self.rows.append(row)
+        return row
+
     def _example(self) -> torch.Tensor:
         """Two frames at the first clip's LR size: accounting runs one forward on it."""
         lr = self.clips[0].lr[:2]
@@ -232,6 +257,24 @@ class Bench:
         :meth:`resume`)."""
         return any((r.dataset, r.method, r.wbits, r.abits, r.scope, r.notes)
                    == (dataset or self.dataset, method, wbits, abits, scope, notes) for r in self.rows)
+
+
+def seed_summary(rows: list[Row], seeds: list[int], notes: str) -> Row:
+    """The first row with ``psnr_y`` / ``ssim_y`` / ``calib_s`` the means over ``rows`` (one per seed), plus
+    ``psnr_y_std`` / ``ssim_y_std`` (sample standard deviation, n - 1), ``seeds`` and each seed's figures."""
+    if len(rows) != len(seeds) or len(rows) < 2:
+        raise ValueError("a seed summary needs one row per seed and at least two seeds")
+    psnr = np.array([r.psnr_y for r in rows])
+    ssim = np.array([r.ssim_y for r in rows])
+    calib = [r.calib_s for r in rows if r.calib_s is not None]
+    per_seed = [{"seed": s, "psnr_y": r.psnr_y, "ssim_y": r.ssim_y, "calib_s": r.calib_s,
+                 "calib_sha256": r.extra.get("calib_sha256")} for s, r in zip(seeds, rows)]
+    extra = {k: v for k, v in rows[0].extra.items() if k not in ("clips", "calib_sha256", "method_notes")}
+    extra.update(psnr_y_std=round(float(psnr.std(ddof=1)), 4), ssim_y_std=round(float(ssim.std(ddof=1)), 5),
+                 seeds=list(seeds), per_seed=per_seed)
+    return replace(rows[0], psnr_y=round(float(psnr.mean()), 4), ssim_y=round(float(ssim.mean()), 5),
+                   fab=round(float(np.mean([r.fab for r in rows])), 3),
+                   calib_s=round(float(np.mean(calib)), 1) if calib else None, notes=notes, extra=extra)
 
 
 @contextmanager
@@ -284,6 +327,12 @@ def display_order(row: dict[str, Any]) -> tuple:
     return (method != "fp", not main, row["scope"] != "fq", -row["wbits"], notes if not main else "", rank, method)
 
 
+def _pm(row: dict[str, Any], key: str, spec: str) -> str:
+    """A figure, with ``± std`` when the row is a mean over calibration samples."""
+    std = row.get(f"{key}_std")
+    return format(row[key], spec) + ("" if std is None else f" ± {format(std, spec)}")
+
+
 def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
     rows = sorted(rows, key=display_order)
     lines = [f"# {title}", ""]
@@ -314,7 +363,7 @@ def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
     for r in rows:
         scope = (r["scope"] or "-").upper()
         cells = ([r["model"], f"{r['dataset']} {r['degradation'].upper()}"] if varied else []) + [
-                 r["method"], f"{r['wbits']}/{r['abits']}", scope, f"{r['psnr_y']:.2f}", f"{r['ssim_y']:.4f}",
+                 r["method"], f"{r['wbits']}/{r['abits']}", scope, _pm(r, "psnr_y", ".2f"), _pm(r, "ssim_y", ".4f"),
                  f"{r['fab']:.2f}", f"{r['size_mb']:.2f}"]
         if ranks:
             cells.append(f"{r['average_rank']:.1f}" if "average_rank" in r else "-")

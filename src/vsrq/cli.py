@@ -100,6 +100,13 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text}")
+    return value
+
+
 def _parse_size(text: str) -> tuple[int, int]:
     m = re.fullmatch(r"(\d+)x(\d+)", text)
     if not m:
@@ -230,8 +237,13 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         for bits in (int(b) for b in args.bits.split(",")):
             for method in args.methods.split(","):
                 config = QuantConfig(method=method, wbits=bits, abits=bits, scope=scope, calib=calib, seed=args.seed)
-                row, _ = bench.quantized_row(config)
-                print(f"{method} W{bits}A{bits} {scope.upper()}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  "
+                if args.seeds > 1:
+                    seeds = list(range(args.seed, args.seed + args.seeds))
+                    row = bench.seeded_row(config, seeds, notes=f"{args.seeds} calibration samples")
+                    spread = f" ± {row.extra['psnr_y_std']:.3f}"
+                else:
+                    row, spread = bench.quantized_row(config)[0], ""
+                print(f"{method} W{bits}A{bits} {scope.upper()}: {row.psnr_y:.3f}{spread} dB / {row.ssim_y:.4f}  "
                       f"FAB {row.fab:.2f}  calib {row.calib_s:.0f} s", flush=True)
                 bench.write(Path(args.output))
     _, md_path = bench.write(Path(args.output))
@@ -386,6 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-crop", type=int, default=64)
     p.add_argument("--calib-degrade", choices=("bi", "bd"))
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seeds", type=_positive, default=1,
+                   help="calibration samples per row (seeds SEED, SEED+1, ...): rows give their mean and std")
     p.add_argument("--device", default="cpu", help="where calibration and scoring compute: cpu (default) or cuda[:N]")
     p.add_argument("--name", default="benchmark", help="results file stem")
     p.add_argument("-o", "--output", default="out/benchmark", help="folder for <name>.json and <name>.md")
