@@ -24,6 +24,7 @@ TARGETS = {"bi": (27.24, 0.8251, 0.05, 0.002), "bd": (27.96, 0.8553, 0.1, 0.003)
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true", help="first 10 frames per clip instead of all")
+    parser.add_argument("--device", default="cpu", help="where the model runs: cpu (default) or cuda[:N]")
     args = parser.parse_args()
     rows = []
     ok = True

