@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -71,3 +72,46 @@ def test_methods_lists_options_that_parse_back_to_the_defaults(capsys):
     assert _parse_options(pairs) == get_method("qbasicvsr").default_options
     assert main(["methods", "minmax"]) == 0 and capsys.readouterr().out.splitlines()[-1] == "no options"
     assert main(["methods", "nosuch"]) == 2 and "unknown method 'nosuch'" in capsys.readouterr().err
+
+
+def test_progress_in_a_log_is_lines_at_start_every_interval_and_end():
+    """Without a terminal, progress comes as plain lines a log keeps: start, every `every` seconds, the end."""
+    import io
+
+    from vsrq.progress import LineProgress
+
+    now = [0.0]
+    out = io.StringIO()
+    with LineProgress(10, "calibrate", "batch", every=30.0, stream=out, clock=lambda: now[0]) as bar:
+        for _ in range(10):
+            now[0] += 10.0
+            bar.update(1)
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "vsrq: calibrate: started, 10 batch"
+    assert lines[1:4] == ["vsrq: calibrate: 3/10 batch, 30 s, ~70 s left", "vsrq: calibrate: 6/10 batch, 60 s, ~40 s left",
+                          "vsrq: calibrate: 9/10 batch, 90 s, ~10 s left"]
+    assert lines[4] == "vsrq: calibrate: done, 10/10 batch, 100 s" and len(lines) == 5
+
+
+def test_redirected_calibration_writes_progress_lines_and_quiet_silences_them(tmp_path):
+    """`vsrq quantize > log 2>&1` shows progress lines; `vsrq --quiet` shows none."""
+    import subprocess
+    import sys
+
+    from tests.conftest import smooth_frames, write_clip
+
+    write_clip(tmp_path / "calib" / "a", smooth_frames(4, 64, 64))
+    base = [sys.executable, "-m", "vsrq.cli"]
+    args = ["quantize", "--model", "basicvsr-vimeo-bi", "--method", "minmax", "--wbits", "8", "--abits", "8",
+            "--calib", str(tmp_path / "calib"), "--calib-clips", "1", "--calib-frames", "2", "--calib-crop", "64"]
+    env = {k: v for k, v in os.environ.items() if k != "VSRQ_PROGRESS"}
+    with open(tmp_path / "log", "w") as log:
+        done = subprocess.run(base + args + ["-o", str(tmp_path / "a.vsrq")], stdout=log, stderr=subprocess.STDOUT, env=env)
+    text = (tmp_path / "log").read_text()
+    if done.returncode != 0 and "not found" in text:
+        pytest.skip("official BasicVSR weights not installed")
+    assert done.returncode == 0, text
+    assert "vsrq: calibrate" in text or "vsrq: observe" in text, text
+    assert "done," in text and "wrote" in text
+    quiet = subprocess.run(base + ["--quiet"] + args + ["-o", str(tmp_path / "b.vsrq")], capture_output=True, text=True, env=env)
+    assert quiet.returncode == 0 and "vsrq: " not in quiet.stderr

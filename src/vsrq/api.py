@@ -27,7 +27,7 @@ from vsrq.metrics.report import EvalReport, evaluate_paths
 from vsrq.metrics.suite import DEFAULT, parse_metrics
 from vsrq.models.catalog import host_for, load_model, loaded_module
 from vsrq.models.host import ModelHost
-from vsrq.progress import progress
+from vsrq.progress import progress, say
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.runtime.onnx_export import calibrate_outputs, check_exportable, export_basicvsr
 from vsrq.runtime.ort import OrtBasicVSR, OrtFromModel
@@ -46,7 +46,7 @@ def quantize(
     model: str | nn.Module,
     config: QuantConfig = QuantConfig(),
     calib: Any = None,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = say,
     show_progress: bool = True,
     device: str = "cpu",
     host: ModelHost | str | None = None,

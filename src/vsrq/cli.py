@@ -16,6 +16,7 @@ from typing import Callable, Sequence
 from vsrq import api
 from vsrq.config import CalibConfig, LayerRule, QuantConfig
 from vsrq.errors import VsrqError
+from vsrq.progress import set_quiet
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -296,6 +297,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vsrq", description="Low-bit post-training quantization for video super-resolution.")
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars or progress lines (a terminal gets bars, a log gets a line every 30 s)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("upscale", help="super-resolve a video, a frame folder or a folder of clips")
@@ -449,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    set_quiet(args.quiet)
     try:
         return args.func(args)
     except VsrqError as exc:
