@@ -3,11 +3,13 @@ Vid4 BI, each recipe calibrated on 5 samples (seeds 0-4 cut different windows of
 giving the mean and the sample standard deviation of Y-PSNR / SSIM.
 
 Recipes: QBasicVSR (its defaults) and QuantVSR's best recipe on BasicVSR (refined SVD branch + activation
-clip search, bench/quantvsr_basicvsr.py). Each seed's row is kept in ``bench/cache/calib_seeds/`` as it is
-measured, so an interrupted run goes on where it stopped and a rerun only writes the table.
+clip search, bench/quantvsr_basicvsr.py). Each seed's row is recorded in the results (notes "...; seed k")
+as it is measured, so a sweep of hours goes on where it stopped, in this session or a later one; the
+summary row ("...; 5 calibration samples") appears when all five exist.
 
     python bench/calib_seeds.py                  # quick: first 10 frames per clip, seeds 0-4
     python bench/calib_seeds.py --only qbasicvsr --threads 1
+    python bench/calib_seeds.py --available      # record what is measured so far, calibrate nothing
 """
 
 from __future__ import annotations
@@ -33,20 +35,41 @@ RECIPES = (  # (label, method, options, notes)
 )
 
 
-def cached(label: str) -> dict[int, Row]:
-    """Rows measured by an earlier run, by seed."""
+def seed_notes(notes: str, seed: int) -> str:
+    return "; ".join(n for n in (notes, f"seed {seed}") if n)
+
+
+def cached(label: str, notes: str) -> dict[int, Row]:
+    """Rows measured by earlier runs, by seed: the per-seed rows of the results file (kept in git, so a
+    sweep spread over sessions goes on), and any a run left in ``bench/cache/`` before writing them."""
+    names = set(Row.__dataclass_fields__) - {"extra"}
+
+    def row(d: dict) -> Row:
+        return Row(**{k: d[k] for k in names}, extra={k: v for k, v in d.items() if k not in names})
+
     out = {}
     for path in sorted(CACHE.glob(f"{label}-seed*.json")):
         d = json.loads(path.read_text())
-        names = set(Row.__dataclass_fields__) - {"extra"}
-        out[int(d["seed"])] = Row(**{k: d["row"][k] for k in names}, extra={k: v for k, v in d["row"].items()
-                                                                              if k not in names})
+        out[int(d["seed"])] = row(d["row"])
+    results = RESULTS / f"{NAME}.json"
+    for d in json.loads(results.read_text()) if results.is_file() else []:
+        for seed in SEEDS:
+            if d["notes"] == seed_notes(notes, seed) and d["frames"] == "quick":
+                out.setdefault(seed, row(d))
     return out
+
+
+def record(bench: Bench, row: Row, notes: str, seed: int) -> None:
+    """Keep one seed's row in the results (notes "...; seed k"), replacing an earlier one."""
+    tagged = Row(**{**row.__dict__, "notes": seed_notes(notes, seed), "extra": dict(row.extra)})
+    bench.rows = [r for r in bench.rows if (r.method, r.notes) != (tagged.method, tagged.notes)] + [tagged]
 
 
 def main() -> int:
     parser = labelled_rows_parser(__doc__)
     parser.add_argument("--full", action="store_true", help="every frame (default: first 10 of each clip)")
+    parser.add_argument("--available", action="store_true",
+                        help="record the seeds measured so far (cache and results) and calibrate nothing")
     args = apply_threads(parser.parse_args())
     bench = Bench(NAME, "basicvsr-vimeo-bi", "vid4", "bi", not args.full, BENCH_CALIB)
     if args.tables or args.resume:
@@ -55,16 +78,25 @@ def main() -> int:
     for label, method, options, notes in RECIPES:
         if args.tables or (args.only and not any(k in label for k in args.only)):
             continue
-        notes = "; ".join(n for n in (notes, f"{len(SEEDS)} calibration samples") if n)
+        done = cached(label, notes)
 
-        def keep(seed: int, row: Row, label: str = label) -> None:
+        def keep(seed: int, row: Row, label: str = label, notes: str = notes) -> None:
             path = CACHE / f"{label}-seed{seed}.json"
             path.write_text(json.dumps({"seed": seed, "row": row.to_dict()}, indent=1) + "\n")
             print(f"{label} seed {seed}: {row.psnr_y:.3f} dB  calib {row.calib_s:.0f} s", flush=True)
+            record(bench, row, notes, seed)
+            bench.write(RESULTS)
 
+        for seed, row in done.items():
+            record(bench, row, notes, seed)
+        bench.write(RESULTS)
+        if args.available and len(done) < len(SEEDS):
+            print(f"{label}: {len(done)} of {len(SEEDS)} seeds measured", flush=True)
+            continue
         config = QuantConfig(method=method, wbits=4, abits=4, scope="fq", calib=BENCH_CALIB, options=options)
-        bench.rows = [r for r in bench.rows if (r.method, r.notes) != (method, notes)]
-        row = bench.seeded_row(config, SEEDS, method, notes, done=cached(label), on_seed=keep)
+        summary = "; ".join(n for n in (notes, f"{len(SEEDS)} calibration samples") if n)
+        bench.rows = [r for r in bench.rows if (r.method, r.notes) != (method, summary)]
+        row = bench.seeded_row(config, SEEDS, method, summary, done=done, on_seed=keep)
         print(f"{label}: {row.psnr_y:.3f} ± {row.extra['psnr_y_std']:.3f} dB", flush=True)
         bench.write(RESULTS)
     bench.write(RESULTS)

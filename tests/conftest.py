@@ -16,6 +16,12 @@ from vsrq.models.weights import package_dir
 torch.set_num_threads(2)
 
 
+@pytest.fixture(autouse=True)
+def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests keep exported graphs in their own temporary cache, never in ~/.cache/vsrq."""
+    monkeypatch.setenv("VSRQ_CACHE", str(tmp_path_factory.getbasetemp() / "vsrq-cache"))
+
+
 def tiny_basicvsr(seed: int = 0, bidirectional: bool = True, num_feat: int = 8) -> BasicVSR:
     """A BasicVSR with 8 features (or ``num_feat``) and 1 block per trunk; SPyNet stays full size."""
     torch.manual_seed(seed)

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.conftest import smooth_frames, write_clip
 from tests.test_quant_layers import _loaded, _synthetic_calib
@@ -56,7 +57,7 @@ def test_split_concat_exports_as_one_integer_conv_per_source(tmp_path: Path):
     qm = quantize_model(_loaded(num_feat=16), cfg, calib, **QUIET)
     files = export_basicvsr(qm, tmp_path / "m.onnx", (64, 64), calibrate_outputs(qm, calib.clips), qm.manifest)
     weights = {i.name for f in files for i in onnx.load(str(f)).graph.initializer}
-    assert {"forward_trunk.main.0.parts.0.weight_int8", "forward_trunk.main.0.parts.1.weight_int8"} <= weights
+    assert {"forward_trunk.main.0.parts.0.weight_q", "forward_trunk.main.0.parts.1.weight_q"} <= weights
     x = _clip()
     ort_out = tensor_to_uint8(OrtBasicVSR(tmp_path / "m.onnx", threads=1)(x, range(4))[0])
     with torch.no_grad():
@@ -84,10 +85,11 @@ def test_qdq_structure(w8a8, tmp_path: Path):
                 continue
             wdq, xdq = producers[w], producers[node.input[0]]
             assert wdq.op_type == "DequantizeLinear" and xdq.op_type == "DequantizeLinear"
-            assert inits[wdq.input[0]].data_type == onnx.TensorProto.INT8
+            stored = inits[wdq.input[0]].data_type  # int8, or uint8 (zero point 128) where int8 kernels saturate
+            assert stored in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) and inits[wdq.input[2]].data_type == stored
             assert inits[xdq.input[2]].data_type == onnx.TensorProto.UINT8
-            seen.add(wdq.input[0].rsplit(".weight_int8", 1)[0])
-            if wdq.input[0] == "conv_last.weight_int8":  # 3 output channels run padded to 16, then sliced
+            seen.add(wdq.input[0].rsplit(".weight_q", 1)[0])
+            if wdq.input[0] == "conv_last.weight_q":  # 3 output channels run padded to 16, then sliced
                 assert onnx.numpy_helper.to_array(inits[wdq.input[0]]).shape[0] == 16
                 consumers = {i: n for n in model.graph.node for i in n.input}
                 q = consumers[node.output[0]]
@@ -135,3 +137,76 @@ def test_cli_export_and_upscale_with_onnxruntime(tmp_path: Path, w8a8, capsys):
     assert main(["upscale", str(tmp_path / "lr"), str(tmp_path / "sr"), "--model", str(tmp_path / "m.onnx"),
                  "--runtime", "onnxruntime"]) == 0
     assert len(list((tmp_path / "sr").glob("*.png"))) == 3
+
+
+def test_graphs_of_a_checkpoint_are_exported_once_and_reused(w8a8, tmp_path: Path, monkeypatch):
+    """A second run of the same checkpoint file measures no ranges and exports nothing; another file (or
+    another size) gets its own graphs; the outputs are the same bytes."""
+    from vsrq.runtime import ort
+    from vsrq.runtime.ort import OrtFromModel, graph_cache
+
+    qm, calib = w8a8
+    monkeypatch.setenv("VSRQ_CACHE", str(tmp_path / "cache"))
+    ckpt = checkpoint.save(qm, tmp_path / "m.vsrq")
+    folder = graph_cache(ckpt)
+    assert folder == graph_cache(ckpt) and folder.parent == tmp_path / "cache" / "onnx"
+    exports, measured = [], []
+    real_export = ort.export_basicvsr
+    monkeypatch.setattr(ort, "export_basicvsr", lambda *a, **k: exports.append(a[2]) or real_export(*a, **k))
+
+    def ranges():
+        measured.append(1)
+        return calibrate_outputs(qm, calib.clips)
+
+    x = _clip()
+    first = OrtFromModel(qm, ranges, folder, qm.manifest, threads=1)(x, range(4))
+    assert exports == [(64, 64)] and measured == [1]
+    assert sorted(p.name for p in folder.iterdir()) == ["model_64x64.backward.onnx", "model_64x64.onnx"]
+    again = OrtFromModel(qm, ranges, folder, qm.manifest, threads=1)(x, range(4))
+    assert exports == [(64, 64)] and measured == [1] and torch.equal(first, again)
+    (tmp_path / "other.vsrq").write_bytes(ckpt.read_bytes() + b"\0")
+    assert graph_cache(tmp_path / "other.vsrq") != folder
+
+
+def test_weight_storage_avoids_int8_saturation_where_the_cpu_would_saturate(tmp_path: Path):
+    """One 64-channel conv with 8-bit codes, exact integer reference: u8 x s8 pairs can overflow int16 on CPUs
+    without VNNI, so `auto` stores such codes as uint8 (zero point 128) there; codes within +-64 stay int8."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vsrq.runtime.onnx_export import weight_storage
+
+    rng = np.random.default_rng(0)
+    c = 32
+    codes = rng.integers(-127, 128, (c, c, 3, 3)).astype(np.int8)
+    small = np.clip(codes, -64, 63)
+    assert weight_storage(small, vnni=False) == "int8" and weight_storage(codes, vnni=True) == "int8"
+    assert weight_storage(codes, vnni=False) == "uint8" and weight_storage(codes, "int8", vnni=False) == "int8"
+    with pytest.raises(VsrqError, match="weights must be one of"):
+        weight_storage(codes, "int4")
+
+    def run(stored: str, x: np.ndarray) -> np.ndarray:
+        w = codes if stored == "int8" else (codes.astype(np.int16) + 128).astype(np.uint8)
+        zp = np.zeros(c, np.int8) if stored == "int8" else np.full(c, 128, np.uint8)
+        inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(zp, "wz"),
+                 numpy_helper.from_array(np.full(c, 0.01, np.float32), "ws"),
+                 numpy_helper.from_array(np.array(1 / 255, np.float32), "xs"), numpy_helper.from_array(np.array(0, np.uint8), "xz"),
+                 numpy_helper.from_array(np.array(0.5, np.float32), "ys"), numpy_helper.from_array(np.array(128, np.uint8), "yz")]
+        nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]), helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+                 helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=0),
+                 helper.make_node("Conv", ["xd", "wd"], ["y"], pads=[1, 1, 1, 1]),
+                 helper.make_node("QuantizeLinear", ["y", "ys", "yz"], ["yq"]), helper.make_node("DequantizeLinear", ["yq", "ys", "yz"], ["out"])]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                                  [helper.make_tensor_value_info("out", TensorProto.FLOAT, list(x.shape))], inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+        model.ir_version = 8
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        return session.run(None, {"x": x})[0]
+
+    x = rng.integers(0, 256, (1, c, 24, 24)).astype(np.float32) / 255
+    exact = F.conv2d(torch.from_numpy(x).double(), torch.from_numpy(codes.astype(np.float64) * 0.01), padding=1).numpy()
+    exact = (np.clip(np.round(exact / 0.5) + 128, 0, 255) - 128) * 0.5
+    stored = weight_storage(codes)
+    off = np.mean(np.abs(run(stored, x) - exact) > 1e-6)
+    assert off < 1e-3, (stored, off)  # what `auto` chose for this CPU is exact (ties at half a step aside)
+    assert np.mean(np.abs(run("uint8", x) - exact) > 1e-6) < 1e-3  # uint8 storage is exact on any CPU

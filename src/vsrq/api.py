@@ -30,7 +30,7 @@ from vsrq.models.host import ModelHost
 from vsrq.progress import progress, say
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.runtime.onnx_export import calibrate_outputs, check_exportable, export_basicvsr
-from vsrq.runtime.ort import OrtBasicVSR, OrtFromModel
+from vsrq.runtime.ort import OrtBasicVSR, OrtFromModel, graph_cache
 from vsrq.runtime.upscale import StreamConfig, upscale_path
 
 
@@ -94,7 +94,8 @@ def upscale(
     """Super-resolve a video, a frame folder or a folder of clips into PNG folders or an .mp4.
 
     ``runtime="onnxruntime"`` runs integer graphs: ``model`` may be an exported ``.onnx``, or a model
-    / ``.vsrq`` that is exported on the fly for each LR size met. Diffusion models (MGLD-VSR) run
+    / ``.vsrq`` that is exported on the fly for each LR size met (a ``.vsrq`` file's graphs are kept in
+    ``$VSRQ_CACHE``, default ``~/.cache/vsrq``, so later runs start at once). Diffusion models (MGLD-VSR) run
     in chunks of their own frame count, ``chunk`` and ``overlap`` aside, each chunk sampled with ``seed``,
     their temporal guidance aligned by the ``flow`` estimator (``spynet`` or ``raft``). ``device``
     (``cpu``, ``cuda``) is where the torch runtime computes; frames stream through host memory.
@@ -115,8 +116,10 @@ def upscale(
     with tempfile.TemporaryDirectory(prefix="vsrq-ort-") as tmp:
         if onnx_file:
             runner = OrtBasicVSR(model)
-        else:
-            runner = OrtFromModel(net, export_ranges(net), Path(tmp), getattr(net, "manifest", None))
+        else:  # a checkpoint file's graphs are exported once and kept; a module's live for this call
+            cached = isinstance(model, (str, Path)) and str(model).endswith(checkpoint.SUFFIX)
+            folder = graph_cache(Path(model)) if cached else Path(tmp)
+            runner = OrtFromModel(net, lambda: export_ranges(net), folder, getattr(net, "manifest", None))
         return upscale_path(runner, Path(source), Path(output), StreamConfig(chunk, overlap), overwrite, show_progress)
 
 
@@ -138,10 +141,11 @@ def export_ranges(model: nn.Module, calib: CalibrationSet | None = None) -> dict
 
 
 def export(model: nn.Module | str | Path, path: str | Path, lr_size: tuple[int, int] = (180, 320),
-           calib: CalibrationSet | None = None) -> list[Path]:
-    """Write ONNX step graphs (QDQ int8 for a quantized model) for LR frames of ``lr_size`` (h, w)."""
+           calib: CalibrationSet | None = None, weights: str = "auto") -> list[Path]:
+    """Write ONNX step graphs (8-bit QDQ for a quantized model) for LR frames of ``lr_size`` (h, w);
+    ``weights``: the weight storage (``auto`` fits this CPU, see :func:`~vsrq.runtime.onnx_export.weight_storage`)."""
     net = load(model) if isinstance(model, (str, Path)) else model
-    return export_basicvsr(net, path, lr_size, export_ranges(net, calib), getattr(net, "manifest", None))
+    return export_basicvsr(net, path, lr_size, export_ranges(net, calib), getattr(net, "manifest", None), weights)
 
 
 def evaluate(pred: str | Path, gt: str | Path | None = None, y: bool = False, crop: int = 0,

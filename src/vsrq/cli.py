@@ -149,7 +149,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise VsrqError(f"{out} exists; pass --overwrite to replace it")
-    files = api.export(args.model, out, _parse_size(args.size), calib)
+    files = api.export(args.model, out, _parse_size(args.size), calib, args.weights)
     for f in files:
         print(f"wrote {f} ({f.stat().st_size / 1e6:.2f} MB)")
     return 0
@@ -226,9 +226,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from vsrq.demo import run_demo
 
-    config = QuantConfig(method=args.method, wbits=args.wbits, abits=args.abits, scope="pq" if args.pq else "fq",
-                         calib=CalibConfig(clips=args.calib_clips, frames=args.calib_frames, crop=args.calib_crop))
-    run_demo(Path(args.output), config, args.model, args.frames, args.overwrite)
+    calib = CalibConfig(clips=args.calib_clips, frames=args.calib_frames, crop=args.calib_crop)
+    run_demo(Path(args.output), args.model, args.frames, calib, args.overwrite)
     return 0
 
 
@@ -374,17 +373,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_quantize)
 
-    p = sub.add_parser("demo", help="quantize the official BasicVSR and compare FP vs quantized on a real clip")
+    p = sub.add_parser("demo", help="FP32 vs W8A8 and W4A8 integer models of the official BasicVSR on a real clip")
     p.add_argument("--model", default="basicvsr-vimeo-bi")
-    p.add_argument("--method", default="omse")
-    p.add_argument("--wbits", type=int, default=6)
-    p.add_argument("--abits", type=int, default=6)
-    p.add_argument("--pq", action="store_true", help="quantize the propagation bodies only")
     p.add_argument("--frames", type=int, default=20, help="frames of the test clip (default 20)")
     p.add_argument("--calib-clips", type=int, default=8)
     p.add_argument("--calib-frames", type=int, default=8)
     p.add_argument("--calib-crop", type=int, default=64)
-    p.add_argument("-o", "--output", default="out/demo", help="folder for the checkpoint and SR frames")
+    p.add_argument("-o", "--output", default="out/demo", help="folder for frames, checkpoints, graphs and pictures")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_demo)
 
@@ -395,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib", help="LR clips to measure output ranges on (default: the checkpoint's own clips)")
     p.add_argument("--calib-clips", type=int, default=8)
     p.add_argument("--calib-frames", type=int, default=8)
+    p.add_argument("--weights", choices=("auto", "int8", "uint8"), default="auto",
+                   help="8-bit weight storage: auto fits this CPU (int8 where exact, uint8 for 8-bit codes on CPUs "
+                        "without VNNI, whose int8 kernels saturate); int8 for a VNNI machine")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_export)
 

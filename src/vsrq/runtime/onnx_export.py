@@ -187,8 +187,42 @@ def _uint8_qparams(lo: float, hi: float) -> tuple[float, int]:
     return scale, int(np.clip(round(-lo / scale), 0, 255))
 
 
-def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, tuple[float, float]], prefix: str):
-    """Rewrite the float graph: quantized convs get int8 weights, input QDQ and, where needed, output QDQ."""
+WEIGHT_TYPES = ("auto", "int8", "uint8")
+SAFE_INT8 = 64  # |code| <= 64: u8 x s8 pair sums stay within int16 on every x86 kernel
+
+
+def has_vnni() -> bool:
+    """Whether this CPU has VNNI (AVX512-VNNI or AVX-VNNI), whose int8 dot products accumulate in int32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_vnni" in flags or "avx_vnni" in flags
+
+
+def weight_storage(codes: np.ndarray, weights: str = "auto", vnni: bool | None = None) -> str:
+    """How a layer's weight codes go into the graph: ``int8`` (onnxruntime's fast u8 x s8 kernels) or ``uint8``
+    (codes + 128, zero point 128: u8 x u8 kernels, slower).
+
+    Without VNNI, x86 u8 x s8 kernels add pairs of products in saturating int16 (``vpmaddubsw``), so codes
+    beyond +-64 give wrong outputs (measured here on an AVX2 CPU: 78% of a 64-channel conv's outputs off by
+    up to 9 steps). ``auto`` keeps ``int8`` where that cannot happen (codes within +-64, i.e. up to 7-bit
+    weights, or a VNNI CPU) and stores ``uint8`` otherwise; ``int8`` / ``uint8`` force one for graphs
+    meant for another machine.
+    """
+    if weights not in WEIGHT_TYPES:
+        raise VsrqError(f"weights must be one of {', '.join(WEIGHT_TYPES)}, got {weights!r}")
+    if weights != "auto":
+        return weights
+    if int(np.abs(codes.astype(np.int16)).max(initial=0)) <= SAFE_INT8:
+        return "int8"
+    return "int8" if (has_vnni() if vnni is None else vnni) else "uint8"
+
+
+def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, tuple[float, float]], prefix: str,
+               weights: str = "auto"):
+    """Rewrite the float graph: quantized convs get 8-bit weights (:func:`weight_storage`), input QDQ and, where
+    needed, output QDQ."""
     from onnx import helper, numpy_helper
 
     g = graph_model.graph
@@ -232,9 +266,13 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
         lq = quant[layer]
         codes, w_scale, pad = _pad_output_channels(lq)
         x_dq = qdq(node.input[0], f"{layer}.input", lq.input_scale, lq.input_zero_point)
-        w_q = const(f"{layer}.weight_int8", codes)
         w_s = const(f"{layer}.weight_scale", w_scale)
-        w_z = const(f"{layer}.weight_zero_point", np.zeros(len(w_scale), dtype=np.int8))
+        if weight_storage(codes, weights) == "int8":
+            w_q = const(f"{layer}.weight_q", codes)
+            w_z = const(f"{layer}.weight_zero_point", np.zeros(len(w_scale), dtype=np.int8))
+        else:
+            w_q = const(f"{layer}.weight_q", (codes.astype(np.int16) + 128).astype(np.uint8))
+            w_z = const(f"{layer}.weight_zero_point", np.full(len(w_scale), 128, dtype=np.uint8))
         new_nodes.append(helper.make_node("DequantizeLinear", [w_q, w_s, w_z], [f"{layer}.weight_dq"], axis=0,
                                           name=f"{layer}/DequantizeWeight"))
         node.input[0], node.input[1] = x_dq, f"{layer}.weight_dq"
@@ -272,8 +310,10 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
 
 
 def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int],
-                    out_ranges: dict[str, tuple[float, float]] | None = None, manifest: dict | None = None) -> list[Path]:
-    """Write the step graphs for LR frames of ``lr_size`` (h, w); float graphs for an unquantized model."""
+                    out_ranges: dict[str, tuple[float, float]] | None = None, manifest: dict | None = None,
+                    weights: str = "auto") -> list[Path]:
+    """Write the step graphs for LR frames of ``lr_size`` (h, w); float graphs for an unquantized model.
+    ``weights`` chooses the 8-bit weight storage (:func:`weight_storage`; ``auto`` fits this CPU)."""
     import onnx
 
     check_exportable(model)
@@ -299,7 +339,7 @@ def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int]
     for role, module, args, ins, outs, target in graphs:
         graph = _trace(module.eval(), args, ins, outs)
         if quant:
-            graph, layers = insert_qdq(graph, quant, out_ranges or {}, "base.")
+            graph, layers = insert_qdq(graph, quant, out_ranges or {}, "base.", weights)
             handled |= layers
         graph.ir_version = IR_VERSION
         meta = {"vsrq_role": role, "vsrq_lr_size": json.dumps([h, w]), "vsrq_num_feat": str(c),

@@ -6,14 +6,20 @@ An :class:`OrtBasicVSR` is a :class:`~vsrq.runtime.upscale.WindowRunner`, so ``v
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from vsrq.errors import VsrqError
+from vsrq.runtime import onnx_export
 from vsrq.runtime.onnx_export import export_basicvsr
+from vsrq.version import __version__
 
 
 def _session(path: Path, threads: int | None):
@@ -83,18 +89,48 @@ class OrtBasicVSR:
 class OrtFromModel:
     """Exports a (quantized) model for each LR size it meets, then runs it with onnxruntime.
 
-    Lets ``vsrq upscale --runtime onnxruntime --model model.vsrq`` take clips of any size.
+    Lets ``vsrq upscale --runtime onnxruntime --model model.vsrq`` take clips of any size. With a
+    ``folder`` that persists (:func:`graph_cache`), graphs exported once are reused by later runs; a
+    size's graphs appear there whole or not at all. ``out_ranges`` is called only when a size must be
+    exported (measuring output ranges runs the model on its calibration clips).
     """
 
-    def __init__(self, model: torch.nn.Module, out_ranges: dict[str, tuple[float, float]] | None, folder: Path,
-                 manifest: dict | None = None, threads: int | None = None) -> None:
+    def __init__(self, model: torch.nn.Module, out_ranges: Callable[[], dict[str, tuple[float, float]] | None],
+                 folder: Path, manifest: dict | None = None, threads: int | None = None) -> None:
         self.model, self.out_ranges, self.folder, self.manifest, self.threads = model, out_ranges, folder, manifest, threads
         self.runners: dict[tuple[int, int], OrtBasicVSR] = {}
+        self._ranges: dict[str, tuple[float, float]] | None = None
+        self._measured = False
+
+    def _export(self, size: tuple[int, int]) -> Path:
+        path = self.folder / f"model_{size[0]}x{size[1]}.onnx"
+        if path.is_file():
+            return path
+        if not self._measured:
+            self._ranges, self._measured = self.out_ranges(), True
+        self.folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".export-", dir=self.folder) as tmp:
+            written = export_basicvsr(self.model, Path(tmp) / path.name, size, self._ranges, self.manifest)
+            for f in sorted(written, key=lambda f: f == Path(tmp) / path.name):  # the forward graph last
+                os.replace(f, self.folder / f.name)
+        return path
 
     def __call__(self, lr: torch.Tensor, output_frames: range) -> torch.Tensor:
         size = tuple(lr.shape[-2:])
         if size not in self.runners:
-            path = self.folder / f"model_{size[0]}x{size[1]}.onnx"
-            export_basicvsr(self.model, path, size, self.out_ranges, self.manifest)
-            self.runners[size] = OrtBasicVSR(path, self.threads)
+            self.runners[size] = OrtBasicVSR(self._export(size), self.threads)
         return self.runners[size](lr, output_frames)
+
+
+def graph_cache(checkpoint: Path) -> Path:
+    """Where the graphs of a checkpoint file are kept between runs: ``$VSRQ_CACHE`` (default
+    ``~/.cache/vsrq``) / ``onnx`` / a SHA-256 of the file and of the exporter's source, and vsrq's version,
+    so an edited checkpoint or a changed exporter never reuses stale graphs."""
+    digest = hashlib.sha256()
+    with open(checkpoint, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    digest.update(Path(onnx_export.__file__).read_bytes())  # the exporter that made them
+    digest.update(b"vnni" if onnx_export.has_vnni() else b"no-vnni")  # `auto` weight storage depends on the CPU
+    root = Path(os.environ.get("VSRQ_CACHE") or Path.home() / ".cache" / "vsrq")
+    return root / "onnx" / f"{digest.hexdigest()[:24]}-{__version__}"
