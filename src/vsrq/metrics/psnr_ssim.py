@@ -42,26 +42,29 @@ def psnr(pred: np.ndarray, gt: np.ndarray, crop: int = 0, y: bool = False) -> fl
     return math.inf if mse == 0 else 10.0 * math.log10(255.0**2 / mse)
 
 
-def _gaussian_window(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
+def _gaussian_1d(size: int = 11, sigma: float = 1.5) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
     g = torch.exp(-(x**2) / (2 * sigma**2))
-    g = g / g.sum()
-    return torch.outer(g, g)
+    return g / g.sum()
 
 
 def ssim(pred: np.ndarray, gt: np.ndarray, crop: int = 0, y: bool = False) -> float:
-    """Mean SSIM (Wang et al. 2004) over the valid region, averaged over channels."""
+    """Mean SSIM (Wang et al. 2004) over the valid region, averaged over channels.
+
+    The 11x11 Gaussian window (sigma 1.5) is separable, so it is applied as an 11x1 then a 1x11 filter in
+    float64: the same numbers as the 2-D window to rounding, five times fewer operations.
+    """
     a, b = _prepare(pred, gt, crop, y)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
-    win = _gaussian_window().view(1, 1, 11, 11)
+    g = _gaussian_1d()
     x = torch.from_numpy(np.ascontiguousarray(a.transpose(2, 0, 1)))[:, None]  # (C, 1, H, W)
     z = torch.from_numpy(np.ascontiguousarray(b.transpose(2, 0, 1)))[:, None]
     if x.shape[-1] < 11 or x.shape[-2] < 11:
         raise VsrqError(f"SSIM needs at least 11x11 pixels after cropping, got {x.shape[-1]}x{x.shape[-2]}")
-    mu1, mu2 = F.conv2d(x, win), F.conv2d(z, win)
-    s11 = F.conv2d(x * x, win) - mu1**2
-    s22 = F.conv2d(z * z, win) - mu2**2
-    s12 = F.conv2d(x * z, win) - mu1 * mu2
+    c = x.shape[0]
+    stats = F.conv2d(F.conv2d(torch.cat([x, z, x * x, z * z, x * z]), g.view(1, 1, 11, 1)), g.view(1, 1, 1, 11))
+    mu1, mu2, xx, zz, xz = stats.split(c)
+    s11, s22, s12 = xx - mu1**2, zz - mu2**2, xz - mu1 * mu2
     ssim_map = ((2 * mu1 * mu2 + c1) * (2 * s12 + c2)) / ((mu1**2 + mu2**2 + c1) * (s11 + s22 + c2))
     return float(ssim_map.mean(dim=(1, 2, 3)).mean())
 
