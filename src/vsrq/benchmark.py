@@ -1,5 +1,8 @@
 """Benchmarks: methods x bit-widths x scopes on a dataset, as paper-style rows and tables.
 
+The portable core `vsrq benchmark` runs on; the project's own sweeps (git stamping, file locks among
+processes) build on it in ``bench/harness.py``, outside the installed package.
+
 Every quality benchmark writes ``bench/results/<bench>.json``, a list of rows with the fields of
 :class:`Row` (FP rows have method "fp" and 32 bits), and a Markdown table beside it. ``quick``
 mode scores the first ``QUICK_FRAMES`` frames of each clip (at full resolution); ``full`` scores
@@ -9,10 +12,8 @@ every frame. Each clip is super-resolved whole, as the papers do.
 from __future__ import annotations
 
 import datetime
-import fcntl
 import json
 import os
-import subprocess
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -33,6 +34,7 @@ from vsrq.metrics.report import ClipScores, score_clip
 from vsrq.models.catalog import LoadedModel, load_model
 from vsrq.progress import progress
 from vsrq.quant import accounting
+from vsrq.version import __version__
 
 QUICK_FRAMES = 10
 
@@ -64,18 +66,6 @@ class Row:
         extra = d.pop("extra")
         d.update(extra)
         return d
-
-
-def git_commit() -> str:
-    """HEAD's short hash, "+dirty" when tracked files other than results and Markdown differ from it
-    (a benchmark that runs while others write their results still ran committed code)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
-                                ":(exclude)bench/results", ":(exclude)*.md"], capture_output=True, text=True)
-        return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
 
 
 def today() -> str:
@@ -136,8 +126,18 @@ class Bench:
     def __post_init__(self) -> None:
         self.loaded = load_model(self.model_name)
         self.clips = load_paired(self.dataset, self.degradation, QUICK_FRAMES if self.quick else None)
-        self.commit, self.date = git_commit(), today()
+        self.commit, self.date = self.stamp(), today()
         self._calib: CalibrationSet | None = None
+
+    def stamp(self) -> str:
+        """What made the rows: vsrq's version (the project's own sweeps record the git commit)."""
+        return f"vsrq {__version__}"
+
+    @contextmanager
+    def exclusive(self, results_dir: Path) -> Iterator[None]:
+        """Held while the results file is merged; one process at a time needs no lock (the project's sweeps,
+        several processes on one file, take a file lock)."""
+        yield
 
     @property
     def calib(self) -> CalibrationSet:
@@ -229,7 +229,7 @@ class Bench:
         path = results_dir / f"{self.name}.json"
         mine = {row_key(r.to_dict()): r.to_dict() for r in self.rows}
         merged = []
-        with _locked(results_dir / f".{self.name}.lock"):  # read-merge-write as one step among processes
+        with self.exclusive(results_dir):  # read-merge-write as one step among processes
             if path.is_file():
                 for d in json.loads(path.read_text()):
                     key = row_key(d)
@@ -275,17 +275,6 @@ def seed_summary(rows: list[Row], seeds: list[int], notes: str) -> Row:
     return replace(rows[0], psnr_y=round(float(psnr.mean()), 4), ssim_y=round(float(ssim.mean()), 5),
                    fab=round(float(np.mean([r.fab for r in rows])), 3),
                    calib_s=round(float(np.mean(calib)), 1) if calib else None, notes=notes, extra=extra)
-
-
-@contextmanager
-def _locked(lock_path: Path) -> Iterator[None]:
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _write_atomic(path: Path, text: str) -> None:

@@ -1,0 +1,65 @@
+"""bench/harness.py, the project's sweep tooling outside the package: git stamping and merging rows into one
+results file from several processes at once."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+
+def _write_rows(results_dir: str, writer: int) -> None:
+    from harness import Bench
+
+    from vsrq.benchmark import Row
+
+    bench = Bench.__new__(Bench)  # only name and rows matter for writing
+    bench.name, bench.rows = "t", []
+    for i in range(15):
+        bench.rows.append(Row(model="m", method=f"w{writer}-{i}", wbits=4, abits=4, scope="fq", dataset="vid4",
+                              degradation="bi", frames="quick", psnr_y=20.0, ssim_y=0.5, fab=4.0, size_mb=1.0,
+                              calib_s=1.0))
+        bench.write(Path(results_dir))
+
+
+def test_concurrent_benchmark_writers_lose_no_rows(tmp_path):
+    """Four processes merging rows into one results file at once: every row survives."""
+    import json
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_write_rows, args=(str(tmp_path), w)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    assert all(p.exitcode == 0 for p in procs)
+    methods = {r["method"] for r in json.loads((tmp_path / "t.json").read_text())}
+    assert methods == {f"w{w}-{i}" for w in range(4) for i in range(15)}
+
+
+def test_git_commit_is_dirty_for_code_not_for_results_or_markdown(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    import subprocess
+
+    from harness import git_commit
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    for name in ("code.py", "README.md", "bench/results/x.json"):
+        (tmp_path / name).write_text("a\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "init")
+    monkeypatch.chdir(tmp_path)
+    clean = git_commit()
+    assert len(clean) >= 7 and not clean.endswith("+dirty")
+    (tmp_path / "README.md").write_text("b\n")
+    (tmp_path / "bench/results/x.json").write_text("b\n")
+    assert git_commit() == clean
+    (tmp_path / "code.py").write_text("b\n")
+    assert git_commit() == clean + "+dirty"
