@@ -153,10 +153,6 @@ class Suite:
     estar_flow: tuple[Flow, float] | None = None
 
     @property
-    def needs_gt(self) -> bool:
-        return any(METRICS[n].needs_gt for n in self.names)
-
-    @property
     def temporal(self) -> list[str]:
         return [n for n in self.names if METRICS[n].temporal]
 
