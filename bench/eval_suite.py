@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -75,7 +76,14 @@ def main() -> int:
             api.upscale(model, lr, out, chunk=64, overlap=8)
         preds[LABELS[key]] = out
     start = time.perf_counter()
-    reports = api.evaluation_report(preds, gt, REPORT.with_name(f"{NAME}_{frames}"), y=True, metrics=args.metrics,
+    root = REPORT.parents[1]  # the report names its inputs relative to the repository, as committed
+
+    def shown(path: Path) -> Path:
+        return Path(os.path.relpath(path, root)) if Path(path).resolve().is_relative_to(root) else Path(path)
+
+    os.chdir(root)
+    preds = {label: shown(path) for label, path in preds.items()}
+    reports = api.evaluation_report(preds, shown(gt), REPORT.with_name(f"{NAME}_{frames}"), y=True, metrics=args.metrics,
                                     overwrite=True)
     eval_s = time.perf_counter() - start
     commit, date = git_commit(), today()

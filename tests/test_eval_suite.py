@@ -352,7 +352,9 @@ def test_bad_input_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixt
              (["big", "gt"], "prediction is 48x40, ground truth 40x40"),
              (["one", "gt1", "--metrics", "tdiff"], "tdiff score consecutive frames; clip - has one frame"),
              (["one", "gt1", "--metrics", "psnr,nope"], "unknown metric 'nope'"),
-             (["one", "gt1", "--compare", "x"], "--compare expects LABEL=DIR")]
+             (["one", "gt1", "--compare", "x"], "--compare expects LABEL=DIR"),
+             (["one", "gt1", "--report", str(tmp_path / "r"), "--compare", f"one={tmp_path / 'gt1'}"],
+              "--compare labels must differ")]
     for argv, message in cases:
         assert main(["eval", *[str(tmp_path / a) if i < 2 else a for i, a in enumerate(argv)]]) == 2, argv
         assert message in capsys.readouterr().err, argv

@@ -37,7 +37,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         metrics += [n for n in ("tof", "ewarp_gt") if n not in metrics]
     compare = dict(_parse_compare(c) for c in args.compare)
     if args.report:
-        preds = {Path(args.pred).name or "prediction": args.pred, **compare}
+        main_label = Path(args.pred).name or "prediction"
+        if main_label in compare or len(compare) < len(args.compare):
+            raise VsrqError(f"--compare labels must differ from each other and from PRED's ({main_label!r})")
+        preds = {main_label: args.pred, **compare}
         reports = api.evaluation_report(preds, args.gt, args.report, args.y, args.crop, metrics, args.overwrite)
         report = next(iter(reports.values()))
         for label, other in reports.items():

@@ -18,7 +18,7 @@ from vsrq.errors import VsrqError
 from vsrq.metrics.niqe import niqe
 from vsrq.metrics.perceptual import LPIPS, DISTS, MissingWeights, local_file, official_dists, official_lpips
 from vsrq.metrics.psnr_ssim import psnr, ssim
-from vsrq.metrics.temporal import EstarWarpMeter, Flow, TemporalMeter, frame_difference_error
+from vsrq.metrics.temporal import EstarWarpMeter, Flow, TemporalMeter, frame_difference_error, frame_tensor
 from vsrq.models.raft import flow_estimator, load_raft
 from vsrq.models.spynet import official_spynet
 
@@ -83,10 +83,6 @@ class Meter(Protocol):
     def add(self, pred: np.ndarray, gt: np.ndarray | None) -> dict[str, float]: ...
 
 
-def _tensor(frame: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).unsqueeze(0).float() / 255.0
-
-
 class _FrameMeter:
     def __init__(self, fn: Callable[[np.ndarray, np.ndarray | None], dict[str, float]]) -> None:
         self.fn = fn
@@ -131,7 +127,7 @@ class _Estar:
 
 def _lpips_value(net: LPIPS, a: np.ndarray, b: np.ndarray) -> float:
     with torch.no_grad():
-        return float(net(_tensor(a) * 2 - 1, _tensor(b) * 2 - 1)[0])
+        return float(net(frame_tensor(a) * 2 - 1, frame_tensor(b) * 2 - 1)[0])
 
 
 def _crop(frame: np.ndarray, crop: int) -> np.ndarray:
@@ -173,7 +169,7 @@ class Suite:
                         s[key] = _lpips_value(net, _crop(pred, crop), _crop(gt, crop))
                 if self.dists is not None:
                     with torch.no_grad():
-                        s["dists"] = float(self.dists(_tensor(_crop(pred, crop)), _tensor(_crop(gt, crop)))[0])
+                        s["dists"] = float(self.dists(frame_tensor(_crop(pred, crop)), frame_tensor(_crop(gt, crop)))[0])
             if "niqe" in names:
                 s["niqe"] = niqe(pred, crop)
             return s

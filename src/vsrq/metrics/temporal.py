@@ -48,7 +48,7 @@ class PairScores(NamedTuple):
     ewarp: float  # x 1e3
 
 
-def _tensor(frame: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+def frame_tensor(frame: np.ndarray, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """RGB uint8 (H, W, 3) -> (1, 3, H, W) in [0, 1]."""
     return torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1).unsqueeze(0).to(dtype) / 255.0
 
@@ -94,14 +94,14 @@ class TemporalMeter:
         (p0, g0), f32 = prev, torch.float32
         with torch.no_grad():
             # one batch: GT forward (t <- t-1), GT backward (t-1 <- t), prediction forward
-            ref = torch.cat([_tensor(gt, f32), _tensor(g0, f32), _tensor(pred, f32)])
-            supp = torch.cat([_tensor(g0, f32), _tensor(gt, f32), _tensor(p0, f32)])
+            ref = torch.cat([frame_tensor(gt, f32), frame_tensor(g0, f32), frame_tensor(pred, f32)])
+            supp = torch.cat([frame_tensor(g0, f32), frame_tensor(gt, f32), frame_tensor(p0, f32)])
             flows = self.flow(ref, supp).double()
             fwd, bwd, pred_fwd = flows[0:1], flows[1:2], flows[2:3]
             tof = self._inner(torch.linalg.vector_norm(pred_fwd - fwd, dim=1)).mean()
             mask = self._inner(non_occluded(fwd, bwd)).unsqueeze(1)
-            warped = flow_warp(_tensor(p0, torch.float64), fwd.permute(0, 2, 3, 1))
-            sq = self._inner((_tensor(pred, torch.float64) - warped) ** 2)
+            warped = flow_warp(frame_tensor(p0, torch.float64), fwd.permute(0, 2, 3, 1))
+            sq = self._inner((frame_tensor(pred, torch.float64) - warped) ** 2)
             # no pixel passes the check (all moved out of view): the pair's error is 0, as in Lai et al.'s code
             ewarp = (sq * mask).sum() / max(int(mask.sum()) * sq.shape[1], 1)
         return PairScores(float(tof), float(ewarp) * EWARP_SCALE)
@@ -144,7 +144,7 @@ def estar_pair(img1: torch.Tensor, img2: torch.Tensor, fw: torch.Tensor, bw: tor
 def estar_prepare(frame: np.ndarray) -> torch.Tensor:
     """A frame as QuantVSR's E*warp feeds it: [0, 1] RGB, 0.5x bilinear (no antialiasing), padded
     (replicated) to multiples of 8 as RAFT's InputPadder does ('sintel' mode: split between both sides)."""
-    x = F.interpolate(_tensor(frame, torch.float32), scale_factor=0.5, mode="bilinear", align_corners=False)
+    x = F.interpolate(frame_tensor(frame, torch.float32), scale_factor=0.5, mode="bilinear", align_corners=False)
     h, w = x.shape[-2:]
     ph, pw = -h % 8, -w % 8
     return F.pad(x, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2), mode="replicate")

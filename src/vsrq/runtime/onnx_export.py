@@ -35,6 +35,7 @@ import io
 import json
 import warnings
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -191,6 +192,7 @@ WEIGHT_TYPES = ("auto", "int8", "uint8")
 SAFE_INT8 = 64  # |code| <= 64: u8 x s8 pair sums stay within int16 on every x86 kernel
 
 
+@lru_cache(maxsize=1)
 def has_vnni() -> bool:
     """Whether this CPU has VNNI (AVX512-VNNI or AVX-VNNI), whose int8 dot products accumulate in int32."""
     try:
