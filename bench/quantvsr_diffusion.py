@@ -10,7 +10,8 @@ was trained on; cached by ``vsrq.models.mgldvsr.capture``). Test data, the same 
   (tOF and E_warp x1e-3 on SpyNet flow of the GT).
 Rows: every method at W8A8 / W6A6 / W4A4 over every quantizable UNet layer but the three kept float
 (scope "fq"), a bicubic and an FP row, and at W4A4 the QuantVSR ablation (no branch / fixed rank-32 SVD
-branch / STCA branch, each without and with LBA). Each row's checkpoint is kept in ``bench/cache/`` and
+branch / STCA branch, each without and with LBA) and two rows that test why smoothing helps here (QuantVSR with
+SmoothQuant smoothing, before or instead of the rotation). Each row's checkpoint is kept in ``bench/cache/`` and
 reused while its config and calibration match; rows with a branch also report ``psnr_fp_branch_fp16``, the
 PSNR vs FP with the branch factors rounded to float16 (the precision question of the checkpoint's size).
 
@@ -72,6 +73,11 @@ ABLATION = (  # W4A4 only; STCA + LBA is the main quantvsr row
     ("ablation-svd", {"branch": "svd", "lba": False}, "ablation: fixed rank-32 SVD branch"),
     ("ablation-svd+lba", {"branch": "svd"}, "ablation: fixed rank-32 SVD branch + LBA"),
     ("ablation-stca", {"lba": False}, "ablation: STCA branch"),
+)
+EXPLAIN = (  # W4A4 only: does smoothing, which lifts SVDQuant and ViDiT-Q on this member, lift QuantVSR too?
+    ("quantvsr+smooth", {"smooth": 0.5}, "explanation: STCA + LBA with SmoothQuant smoothing (alpha 0.5) before the rotation"),
+    ("quantvsr+smooth-rot", {"smooth": 0.5, "rotation": False},
+     "explanation: STCA + LBA with SmoothQuant smoothing (alpha 0.5) instead of the rotation"),
 )
 BITS = (8, 6, 4)
 
@@ -171,7 +177,8 @@ def table(rows: list[dict], name: str) -> str:
              "| model | method | W/A | PSNR-Y | SSIM-Y | PSNR vs FP | clip PSNR-Y | clip PSNR vs FP | tOF | E_warp | FAB "
              "| size (MB) | calib (s) | notes |",
              "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
-    order = {m[0]: i for i, m in enumerate(METHODS)} | {a[0]: 50 + i for i, a in enumerate(ABLATION)}
+    order = ({m[0]: i for i, m in enumerate(METHODS)} | {a[0]: 50 + i for i, a in enumerate(ABLATION)}
+             | {e[0]: 80 + i for i, e in enumerate(EXPLAIN)})
 
     def key(r: dict) -> tuple:
         base = r["label"].rsplit("-w", 1)[0]
@@ -190,7 +197,7 @@ def table(rows: list[dict], name: str) -> str:
 
 def plan() -> list[tuple[str, str, int, dict, str]]:
     rows = [(f"{label}-w{b}", method, b, opts, notes) for b in BITS for label, method, opts, notes in METHODS]
-    rows += [(f"{label}-w4", "quantvsr", 4, opts, notes) for label, opts, notes in ABLATION]
+    rows += [(f"{label}-w4", "quantvsr", 4, opts, notes) for label, opts, notes in ABLATION + EXPLAIN]
     return sorted(rows, key=lambda r: r[2])  # W4A4 first: the acceptance's rows
 
 

@@ -15,6 +15,15 @@ from vsrq.models.weights import package_dir
 
 torch.set_num_threads(2)
 
+try:  # the fuzz tests' fixed profile: the same examples on every run and machine, bounded in number, no database
+    from hypothesis import settings
+
+    settings.register_profile("vsrq", derandomize=True, max_examples=50, deadline=None, database=None,
+                              print_blob=True)
+    settings.load_profile("vsrq")
+except ImportError:  # hypothesis is a test extra; only tests/test_fuzz.py needs it
+    pass
+
 
 @pytest.fixture(autouse=True)
 def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -40,11 +40,16 @@ qm = vsrq.quantize(model, config, calib, log=lambda s: None, show_progress=False
 layers = qm.layers()
 with torch.no_grad():
     out = qm(item["x"], item["timesteps"], item["context"], item["lq_latent"])
+from vsrq.methods.pipeline import skeleton
+from vsrq.models.host import HOSTS
+with torch.device("meta"):
+    empty = build_denoiser("full")
+sized = checkpoint.tensor_nbytes(skeleton(empty, HOSTS["mgldvsr"], config, {n: l.rank for n, l in layers.items()}))
 kinds = {}
 for layer in layers.values():
     kinds[layer.kind] = kinds.get(layer.kind, 0) + 1
 print(json.dumps({"layers": len(layers), "kinds": kinds, "ranks": sorted({l.rank for l in layers.values()}),
-                  "checkpoint_mb": checkpoint.tensor_nbytes(qm) / 1e6,
+                  "checkpoint_mb": checkpoint.tensor_nbytes(qm) / 1e6, "meta_sized_mb": sized / 1e6,
                   "branch_mb_fp32": sum(4 * (l.lowrank_up.numel() + l.lowrank_down.numel())
                                         for l in layers.values() if l.rank) / 1e6,
                   "frozen": all(l.weight is None for l in layers.values()),
@@ -65,3 +70,4 @@ def test_full_size_unet_quantized_by_quantvsr_runs_forward_under_8_gb():
     ranks = report["ranks"]
     assert min(ranks) >= 16 and max(ranks) <= 64 and all(r % 8 == 0 for r in ranks), ranks
     assert report["peak_rss_gb"] < 8.0, report["peak_rss_gb"]
+    assert report["meta_sized_mb"] == report["checkpoint_mb"]  # sizing on the meta device needs no calibration

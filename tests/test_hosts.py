@@ -24,6 +24,7 @@ from vsrq.config import QuantConfig
 from vsrq.data.captured import CapturedInputs
 from vsrq.errors import VsrqError
 from vsrq.methods import METHODS
+from vsrq.methods.pipeline import skeleton
 from vsrq.models.animesr import AnimeSR
 from vsrq.models.host import BATCHED, HOSTS, ModelCall, ModelSpec, RecurrentHost, register_host
 from vsrq.models.mgldvsr.config import MGLDVSRConfig, StructCondConfig, UNetConfig, VideoVAEConfig
@@ -87,7 +88,7 @@ def clip_probe() -> tuple:
 
 
 FAMILIES = {
-    "basicvsr": (lambda: tiny_basicvsr(num_feat=8), lambda: _synthetic_calib(2, 3), clip_probe),
+    "basicvsr": (lambda: tiny_basicvsr(num_feat=8), lambda: _synthetic_calib(2, 2), clip_probe),  # SpyNet: full size
     "animesr": (tiny_animesr, lambda: _synthetic_calib(2, 3), clip_probe),
     "mgldvsr": (tiny_denoiser, captured, denoiser_probe),
 }
@@ -129,13 +130,21 @@ def test_every_method_quantizes_every_family(family: str, method: str, tmp_path:
     rel = float((out - fp).norm() / fp.norm())
     assert rel < 0.5, rel  # 6 bits on a random tiny model: an approximation of the float output, not noise
     path = checkpoint.save(qm, tmp_path / "m.vsrq")
-    assert checkpoint.tensor_nbytes(qm) == sum(t.numel() * t.element_size() for t in _tensors(path).values())
+    stored = sum(t.numel() * t.element_size() for t in _tensors(path).values())
+    assert checkpoint.tensor_nbytes(qm) == stored
+    # the same checkpoint sized with no calibration and no weights: the skeleton on the meta device
+    empty = build().to("meta")
+    ranks = {name: layer.rank for name, layer in qm.layers().items()}
+    assert checkpoint.tensor_nbytes(skeleton(empty, HOSTS[family], config, ranks)) == stored
     loaded = checkpoint.load(path)
     with torch.no_grad():
         assert torch.equal(loaded(*args), out)
     again = _tensors(checkpoint.save(loaded, tmp_path / "again.vsrq"))
     first = _tensors(path)
     assert first.keys() == again.keys() and all(torch.equal(first[k], again[k]) for k in first)
+    if family == "animesr":  # determinism, every method: a second run of the same job holds the same content
+        twice = checkpoint.save(vsrq.quantize(build(), config, calib(), **QUIET), tmp_path / "twice.vsrq")
+        assert checkpoint.content_hash(twice) == checkpoint.content_hash(path)
 
 
 def test_frames_regroup_every_layout():

@@ -186,6 +186,11 @@ def test_table2_accounting_at_full_size_matches_the_paper_within_3_percent(capsy
     assert report["sum_m_plus_n"] == 1_226_560 and report["sum_positions_m_plus_n_g"] == pytest.approx(4.4617, abs=1e-4)
     for row in report["rows"]:
         assert abs(row["params_dev"]) < 0.03 and abs(row["ops_dev"]) < 0.03, row
+        # the checkpoint sized on the meta device: 4 bytes per FP32-equivalent parameter of Table 2, plus the
+        # per-channel scales and rotation signs (under 1%); the rest of the model (struct-cond encoder 52.5 M,
+        # VAE 34.2 M + 80.8 M parameters) stays float32
+        assert 1.0 < row["unet_file_mb"] / (4 * row["params_m"]) < 1.01, row
+        assert row["model_file_mb"] - row["unet_file_mb"] == pytest.approx(4 * (52.5 + 34.2 + 80.8), abs=1.0)
     # the same sums by hand: uniform rank r adds r * 1,226,560 params and r * 4.4617 G MACs to every bit-width
     assert main(["info", "mgldvsr", "--table2", "30", "--json"]) == 0
     wider = json.loads(capsys.readouterr().out)

@@ -33,10 +33,10 @@ def test_int8_onnxruntime_agrees_with_the_simulation_on_real_weights(official_we
     from vsrq.runtime.ort import OrtBasicVSR
 
     loaded = load_model("basicvsr-vimeo-bi")
-    calib = load_calibration(CalibConfig(clips=4, frames=6), seed=0)
+    calib = load_calibration(CalibConfig(clips=2, frames=4), seed=0)
     qm = quantize_model(loaded, QuantConfig(method="omse", wbits=8, abits=8), calib, log=lambda s: None,
                         show_progress=False)
-    clip = [c for c in load_paired("vid4", "bi", 10) if c.name == "city"]
+    clip = [c for c in load_paired("vid4", "bi", 6) if c.name == "city"]
     export_basicvsr(qm, tmp_path / "m.onnx", clip[0].lr.shape[1:3], export_ranges(qm, calib))
     runner = OrtBasicVSR(tmp_path / "m.onnx")
 

@@ -15,6 +15,7 @@ with its ``kind``; format 1 files are migrated on load (:func:`migrate_manifest`
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import platform
 from pathlib import Path
@@ -86,14 +87,18 @@ def _packed_state(model: QuantizedModel) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in state.items()}  # safetensors refuses shared storage
 
 
-def tensor_nbytes(model: QuantizedModel) -> int:
-    """Bytes of the tensors :func:`save` writes for ``model``, from shapes and bit-widths alone (no packing: a
-    full-size model is sized without the seconds of bit packing); the file adds its JSON header and manifest."""
+def tensor_nbytes(model: QuantizedModel, under: str = "") -> int:
+    """Bytes of the tensors :func:`save` writes for ``model`` (of its modules under the module name ``under``, if
+    given), from shapes and bit-widths alone: no packing, and a model on the meta device works, so a full-size
+    model is sized without its weights. The file adds its JSON header and manifest."""
     total = 0
-    quantized = {f"base.{name}.": layer for name, layer in model.layers().items() if layer.weight_quantizer is not None}
+    quantized = {f"base.{name}.": layer for name, layer in model.layers().items()
+                 if layer.weight_quantizer is not None and name.startswith(under)}
     replaced = ("weight", "weight_quantizer.lower", "weight_quantizer.upper", "weight_int", "weight_scale",
                 "weight_zero_point")
     for key, value in model.state_dict().items():
+        if under and not key.startswith(f"base.{under}"):
+            continue
         layer_prefix = next((p for p in quantized if key.startswith(p) and key[len(p):] in replaced), None)
         if layer_prefix is None:
             total += value.numel() * value.element_size()
@@ -129,7 +134,38 @@ def read_manifest(path: str | Path) -> dict:
         raise VsrqError(f"{path}: not a vsrq checkpoint ({type(exc).__name__})") from None
     if MANIFEST_KEY not in meta:
         raise VsrqError(f"{path}: a safetensors file without a vsrq manifest")
-    return migrate_manifest(json.loads(meta[MANIFEST_KEY]), path)
+    try:
+        manifest = json.loads(meta[MANIFEST_KEY])
+        if not isinstance(manifest, dict):
+            raise TypeError(f"the manifest is a JSON {type(manifest).__name__}, not an object")
+        return migrate_manifest(manifest, path)
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise VsrqError(f"{path}: a malformed vsrq manifest ({type(exc).__name__}: {_first_line(exc)})") from None
+
+
+WALL_CLOCK = ("created", "seconds")  # manifest keys that differ between two identical runs
+
+
+def _without_wall_clock(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_wall_clock(v) for k, v in value.items() if k not in WALL_CLOCK}
+    if isinstance(value, list):
+        return [_without_wall_clock(v) for v in value]
+    return value
+
+
+def content_hash(path: str | Path) -> str:
+    """SHA-256 of what a checkpoint holds: every tensor (name, dtype, shape, bytes, in name order) and the manifest
+    without its wall-clock fields (``created`` and every ``seconds``). Two runs of the same job with the same
+    input, seed and thread count give the same hash; the file's own bytes differ by their timestamps."""
+    manifest = read_manifest(path)
+    digest = hashlib.sha256(json.dumps(_without_wall_clock(manifest), sort_keys=True).encode())
+    with safe_open(str(path), framework="pt") as f:
+        for key in sorted(f.keys()):
+            t = f.get_tensor(key).contiguous()
+            digest.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+            digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def migrate_manifest(manifest: dict[str, Any], path: str | Path = "checkpoint") -> dict[str, Any]:
@@ -177,7 +213,12 @@ def _rebuild_layer(module: torch.nn.Module, name: str, entry: dict, tensors: dic
     if entry.get("rotation"):
         layer.add_rotation(seed=0)
     if entry.get("rank"):
-        layer.add_lowrank(tensors[prefix + "lowrank_up"], tensors[prefix + "lowrank_down"])
+        up, down = tensors[prefix + "lowrank_up"], tensors[prefix + "lowrank_down"]
+        m, n = layer.weight_matrix().shape
+        if tuple(up.shape) != (m, entry["rank"]) or tuple(down.shape) != (entry["rank"], n):
+            raise VsrqError(f"manifest does not match the tensors: {name}'s rank-{entry['rank']} branch of a {m}x{n} "
+                            f"weight is stored as {tuple(up.shape)} x {tuple(down.shape)}")
+        layer.add_lowrank(up, down)
     if entry.get("bias_align"):
         layer.add_bias_alignment()
     if wq is not None:
@@ -206,11 +247,29 @@ def _base_network(manifest: dict[str, Any], model: nn.Module | None, path: Path)
 
 
 def load(path: str | Path, model: nn.Module | None = None) -> QuantizedModel:
-    """Rebuild a quantized model from a ``.vsrq`` file, into ``model`` (its architecture, any weights) if given."""
+    """Rebuild a quantized model from a ``.vsrq`` file, into ``model`` (its architecture, any weights) if given.
+    A file whose tensors and manifest disagree (edited, swapped, missing) is one error, never a half-built model."""
     path = Path(path)
     manifest = read_manifest(path)
     with safe_open(str(path), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}
+    try:
+        return _rebuild(path, manifest, tensors, model)
+    except VsrqError as exc:
+        if str(exc).startswith(str(path)):
+            raise
+        raise VsrqError(f"{path}: {exc}") from None
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
+        raise VsrqError(f"{path}: its tensors do not match its manifest ({type(exc).__name__}: {_first_line(exc)})"
+                        ) from None
+
+
+def _first_line(exc: Exception) -> str:
+    return str(exc).splitlines()[0][:160] if str(exc) else ""
+
+
+def _rebuild(path: Path, manifest: dict[str, Any], tensors: dict[str, torch.Tensor],
+             model: nn.Module | None) -> QuantizedModel:
     base = _base_network(manifest, model, path)
     host = HOSTS[manifest["model"]["family"]]
     if manifest["config"].get("split_concat"):

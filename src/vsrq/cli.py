@@ -161,15 +161,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_info(args: argparse.Namespace) -> int:
     if not Path(args.model).exists():
         return _model_info(args)
-    from vsrq.checkpoint import read_manifest
+    from vsrq.checkpoint import content_hash, read_manifest
 
     if args.keys or (args.ops_shape and args.table2 is None):
         raise VsrqError("--keys and --ops-shape describe a model name; a .vsrq file shows its manifest")
     m = read_manifest(args.model)
     if args.table2 is not None:
         return _checkpoint_table2(args, m)
+    content = content_hash(args.model)
     if args.json:
-        print(json.dumps(m, indent=1))
+        print(json.dumps({**m, "content_sha256": content}, indent=1))
         return 0
     cfg = m["config"]
     print(f"method {m['method']}  W{cfg['wbits']}A{cfg['abits']}  scope {cfg['scope']}  seed {m['seed']}")
@@ -183,28 +184,39 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if m.get("notes"):
         print("notes  " + json.dumps(m["notes"])[:2000])
     print(f"built  {m['created']} with {m['versions']}")
+    print(f"content sha256 {content} (tensors + manifest without wall-clock fields: equal for equal runs)")
     return 0
 
 
 def _checkpoint_table2(args: argparse.Namespace, m: dict) -> int:
     """Table 2 of the full-size UNet with this checkpoint's branch ranks carried over by layer role."""
-    from vsrq.models.info import parse_shape, render_table2, table2
+    from vsrq.models.info import parse_shape, table2
 
     ranks = {n: e["rank"] for n, e in m["layers"].items() if e.get("rank")}
     if m["model"]["family"] != "mgldvsr" or not ranks:
         raise VsrqError(f"{args.model}: Table 2 carries the branch ranks of a quantized MGLD-VSR model to the full "
                         f"UNet; this is {m['method']} on {m['model']['family']} with {len(ranks)} branch(es)")
     report = table2("mgldvsr", shape=parse_shape(args.ops_shape) if args.ops_shape else None, member_ranks=ranks)
-    print(json.dumps(report, indent=1) if args.json else render_table2(report))
+    _print_table2(args, report)
     return 0
 
 
+def _print_table2(args: argparse.Namespace, report: dict) -> None:
+    """Table 2's rows with the checkpoint file each bit-width gives at full size (sized on the meta device)."""
+    from vsrq.methods.pipeline import checkpoint_sizes
+    from vsrq.models.info import render_table2
+
+    sizes = checkpoint_sizes(report["model"], report["ranks"], tuple(r["bits"] for r in report["rows"]), report["unet"])
+    for row in report["rows"]:
+        row["unet_file_mb"], row["model_file_mb"] = (round(v / 1e6, 2) for v in sizes[row["bits"]])
+    print(json.dumps(report, indent=1) if args.json else render_table2(report))
+
+
 def _model_info(args: argparse.Namespace) -> int:
-    from vsrq.models.info import describe, parse_shape, render, render_keys, render_table2, table2
+    from vsrq.models.info import describe, parse_shape, render, render_keys, table2
 
     if args.table2 is not None:
-        report = table2(args.model, args.table2, parse_shape(args.ops_shape) if args.ops_shape else None)
-        print(json.dumps(report, indent=1) if args.json else render_table2(report))
+        _print_table2(args, table2(args.model, args.table2, parse_shape(args.ops_shape) if args.ops_shape else None))
         return 0
     report = describe(args.model, parse_shape(args.ops_shape) if args.ops_shape else None, keys=args.keys)
     if args.json:

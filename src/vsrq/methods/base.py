@@ -84,6 +84,12 @@ class Method:
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         raise NotImplementedError
 
+    def add_structure(self, layers: dict[str, QuantLayer], ranks: dict[str, int]) -> InputController | None:
+        """Add to freshly swapped ``layers`` the tensors calibration would add (rotations, branches of ``ranks``,
+        folded biases), values aside, and return the per-input controller it would make: what sizes a checkpoint
+        without calibrating. Default: none."""
+        return None
+
 
 METHODS: dict[str, type[Method]] = {}
 

@@ -13,6 +13,7 @@ on a dozen small windows a stage can fit the crops and lose on real frames.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from contextlib import contextmanager
@@ -97,10 +98,13 @@ class StageLog:
     holdout_before: float | None = None
     holdout_after: float | None = None
     kept: bool = True
+    diverged: bool = False  # the loss or a parameter became NaN / inf: the stage was undone
 
     def to_dict(self) -> dict:
         d = {"stage": self.name, "steps": self.steps, "seconds": round(self.seconds, 1),
              "loss_first": self.first_loss, "loss_last": self.last_loss}
+        if self.diverged:
+            d["diverged"] = True
         if self.holdout_before is not None:
             d.update(holdout_before=self.holdout_before, holdout_after=self.holdout_after, kept=self.kept)
         return d
@@ -136,19 +140,26 @@ def run_stages(
     with _checkpointing(ctx.base, cfg.checkpoint_steps):
         for stage in stages:
             before = _holdout_loss(ctx, student, guard, cfg, feature_pattern)
-            saved = [p.detach().clone() for p in stage.params if p is not None] if guard else []
+            saved = [p.detach().clone() for p in stage.params if p is not None]
             log = _run_stage(ctx, student, stage, batches, all_params, cfg, feature_pattern)
-            if guard and log.steps:
+            if log.diverged:
+                _restore(stage, saved)
+            elif guard and log.steps:
                 log.holdout_before, log.holdout_after = before, _holdout_loss(ctx, student, guard, cfg, feature_pattern)
                 log.kept = log.holdout_after <= log.holdout_before
                 if not log.kept:
-                    with torch.no_grad():
-                        for p, value in zip((p for p in stage.params if p is not None), saved):
-                            p.copy_(value)
+                    _restore(stage, saved)
                 ctx.log(f"stage {stage.name}: held-out loss {log.holdout_before:.4g} -> {log.holdout_after:.4g}, "
                         + ("kept" if log.kept else "undone"))
             logs.append(log)
     return logs
+
+
+def _restore(stage: Stage, saved: list[torch.Tensor]) -> None:
+    """Put the stage's parameters back as they were before it trained."""
+    with torch.no_grad():
+        for p, value in zip((p for p in stage.params if p is not None), saved):
+            p.copy_(value)
 
 
 def mean_loss(ctx: CalibContext, student: nn.Module, calls: list[ModelCall], cfg: FinetuneConfig,
@@ -196,24 +207,33 @@ def _run_stage(ctx: CalibContext, student: nn.Module, stage: Stage, batches: lis
         for _ in range(cfg.epochs):
             for call in batches:
                 loss = _step_loss(ctx, student, call, cfg, feature_pattern)
+                value = float(loss.detach())
+                if not math.isfinite(value):  # diverged: run_stages undoes the stage
+                    log.diverged = True
+                    break
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 if stage.after_step is not None:
                     with torch.no_grad():
                         stage.after_step()
-                value = float(loss.detach())
                 log.first_loss = value if log.first_loss is None else log.first_loss
                 log.last_loss = value
                 log.losses.append(value)
                 log.steps += 1
                 bar.update(1)
+            if log.diverged:
+                break
             sched.step()
     for p in params:
         p.requires_grad_(False)
+    log.diverged = log.diverged or not all(bool(torch.isfinite(p).all()) for p in params)
     log.seconds = time.perf_counter() - start
-    ctx.log(f"stage {stage.name}: {log.steps} steps, loss {log.first_loss:.4g} -> {log.last_loss:.4g}, "
-            f"{log.seconds:.0f} s")
+    if log.diverged:
+        ctx.log(f"stage {stage.name}: the loss became NaN or inf after {log.steps} steps (diverged): stage undone")
+    else:
+        ctx.log(f"stage {stage.name}: {log.steps} steps, loss {log.first_loss:.4g} -> {log.last_loss:.4g}, "
+                f"{log.seconds:.0f} s")
     return log
 
 

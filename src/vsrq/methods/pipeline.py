@@ -5,19 +5,21 @@ from __future__ import annotations
 import copy
 import datetime
 import time
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from torch import nn
 
-from vsrq.checkpoint import FORMAT_VERSION, layer_manifest, versions
+from vsrq.checkpoint import FORMAT_VERSION, layer_manifest, tensor_nbytes, versions
 from vsrq.config import QuantConfig
 from vsrq.devices import check_device
 from vsrq.errors import VsrqError
 from vsrq.methods import get_method
-from vsrq.methods.base import CalibContext, Log
-from vsrq.models.catalog import LoadedModel
+from vsrq.methods.base import CalibContext, Log, Method
+from vsrq.models.catalog import LoadedModel, build_model, host_for
 from vsrq.models.host import ModelHost
+from vsrq.models.info import info_spec
+from vsrq.quant.layers import QuantLayer
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.quant.split import split_concat_inputs
 from vsrq.quant.swap import LayerChoice, plan_layers, summary, swap_layers
@@ -32,6 +34,76 @@ def resolve_scope(host: ModelHost, model: nn.Module, config: QuantConfig) -> tup
     include = config.include or scopes[config.scope]
     exclude = config.exclude + (() if config.quantize_auxiliary else host.auxiliary(model))
     return include, exclude
+
+
+def swap_model(model: nn.Module, host: ModelHost, config: QuantConfig,
+               method: Method) -> tuple[list[LayerChoice], dict[str, QuantLayer]]:
+    """Split concatenated inputs if asked, then swap the layers ``config`` selects in ``model`` itself."""
+    if config.split_concat:
+        split_concat_inputs(model, host.concat_inputs(model))
+    include, exclude = resolve_scope(host, model, config)
+    choices = plan_layers(model, include, exclude, config.rules, config.wbits, config.abits)
+    return choices, swap_layers(model, choices, method.layer_specs)
+
+
+def skeleton(model: nn.Module, host: ModelHost, config: QuantConfig, ranks: dict[str, int]) -> QuantizedModel:
+    """The tensors a checkpoint of ``model`` quantized by ``config`` holds, with no calibration: ``model`` (changed
+    in place) with its layers swapped and the structure the method adds, low-rank branches of ``ranks`` included.
+    Built on the meta device it sizes a full-size checkpoint (:func:`vsrq.checkpoint.tensor_nbytes`) without a
+    weight in memory."""
+    method = get_method(config.method)(config)
+    _, layers = swap_model(model, host, method.config, method)
+    for layer in layers.values():  # a static activation quantizer stores its calibrated range, one value per row
+        q = layer.input_quantizer
+        if q is not None and not q.spec.dynamic:
+            rows = 1 if q.spec.granularity == "tensor" else layer.in_channels
+            q.set_range(*torch.zeros(2, rows, device=layer.weight.device))
+    return QuantizedModel(model, {}, host, method.add_structure(layers, ranks))
+
+
+def checkpoint_sizes(name: str, ranks: dict[str, int], bits: tuple[int, ...], under: str,
+                     method: str = "quantvsr") -> dict[int, tuple[int, int]]:
+    """Per bit-width, (bytes of ``under``'s tensors, bytes of all tensors) in a checkpoint of the registered model
+    ``name`` quantized by ``method`` at W``b``A``b`` with branch ``ranks``, built on the meta device: packed codes,
+    per-channel scales, branch factors in float32 as checkpoints store them, rotation signs (no dense matrix)."""
+    with torch.device("meta"):
+        model = build_model(info_spec(name)).eval()
+    qm = skeleton(model, host_for(model), QuantConfig(method=method, wbits=max(bits), abits=max(bits)), ranks)
+    sizes = {}
+    for b in bits:  # one skeleton: only the weights' bit-width changes what is stored
+        for layer in qm.layers().values():
+            layer.weight_quantizer.bits = b
+        sizes[b] = (tensor_nbytes(qm, under), tensor_nbytes(qm))
+    return sizes
+
+
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            yield from _tensors(v)
+    elif isinstance(value, dict):
+        for v in value.values():
+            yield from _tensors(v)
+
+
+def check_finite_calibration(host: ModelHost, calib: Any) -> None:
+    """Refuse calibration data holding NaN or inf, naming the item, before any work."""
+    for i, name in enumerate(calib.names):
+        for call in host.calls(calib, 1, [i], torch.device("cpu")):
+            if not all(bool(torch.isfinite(t).all()) for t in _tensors((call.args, call.kwargs)) if t.is_floating_point()):
+                raise VsrqError(f"calibration item {name} holds NaN or inf values; no checkpoint written")
+
+
+def check_finite_layers(layers: dict[str, QuantLayer]) -> None:
+    """After calibration, every quantized layer's tensors must be finite: a NaN range, branch or bias (a float
+    model that overflows on the calibration data, a diverged step) is named here, never saved."""
+    for name, layer in layers.items():
+        for key, t in [*layer.named_parameters(), *layer.named_buffers()]:
+            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                raise VsrqError(f"calibration gave layer {name} a non-finite {key} (NaN or inf: the float model "
+                                "overflows on the calibration data, or training diverged); no checkpoint written")
 
 
 def quantize_model(
@@ -62,11 +134,7 @@ def quantize_model(
     base = (loaded.model if inplace else copy.deepcopy(loaded.model)).eval()
     for p in base.parameters():
         p.requires_grad_(False)
-    if config.split_concat:
-        split_concat_inputs(base, host.concat_inputs(base))
-    include, exclude = resolve_scope(host, base, config)
-    choices: list[LayerChoice] = plan_layers(base, include, exclude, config.rules, config.wbits, config.abits)
-    layers = swap_layers(base, choices, method.layer_specs)
+    choices, layers = swap_model(base, host, config, method)
     base.to(dev)
     teacher = None if inplace else loaded.model if dev.type == "cpu" else copy.deepcopy(loaded.model).to(dev)
     log(summary(choices))
@@ -74,10 +142,12 @@ def quantize_model(
         calib = host.default_calibration(loaded.model, config.calib, config.seed, log)
     else:  # the host's own calibration fits the model by construction; a caller's is checked before any work
         host.check_calibration(loaded.model, calib)
+    check_finite_calibration(host, calib)
     torch.manual_seed(config.seed)
     ctx = CalibContext(teacher, base, layers, calib, config, host, log, show_progress, device=dev)
     start = time.perf_counter()
     controller = method.calibrate(ctx)
+    check_finite_layers(layers)
     if dev.type != "cpu":
         torch.cuda.synchronize(dev)  # GPU work is asynchronous: time it to its end
         ctx.notes["calibrated_on"] = torch.cuda.get_device_name(dev)

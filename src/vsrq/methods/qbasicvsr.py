@@ -216,6 +216,9 @@ class QBasicVSR(Method):
                             "declares none: use --option fg_vba=false")
         _check_feature_loss(self.options, host, model, self.name)
 
+    def add_structure(self, layers: dict[str, QuantLayer], ranks: dict[str, int]) -> InputController | None:
+        return VideoBitController(0.0, 1.0) if self.options["fg_vba"] else None
+
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         o = self.options
         budget = o["fab_budget"]

@@ -34,6 +34,9 @@ Baselines: ``quarot`` (rotation + round-to-nearest, no branch, no training), ``s
 weight/activation granularity as ``quantvsr`` so the table compares methods, not granularities.
 QuantVSR's Table 1 ablations are options: ``branch`` ("none" | "svd" | "stca") and ``lba``. Option
 ``ts_lba`` (ours) adds QBasicVSR's per-layer activation bits to QuantVSR's layer: the two methods combined.
+Option ``smooth`` (ours; an alpha, e.g. 0.5) puts SVDQuant's SmoothQuant smoothing before the rotation and the
+branch: on a member where smoothing, not rotation, tames the activations, it tests whether that is what QuantVSR
+lacks there.
 ``refine`` (default: only the STCA branch, as in the paper) can also refine a uniform-rank SVD
 branch, which separates STCA's rank allocation from its refinement.
 """
@@ -251,6 +254,22 @@ class _LowRankMethod(Method):
         for i, layer in enumerate(ctx.layers.values()):
             layer.add_rotation(seed=self.config.seed * 100003 + i)
 
+    def shape_structure(self, layers: dict[str, QuantLayer], ranks: dict[str, int], smooth: bool, rotate: bool,
+                        bias: bool) -> None:
+        """The tensors calibration adds, with placeholder values, in the order calibration adds them."""
+        for i, (name, layer) in enumerate(layers.items()):
+            if smooth:
+                layer.add_smoothing(torch.ones(layer.in_channels, device=layer.weight.device))
+            if rotate:
+                layer.add_rotation(seed=self.config.seed * 100003 + i)
+            if ranks.get(name, 0) > 0:
+                m, n = layer.weight_matrix().shape
+                layer.add_lowrank(torch.zeros(m, ranks[name], device=layer.weight.device),
+                                  torch.zeros(ranks[name], n, device=layer.weight.device))
+            if bias:
+                layer.add_bias_alignment()
+                layer.fold_bias_alignment()
+
     def add_branches(self, ctx: CalibContext, ranks: dict[str, int]) -> None:
         for name, layer in ctx.layers.items():
             if ranks.get(name, 0) > 0:
@@ -271,8 +290,20 @@ class QuantVSR(_LowRankMethod):
         "branch": "stca", "lba": True, "rotation": True, "per_token": False, "r_min": 16, "r_max": 64,
         "fixed_rank": 32, "refine": None, "rank_step": 1, "low_pct": 25.0, "high_pct": 75.0,
         "epochs": 2, "batch": 2, "lr": 1e-3, "lr_decay": 0.2, "holdout": 0, "act_clip": False,
-        "ts_lba": False, "p_space": 30.0, "p_temp": 30.0,
+        "ts_lba": False, "p_space": 30.0, "p_temp": 30.0, "smooth": False,
     }
+
+    def __init__(self, config: QuantConfig) -> None:
+        super().__init__(config)
+        smooth = self.options["smooth"]
+        if smooth is not False and not (isinstance(smooth, (int, float)) and smooth is not True and 0.0 < smooth <= 1.0):
+            raise VsrqError(f"option smooth must be false or a SmoothQuant alpha in (0, 1], got {smooth!r}")
+
+    def add_structure(self, layers: dict[str, QuantLayer], ranks: dict[str, int]) -> InputController | None:
+        o = self.options
+        self.shape_structure(layers, ranks if o["branch"] != "none" else {}, o["smooth"] is not False,
+                             bool(o["rotation"]), bool(o["lba"]))
+        return None
 
     def layer_bits(self, ctx: CalibContext) -> None:
         """Option ``ts_lba`` (ours, the cross direction): QBasicVSR's temporal-shared layer bits on this layer,
@@ -313,6 +344,8 @@ class QuantVSR(_LowRankMethod):
             raise VsrqError(f"option branch must be none, svd or stca, got {o['branch']!r}")
         if o["ts_lba"]:
             self.layer_bits(ctx)
+        if o["smooth"] is not False:
+            smooth_channels(ctx, float(o["smooth"]))
         if o["rotation"]:
             self.add_rotations(ctx)
         caps = {n: max_rank(layer, int(o["r_max"])) for n, layer in ctx.layers.items()}
@@ -359,6 +392,10 @@ class QuaRot(_LowRankMethod):
         _freeze_weight_ranges(ctx)
         return None
 
+    def add_structure(self, layers: dict[str, QuantLayer], ranks: dict[str, int]) -> InputController | None:
+        self.shape_structure(layers, {}, smooth=False, rotate=True, bias=False)
+        return None
+
 
 @register_method
 class SVDQuant(_LowRankMethod):
@@ -371,6 +408,10 @@ class SVDQuant(_LowRankMethod):
         self.add_branches(ctx, {n: min(int(self.options["rank"]), max_rank(l, 64)) for n, l in ctx.layers.items()})
         self.search_clip(ctx)
         _freeze_weight_ranges(ctx)
+        return None
+
+    def add_structure(self, layers: dict[str, QuantLayer], ranks: dict[str, int]) -> InputController | None:
+        self.shape_structure(layers, ranks, smooth=True, rotate=False, bias=False)
         return None
 
 
@@ -390,6 +431,10 @@ class ViDiTQ(_LowRankMethod):
         self.add_rotations(ctx)
         self.search_clip(ctx)
         _freeze_weight_ranges(ctx)
+        return None
+
+    def add_structure(self, layers: dict[str, QuantLayer], ranks: dict[str, int]) -> InputController | None:
+        self.shape_structure(layers, {}, smooth=True, rotate=True, bias=False)
         return None
 
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from vsrq.data.frames import atomic_output
 from vsrq.data.sources import Clip, discover_clips
-from vsrq.errors import VsrqError
+from vsrq.errors import require
 from vsrq.metrics.report import EvalReport
 
 CROP = 128  # side of the crops
@@ -28,14 +28,8 @@ DPI = 100
 
 def _pyplot() -> Any:
     """matplotlib's pyplot on the file-only Agg backend (no screen needed)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise VsrqError("pictures need matplotlib: pip install 'vsrq[report]'") from None
-    return plt
+    require("matplotlib", "report", "drawing pictures").use("Agg")
+    return require("matplotlib.pyplot", "report", "drawing pictures")
 
 
 def _save(fig: Any, path: Path) -> None:

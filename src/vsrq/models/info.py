@@ -264,11 +264,11 @@ def table2(name: str, rank: int = 22, shape: tuple[int, ...] | None = None,
                      "paper_ops_g": paper_ops, "params_dev": round(params / paper_params - 1, 4),
                      "ops_dev": round(ops / paper_ops - 1, 4)})
     quantized = [c for n, c in costs.items() if n not in keep]
-    return {"model": name, "ops_shape": list(shape), "rank": rank, "profile": profile_text,
+    return {"model": name, "unet": unet_name, "ops_shape": list(shape), "rank": rank, "profile": profile_text,
             "mean_rank": round(sum(ranks.values()) / max(len(ranks), 1), 2), "quantized_layers": len(quantized),
             "float_layers": sorted(keep), "sum_m_plus_n": sum(c.m + c.n for c in quantized),
             "sum_positions_m_plus_n_g": round(sum(c.positions * (c.m + c.n) for c in quantized) / 1e9, 4),
-            "other_params": other, "rows": rows}
+            "other_params": other, "rows": rows, "ranks": ranks}
 
 
 def render_table2(report: dict[str, Any]) -> str:
@@ -277,8 +277,15 @@ def render_table2(report: dict[str, Any]) -> str:
              f"in float: {', '.join(n.rsplit(TABLE2_ROOT + '.', 1)[-1] for n in report['float_layers'])}",
              f"per unit of rank: sum(m+n) {report['sum_m_plus_n']:,} params, sum(positions*(m+n)) "
              f"{report['sum_positions_m_plus_n_g']} G MACs",
-             "| W/A | params (M) | paper | dev | ops (G) | paper | dev |", "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| W/A | params (M) | paper | dev | ops (G) | paper | dev | UNet file (MB) | model file (MB) |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in report["rows"]:
+        sizes = (f"{r['unet_file_mb']:.1f} | {r['model_file_mb']:.1f}" if "unet_file_mb" in r else "- | -")
         lines.append(f"| W{r['bits']}A{r['bits']} | {r['params_m']:.1f} | {r['paper_params_m']:.0f} | "
-                     f"{100 * r['params_dev']:+.1f}% | {r['ops_g']:.1f} | {r['paper_ops_g']:.0f} | {100 * r['ops_dev']:+.1f}% |")
+                     f"{100 * r['params_dev']:+.1f}% | {r['ops_g']:.1f} | {r['paper_ops_g']:.0f} | "
+                     f"{100 * r['ops_dev']:+.1f}% | {sizes} |")
+    if "unet_file_mb" in report["rows"][0]:
+        lines.append("File sizes: the tensors of a `.vsrq` checkpoint, sized on the meta device (packed codes, "
+                     "per-channel scales, float32 branch factors, rotation signs); the model file adds the float VAE, "
+                     "struct-cond encoder and the rest.")
     return "\n".join(lines)

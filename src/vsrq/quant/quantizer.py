@@ -54,6 +54,7 @@ class FakeQuantizer(nn.Module):
         self.spec = spec
         self.role = role
         self.axis = axis
+        self.owner = ""  # the quantized layer's name, for error messages (set when layers are swapped in)
         self.bits = spec.bits
         self.mode = "quant"
         self.bit_offset: nn.Parameter | None = None
@@ -138,7 +139,7 @@ class FakeQuantizer(nn.Module):
     def observe(self, x: torch.Tensor) -> None:
         """Feed calibration statistics (static quantizers only)."""
         if self.observer is not None:
-            self.observer.update(self.to_rows(x.detach()))
+            self.observer.update(self.to_rows(_finite(x.detach(), self)))
 
     def init_from_tensor(self, x: torch.Tensor) -> None:
         """Calibrate a static range from one tensor (a weight)."""
@@ -148,7 +149,7 @@ class FakeQuantizer(nn.Module):
 
     def freeze_range(self, x: torch.Tensor) -> None:
         """Turn a dynamic quantizer static, with min/max ranges of ``x`` (per row): what a checkpoint stores."""
-        lower, upper = self._dynamic_range(self.to_rows(x.detach()), 1)
+        lower, upper = self._dynamic_range(self.to_rows(_finite(x.detach(), self)), 1)
         self.spec = replace(self.spec, dynamic=False, observer="minmax")
         self.observer = None
         self.clip_ratio = None  # now inside the static range
@@ -222,3 +223,13 @@ class FakeQuantizer(nn.Module):
         if self.clip_ratio is not None:
             rng += f" x{float(self.clip_ratio):.2f}"
         return f"{self.role}, bits={self.bits}, {kind}, per-{s.granularity}, {rng}, mode={self.mode}"
+
+
+def _finite(x: torch.Tensor, quantizer: FakeQuantizer) -> torch.Tensor:
+    """Calibration data must be finite: a NaN or inf range would quantize everything to NaN."""
+    if not bool(torch.isfinite(x).all()):
+        what = "weights" if quantizer.role == "weight" else "input activations"
+        where = f"layer {quantizer.owner}" if quantizer.owner else "a quantizer"
+        raise VsrqError(f"{where}: its {what} hold NaN or inf during calibration (the float model overflows on "
+                        "this data, or its weights are not finite); no checkpoint written")
+    return x

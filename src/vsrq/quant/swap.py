@@ -108,6 +108,9 @@ def swap_layers(
         if choice.abits == FP_BITS:
             aspec = None
         layer = QuantLayer(getattr(parent, child), wspec, aspec)
+        for q in (layer.weight_quantizer, layer.input_quantizer):
+            if q is not None:
+                q.owner = choice.name
         setattr(parent, child, layer)
         swapped[choice.name] = layer
     return swapped

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vsrq.errors import VsrqError
+from vsrq.errors import VsrqError, require
 from vsrq.models.basicvsr import BasicVSR
 from vsrq.models.spynet import flow_warp
 from vsrq.quant.layers import QuantLayer
@@ -158,7 +158,7 @@ def calibrate_outputs(model: QuantizedModel, clips: list[torch.Tensor]) -> dict[
 
 
 def _trace(module: nn.Module, args: tuple, input_names: list[str], output_names: list[str]):
-    import onnx
+    onnx = require("onnx", "export", "ONNX export")
 
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -316,7 +316,7 @@ def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int]
                     weights: str = "auto") -> list[Path]:
     """Write the step graphs for LR frames of ``lr_size`` (h, w); float graphs for an unquantized model.
     ``weights`` chooses the 8-bit weight storage (:func:`weight_storage`; ``auto`` fits this CPU)."""
-    import onnx
+    onnx = require("onnx", "export", "ONNX export")
 
     check_exportable(model)
     plain, quant = float_copy(model)

@@ -16,14 +16,14 @@ from typing import Callable
 import numpy as np
 import torch
 
-from vsrq.errors import VsrqError
+from vsrq.errors import VsrqError, require
 from vsrq.runtime import onnx_export
 from vsrq.runtime.onnx_export import export_basicvsr
 from vsrq.version import __version__
 
 
 def _session(path: Path, threads: int | None):
-    import onnxruntime as ort
+    ort = require("onnxruntime", "export", "the onnxruntime runtime")
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
