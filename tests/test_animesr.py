@@ -159,17 +159,20 @@ def test_frames_are_clamped_like_the_wheel():
 
 
 @pytest.mark.parametrize("shape", [(1, 3, 8, 8), (1, 2, 4, 8, 8), (1, 0, 3, 8, 8), (2, 1, 1, 3, 8, 8)])
+@pytest.mark.fault
 def test_bad_shapes_raise(shape: tuple[int, ...]):
     with pytest.raises(VsrqError, match=r"\(N, T, 3, H, W\)"):
         tiny()(torch.zeros(shape))
 
 
 @pytest.mark.parametrize("wanted", [range(0, 0), range(2, 9), range(0, 4, 2), range(-1, 2)])
+@pytest.mark.fault
 def test_bad_output_frames_raise(wanted: range):
     with pytest.raises(VsrqError, match="output_frames"):
         tiny()(torch.zeros(1, 4, 3, 8, 8), wanted)
 
 
+@pytest.mark.fault
 def test_weights_files_load_by_their_tensors_or_fail_in_one_line(tmp_path: Path):
     state = AnimeSR().state_dict()
     renamed = {k.replace("recurrent_cell.", "cell."): v for k, v in state.items()}
@@ -201,6 +204,7 @@ def test_basicsr_wrapped_state_dict_loads(tmp_path: Path):
     assert all(torch.equal(model.state_dict()[k], v) for k, v in full.items())
 
 
+@pytest.mark.fault
 def test_missing_wheel_names_the_install(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("VSRQ_WEIGHTS", raising=False)
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)

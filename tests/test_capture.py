@@ -64,6 +64,7 @@ def test_capture_records_the_chosen_steps_and_is_reused(tmp_path: Path):
         CapturedInputs.from_folder(folder, expect={"seed": 1})
 
 
+@pytest.mark.fault
 def test_a_damaged_shard_is_one_clear_error(tmp_path: Path):
     model = tiny_small(2)
     cap = capture_denoiser_inputs(model, _synthetic_calib(1, 3, size=16), steps=2, folder=tmp_path / "c",
@@ -79,6 +80,7 @@ def test_a_damaged_shard_is_one_clear_error(tmp_path: Path):
     assert cap.sha256 == fresh.sha256
 
 
+@pytest.mark.fault
 def test_inputs_captured_from_another_model_are_refused(tmp_path: Path):
     from tests.test_hosts import captured
 
@@ -94,6 +96,7 @@ def test_inputs_captured_from_another_model_are_refused(tmp_path: Path):
     assert vsrq.quantize(tiny_small(2), QuantConfig(), cap, **QUIET).layers()
 
 
+@pytest.mark.fault
 def test_a_failed_capture_leaves_no_folder(tmp_path: Path):
     with pytest.raises(RuntimeError), CaptureWriter(tmp_path / "x", {}, "d") as writer:
         writer.add("a", {"x": torch.zeros(2, 3)})

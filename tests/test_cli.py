@@ -48,6 +48,7 @@ def test_degrade_upscale_eval(tmp_path: Path, tiny_ckpt: Path, capsys: pytest.Ca
          "cuda" if not torch.cuda.is_available() else "runs on the CPU"),
     ],
 )
+@pytest.mark.fault
 def test_errors_are_one_line_and_exit_2(tmp_path: Path, tiny_ckpt: Path, capsys, args, message):
     write_clip(tmp_path / "lr", smooth_frames(2, 64, 64))
     argv = [a.format(tmp=tmp_path, ckpt=tiny_ckpt) for a in args]

@@ -66,12 +66,14 @@ def _folder(path: Path) -> Path:
         (lambda p: _file(p / "notes.txt", b"hi"), "not a video file"),
     ],
 )
+@pytest.mark.fault
 def test_bad_inputs_are_one_line_errors(tmp_path: Path, make, message):
     with pytest.raises(VsrqError, match=message) as info:
         discover_clips(make(tmp_path))
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.fault
 def test_mixed_frame_sizes_are_refused(tmp_path: Path):
     write_frame(tmp_path / "00000000.png", np.zeros((16, 16, 3), np.uint8))
     write_frame(tmp_path / "00000001.png", np.zeros((16, 20, 3), np.uint8))
@@ -79,6 +81,7 @@ def test_mixed_frame_sizes_are_refused(tmp_path: Path):
         discover_clips(tmp_path)
 
 
+@pytest.mark.fault
 def test_truncated_video_fails_before_output(tmp_path: Path):
     writer = VideoWriter(tmp_path / "v.mp4", rate=25)
     for f in smooth_frames(4, 64, 64):
@@ -90,6 +93,7 @@ def test_truncated_video_fails_before_output(tmp_path: Path):
         discover_clips(tmp_path / "cut.mp4")
 
 
+@pytest.mark.fault
 def test_atomic_output_leaves_nothing_on_failure(tmp_path: Path):
     target = tmp_path / "out"
     with pytest.raises(RuntimeError):

@@ -86,6 +86,7 @@ def test_blur_downsample_matches_direct_2d_filter():
     assert np.mean(ours == ref) > 0.999
 
 
+@pytest.mark.fault
 def test_degrade_refuses_non_multiple_sizes_and_modcrop_fixes_it():
     img = np.zeros((18, 20, 3), dtype=np.uint8)
     with pytest.raises(VsrqError, match="not divisible by 4"):

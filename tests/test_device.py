@@ -26,6 +26,7 @@ def _clip(seed: int = 7) -> torch.Tensor:
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-GPU error")
+@pytest.mark.fault
 def test_cuda_calibration_without_a_gpu_is_one_clear_error():
     with pytest.raises(VsrqError, match="sees no CUDA GPU"):
         quantize_model(_loaded(), QuantConfig(method="minmax"), _synthetic_calib(), device="cuda", **QUIET)

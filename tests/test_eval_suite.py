@@ -185,6 +185,7 @@ def test_official_heads_from_the_wheels_have_the_published_shapes_and_signs():
     assert float(model.alpha.sum() + model.beta.sum()) == pytest.approx(1.0, abs=0.01)
 
 
+@pytest.mark.fault
 def test_wrong_network_truncated_file_and_wrong_heads_are_one_clear_error(tmp_path: Path):
     torch.save(random_state(VGG, 1), tmp_path / "vgg.pth")
     with pytest.raises(VsrqError, match="is not torchvision's AlexNet .*shape features.0.weight"):
@@ -341,6 +342,7 @@ def test_no_reference_metrics_need_no_ground_truth_and_full_reference_ones_say_s
     assert "psnr need ground truth" in capsys.readouterr().err
 
 
+@pytest.mark.fault
 def test_bad_input_is_one_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture):
     gt = smooth_frames(3, 40, 40)
     write_clip(tmp_path / "gt", gt)

@@ -27,6 +27,8 @@ from vsrq.methods import METHODS
 from vsrq.quant.packing import pack_codes, packed_nbytes, unpack_codes
 from vsrq.quant.quantizer import FakeQuantizer
 
+pytestmark = pytest.mark.fault
+
 shapes = st.lists(st.integers(0, 6), min_size=0, max_size=4).map(tuple)
 
 

@@ -214,6 +214,7 @@ def test_a_users_family_quantizes_without_touching_methods(tmp_path: Path):
         assert torch.equal(checkpoint.load(checkpoint.save(qm, tmp_path / "g.vsrq"))(x), qm(x))
 
 
+@pytest.mark.fault
 def test_a_module_of_no_known_family_is_one_clear_error():
     with pytest.raises(VsrqError, match="no model host for Sequential: pass host="):
         vsrq.quantize(nn.Sequential(nn.Conv2d(3, 3, 3)), QuantConfig(), _synthetic_calib(1, 2), **QUIET)
@@ -239,6 +240,7 @@ def test_a_diffusion_model_needs_captured_inputs():
         vsrq.quantize(tiny_denoiser(), QuantConfig(), _synthetic_calib(1, 2), **QUIET)
 
 
+@pytest.mark.fault
 def test_format_1_checkpoints_are_migrated_and_unknown_formats_refused(tmp_path: Path):
     """A format-1 manifest (before the host contract) loads: quantize_spynet is the auxiliary rule, the family
     comes from the architecture, the FG-VBA controller gets its kind."""

@@ -55,6 +55,7 @@ def test_ssim_matches_scikit_image_on_rgb_and_y():
     assert ssim(a, a) == pytest.approx(1.0)
 
 
+@pytest.mark.fault
 def test_shape_mismatch_is_one_clear_error():
     with pytest.raises(VsrqError, match="prediction is 8x8, ground truth 8x9"):
         psnr(np.zeros((8, 8, 3)), np.zeros((9, 8, 3)))
@@ -83,6 +84,7 @@ def test_report_mean_is_mean_of_clip_means(tmp_path: Path):
     assert (tmp_path / "r.csv").read_text().splitlines()[0] == "clip,frame,psnr,ssim"
 
 
+@pytest.mark.fault
 def test_frame_count_mismatch_is_an_error(tmp_path: Path):
     gt = smooth_frames(3, 16, 16)
     write_clip(tmp_path / "gt", gt)

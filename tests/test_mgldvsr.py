@@ -91,6 +91,7 @@ def test_official_checkpoint_key_layout(full):
         assert {**unet_keys, **vae_keys}[key] == shape, key
 
 
+@pytest.mark.fault
 def test_presets_round_trip_and_bad_widths_are_refused():
     for config in PRESETS.values():
         assert MGLDVSRConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
@@ -263,6 +264,7 @@ def test_info_keys_and_other_models(capsys):
         (["info", "stable-diffusion"], "unknown model 'stable-diffusion'"),
     ],
 )
+@pytest.mark.fault
 def test_info_errors_are_one_line(capsys, args, message):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()

@@ -146,6 +146,7 @@ def test_strict_load_takes_the_text_keys_and_ignores_the_rest(tmp_path: Path, pr
          "shape mismatch: positional_embedding"),
     ],
 )
+@pytest.mark.fault
 def test_wrong_checkpoints_are_one_line_errors(state: dict, message: str):
     with pytest.raises(VsrqError, match=message) as err:
         load_text_tower(state, "x.bin", TINY)
@@ -175,6 +176,7 @@ def test_cli_writes_the_context_the_pipeline_reads(tmp_path: Path, monkeypatch, 
         (openclip_state(TINY), "does not fit OpenCLIPText: missing: transformer.resblocks.3"),  # not ViT-H-14
     ],
 )
+@pytest.mark.fault
 def test_cli_errors_are_one_line(tmp_path: Path, capsys, file: dict | None, message: str):
     path = tmp_path / "weights.bin"
     if file is not None:

@@ -57,6 +57,7 @@ def test_flow_warp_integer_shift():
     torch.testing.assert_close(out[..., -1], torch.zeros_like(out[..., -1]), atol=1e-4, rtol=0)  # zeros outside
 
 
+@pytest.mark.fault
 def test_too_small_or_single_frame_inputs_are_refused():
     model = tiny_basicvsr()
     with pytest.raises(VsrqError, match="at least 64x64"):
@@ -135,6 +136,7 @@ def test_mmagic_layout_loads_through_key_map(tmp_path: Path):
         assert torch.equal(loaded[key], value), key
 
 
+@pytest.mark.fault
 def test_wrong_checkpoint_names_the_first_offending_keys(tmp_path: Path):
     state = tiny_basicvsr().state_dict()
     state.pop("conv_last.bias")
@@ -158,6 +160,7 @@ def test_infer_spec_reads_sizes():
     assert spec.kwargs == {"num_feat": 16, "num_block": 3, "bidirectional": False}
 
 
+@pytest.mark.fault
 def test_unknown_model_name():
     with pytest.raises(VsrqError, match="unknown model 'basicvsr-nope'"):
         load_model("basicvsr-nope")

@@ -120,6 +120,7 @@ def test_niqe_scores_natural_frames_as_natural_and_blur_as_less_so(vid4_root: Pa
         assert niqe(blurred) > sharp + 1.0
 
 
+@pytest.mark.fault
 def test_bad_images_are_one_clear_error():
     with pytest.raises(VsrqError, match="8-bit RGB or grey"):
         niqe(np.zeros((200, 200, 3), dtype=np.uint16))

@@ -11,6 +11,8 @@ import pytest
 from vsrq.cli import main
 from vsrq.errors import VsrqError, require
 
+pytestmark = pytest.mark.fault
+
 
 def hide(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
     """Make ``import <module>`` fail as it does where the package is not installed."""

@@ -210,7 +210,7 @@ def test_qbasicvsr_bits_reach_layers_and_survive_a_checkpoint(tmp_path):
 
     # one range set fine-tuned (the auto refresh's two candidates are tested below): bits, not ranges, are the point
     cfg = QuantConfig(method="qbasicvsr", wbits=4, abits=4, options={"batch": 2, "omse_refresh": False})
-    qm = quantize_model(_loaded(), cfg, _synthetic_calib(3, 3, size=32), **QUIET)
+    qm = quantize_model(_loaded(), cfg, _synthetic_calib(3, 3), **QUIET)
     layer_bits = [l.input_quantizer.bits for l in qm.layers().values()]
     assert set(layer_bits) <= {3, 4, 5} and len(set(layer_bits)) > 1  # TS-LBA spread the bits
     busy = torch.rand(1, 3, 3, 64, 64)  # white noise: far above any smooth calibration clip
@@ -228,7 +228,7 @@ def test_qbasicvsr_bits_reach_layers_and_survive_a_checkpoint(tmp_path):
 def test_fab_budget_holds_for_every_video():
     cfg = QuantConfig(method="qbasicvsr", wbits=4, abits=4, options={"fab_budget": 4.0, "batch": 2,
                                                                      "omse_refresh": False})
-    qm = quantize_model(_loaded(), cfg, _synthetic_calib(3, 3, size=32), **QUIET)
+    qm = quantize_model(_loaded(), cfg, _synthetic_calib(3, 3), **QUIET)
     for video in (torch.rand(1, 3, 3, 64, 64), torch.zeros(1, 3, 3, 64, 64),
                   torch.from_numpy(smooth_frames(3, 64, 64)).float().div(255).permute(0, 3, 1, 2)[None]):
         with torch.no_grad():

@@ -87,6 +87,7 @@ def test_plan_and_summary_on_basicvsr():
         (("lrelu",), (), "unsupported layer lrelu \\(LeakyReLU\\)"),
     ],
 )
+@pytest.mark.fault
 def test_pattern_errors(include, exclude, message):
     with pytest.raises(VsrqError, match=message):
         plan_layers(tiny_basicvsr(), include, exclude)
@@ -143,6 +144,7 @@ def test_packed_checkpoint_is_small(tmp_path: Path):
             assert f"base.{name}.weight" not in f.keys()
 
 
+@pytest.mark.fault
 def test_manifest_that_does_not_match_is_refused(tmp_path: Path):
     cfg = QuantConfig(method="minmax", wbits=4, abits=4)
     qm = quantize_model(_loaded(), cfg, _synthetic_calib(), log=lambda s: None, show_progress=False)
@@ -192,6 +194,7 @@ def test_cli_quantize_upscale_with_checkpoint(tmp_path: Path, capsys):
         (["--option", "foo=1"], "has no option"),
     ],
 )
+@pytest.mark.fault
 def test_cli_quantize_bad_input(tmp_path: Path, capsys, extra, message):
     torch.save({"params": tiny_basicvsr().state_dict()}, tmp_path / "tiny.pth")
     write_clip(tmp_path / "calib" / "a", smooth_frames(4, 64, 64, seed=1))

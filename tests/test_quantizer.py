@@ -142,6 +142,7 @@ def test_variable_bits_per_input_and_learnable_offset():
     assert q.bit_offset.grad is not None and q.bit_offset.grad.item() < 0  # more bits lower the error
 
 
+@pytest.mark.fault
 def test_bad_specs_are_clear_errors():
     with pytest.raises(VsrqError, match="bit-width 9"):
         QuantizerSpec(bits=9)

@@ -261,6 +261,7 @@ def test_act_clip_option_sets_saves_and_reloads_the_ratios(tmp_path: Path):
         assert torch.equal(loaded(x), qm(x))
 
 
+@pytest.mark.fault
 def test_act_clip_floor_sets_the_grid_and_bad_values_are_clear_errors():
     assert CLIP_GRID == clip_grid(0.35) and CLIP_GRID[0] == 1.0 and CLIP_GRID[-1] == 0.35 and len(CLIP_GRID) == 14
     assert clip_grid(0.15)[-1] == 0.15 and len(clip_grid(0.15)) == 18 and clip_grid(1.0) == (1.0,)
@@ -269,6 +270,7 @@ def test_act_clip_floor_sets_the_grid_and_bad_values_are_clear_errors():
             QuantVSR(QuantConfig(method="quantvsr", wbits=4, abits=4, options={"act_clip": bad}))
 
 
+@pytest.mark.fault
 def test_a_rank_no_layer_can_hold_is_one_clear_error():
     from tests.test_hosts import QUIET, captured, tiny_denoiser
 

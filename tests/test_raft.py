@@ -203,6 +203,7 @@ def test_strict_load_round_trip_with_module_prefix(raft_checkpoint):
     assert all(torch.equal(loaded[k], v) for k, v in state.items())
 
 
+@pytest.mark.fault
 def test_load_errors_are_one_line(tmp_path: Path, raft_checkpoint):
     _, state = raft_checkpoint
     cases = {}

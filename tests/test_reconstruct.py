@@ -74,6 +74,7 @@ def test_same_seed_same_reconstruction():
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.fault
 def test_bad_reconstruction_settings_are_one_error():
     with pytest.raises(VsrqError, match="block reconstruction"):
         ReconstructionConfig(iters=-1)

@@ -18,6 +18,8 @@ from vsrq.cli import main
 from vsrq.config import QuantConfig
 from vsrq.errors import VsrqError
 
+pytestmark = pytest.mark.fault
+
 
 def test_content_hash_ignores_wall_clock_and_sees_everything_else(tmp_path: Path, capsys):
     qm = vsrq.quantize(tiny_animesr(), QuantConfig(method="minmax", wbits=4, abits=4), _synthetic_calib(2, 3), **QUIET)
@@ -51,12 +53,12 @@ class _Payload:
         return (open, (self.marker, "w"))
 
 
-def _frames(tmp_path: Path) -> Path:
+def _frames(tmp_path: Path, size: int = 32) -> Path:
     from PIL import Image
 
     folder = tmp_path / "lr"
     folder.mkdir()
-    for i, frame in enumerate(smooth_frames(2, 32, 32, seed=4)):
+    for i, frame in enumerate(smooth_frames(2, size, size, seed=4)):
         Image.fromarray(frame).save(folder / f"{i:04d}.png")
     return folder
 
@@ -183,3 +185,81 @@ def test_a_non_finite_layer_after_calibration_is_named():
     with pytest.raises(VsrqError, match=rf"^calibration gave layer {re.escape(name)} a non-finite "
                                         r"input_quantizer\.upper .*no checkpoint written$"):
         check_finite_layers(qm.layers())
+
+
+# --- kills mid-write ----------------------------------------------------------------------------------------------
+
+WRITER = r"""
+import sys, time
+from pathlib import Path
+from vsrq.data.frames import atomic_output
+target, tag = Path(sys.argv[1]), sys.argv[2]
+print("start", flush=True)
+with atomic_output(target, overwrite=True) as tmp:
+    tmp.mkdir()
+    for i in range(40):
+        (tmp / f"{i:03d}.txt").write_text(tag)
+        time.sleep(0.005)
+"""
+
+
+def _state(target: Path) -> str:
+    """'none', or the one tag every one of the 40 files holds; anything else is a partial output."""
+    if not target.exists():
+        return "none"
+    tags = {p.read_text() for p in target.iterdir()}
+    assert len(list(target.iterdir())) == 40 and len(tags) == 1, (len(list(target.iterdir())), tags)
+    return tags.pop()
+
+
+def test_a_folder_killed_at_any_point_is_the_old_one_the_new_one_or_nothing(tmp_path: Path):
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    target = tmp_path / "out"
+    subprocess.run([sys.executable, "-c", WRITER, str(target), "old"], check=True)
+    rng = random.Random(27)
+    seen = set()
+    for i in range(8):
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target), f"new{i}"], stdout=subprocess.PIPE)
+        proc.stdout.readline()  # the writer is past its imports
+        time.sleep(rng.uniform(0.0, 0.3))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        state = _state(target)
+        assert state in ("none", "old", f"new{i}") or state.startswith("new"), state
+        seen.add(state if state in ("none", "old") else "new")
+        if state == "none":  # killed between the two renames: restore a previous output for the next round
+            subprocess.run([sys.executable, "-c", WRITER, str(target), "old"], check=True)
+    leftovers = [p for p in tmp_path.iterdir() if p.name != "out"]
+    subprocess.run([sys.executable, "-c", WRITER, str(target), "last"], check=True)
+    assert _state(target) == "last"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"], (leftovers, list(tmp_path.iterdir()))
+    assert "old" in seen or "new" in seen
+
+
+def test_a_killed_upscale_leaves_no_partial_output_and_a_rerun_succeeds(tmp_path: Path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    ckpt = tmp_path / "tiny.pth"
+    from tests.conftest import tiny_basicvsr
+
+    torch.save({"params": tiny_basicvsr().state_dict()}, ckpt)
+    frames = _frames(tmp_path, 64)
+    out = tmp_path / "sr"
+    cmd = [sys.executable, "-m", "vsrq.cli", "upscale", str(frames), str(out), "--model", str(ckpt), "--overwrite"]
+    for delay in (0.5, 1.5, 3.0):
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not out.exists() or sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png"]
+    assert subprocess.run(cmd, capture_output=True).returncode == 0
+    assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lr", "sr", "tiny.pth"]  # leftovers cleaned

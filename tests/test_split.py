@@ -40,6 +40,7 @@ def test_split_conv_equals_the_conv(sizes, stride, padding):
     assert sum(p.weight.numel() for p in split.parts) == conv.weight.numel()
 
 
+@pytest.mark.fault
 def test_bad_splits_are_refused():
     with pytest.raises(VsrqError, match="does not add up"):
         SplitInputConv(nn.Conv2d(8, 4, 3), (3, 4))

@@ -80,6 +80,7 @@ def test_non_occluded_drops_pixels_leaving_the_frame_and_inconsistent_flow():
     assert not non_occluded(fwd, fwd)[0, :, :5].any()  # backward flow agrees in sign: inconsistent
 
 
+@pytest.mark.fault
 def test_too_small_frames_are_one_clear_error():
     frame = smooth_frames(1, 32, 80)[0]
     with pytest.raises(VsrqError, match="larger than 32x32 .* got 80x32"):

@@ -57,6 +57,7 @@ def test_window_never_exceeds_the_bound(length: int, chunk: int, overlap: int):
     assert max(seen) <= cfg.max_window
 
 
+@pytest.mark.fault
 def test_single_frame_clip_is_refused():
     with pytest.raises(VsrqError, match="at least 2 frames"):
         list(stream_upscale(torch_runner(tiny_basicvsr()), smooth_frames(1, 64, 64), StreamConfig()))
@@ -81,6 +82,7 @@ def test_upscale_path_mirrors_layout_and_writes_mp4(tmp_path: Path):
     assert (clip.num_frames, clip.height, clip.width) == (3, 256, 256)
 
 
+@pytest.mark.fault
 def test_failure_mid_run_leaves_no_output(tmp_path: Path):
     write_clip(tmp_path / "in" / "ok", smooth_frames(2, 64, 64))
     write_clip(tmp_path / "in" / "small", smooth_frames(2, 32, 32))  # too small for BasicVSR

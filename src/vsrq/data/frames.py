@@ -12,6 +12,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from vsrq.atomic import clean_leftovers, partial_prefix
 from vsrq.errors import VsrqError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -58,24 +59,28 @@ def atomic_output(target: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``target`` and move it into place only if the block succeeds.
 
     Refuses an existing ``target`` unless ``overwrite``; on any error nothing is left behind, so a
-    failed run never leaves a half-written folder or video.
+    failed run never leaves a half-written folder or video. A replaced target is swapped out whole
+    (:mod:`vsrq.atomic`), so a kill leaves the previous output or the new one, never a mix.
     """
     target = Path(target)
     if target.exists() and not overwrite:
         raise VsrqError(f"{target} exists; pass --overwrite to replace it")
     parent = target.parent if str(target.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".partial", dir=parent))
+    clean_leftovers(parent, target.name)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=partial_prefix(target.name), suffix=".partial", dir=parent))
     tmp = tmp_dir / target.name
+    aside = tmp_dir.with_suffix(".old")
     try:
         yield tmp
         if not tmp.exists():
             raise VsrqError(f"nothing was written for {target}")
-        if target.exists():
-            if target.is_dir():
-                shutil.rmtree(target)
-            else:
-                target.unlink()
+        if target.exists():  # a swap, never a deletion in place: a kill leaves the old or the new whole
+            os.replace(target, aside)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        if aside.is_dir() and not aside.is_symlink():
+            shutil.rmtree(aside, ignore_errors=True)
+        elif aside.exists() or aside.is_symlink():
+            aside.unlink()

@@ -16,6 +16,7 @@ from typing import Iterable
 
 import numpy as np
 
+from vsrq.data.frames import atomic_output
 from vsrq.data.sources import Clip, discover_clips
 from vsrq.errors import VsrqError
 from vsrq.metrics.suite import DEFAULT, METRICS, Suite, build_suite
@@ -128,7 +129,9 @@ class EvalReport:
         return "\n".join(lines)
 
     def write_json(self, path: Path) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
+        """Whole or not at all (a kill mid-write leaves the previous file or nothing)."""
+        with atomic_output(Path(path), overwrite=True) as tmp:
+            tmp.write_text(json.dumps(self.to_dict(), indent=2, allow_nan=True) + "\n")
 
     def write_csv(self, path: Path) -> None:
         """One row per frame, per clip mean and the dataset mean; cells are blank where a metric has no value."""
@@ -136,7 +139,7 @@ class EvalReport:
         def cells(values: list[float | None]) -> list[str]:
             return ["" if v is None else f"{v:.6f}" for v in values]
 
-        with open(path, "w", newline="") as f:
+        with atomic_output(Path(path), overwrite=True) as tmp, open(tmp, "w", newline="") as f:
             w = csv.writer(f)
             w.writerow(["clip", "frame", *self.metrics])
             for c in self.clips:

@@ -18,6 +18,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from vsrq.atomic import clean_leftovers, partial_prefix
 from vsrq.errors import VsrqError
 
 WEIGHTS_ENV = "VSRQ_WEIGHTS"
@@ -92,7 +93,8 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
     """Write through a temporary file and rename: an interrupted write leaves no partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    clean_leftovers(path.parent, path.name)
+    fd, tmp = tempfile.mkstemp(prefix=partial_prefix(path.name), suffix=".partial", dir=path.parent)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
