@@ -250,18 +250,19 @@ class _LowRankMethod(Method):
         ctx.log(f"activation clip ratios: mean {np.mean(list(ratios.values())):.3f}, "
                 f"min {min(ratios.values()):.2f} ({min(ratios, key=ratios.get)})")
 
-    def add_rotations(self, ctx: CalibContext) -> None:
-        for i, layer in enumerate(ctx.layers.values()):
+    def add_rotations(self, layers: dict[str, QuantLayer]) -> None:
+        for i, layer in enumerate(layers.values()):
             layer.add_rotation(seed=self.config.seed * 100003 + i)
 
     def shape_structure(self, layers: dict[str, QuantLayer], ranks: dict[str, int], smooth: bool, rotate: bool,
                         bias: bool) -> None:
         """The tensors calibration adds, with placeholder values, in the order calibration adds them."""
-        for i, (name, layer) in enumerate(layers.items()):
-            if smooth:
+        if smooth:
+            for layer in layers.values():
                 layer.add_smoothing(torch.ones(layer.in_channels, device=layer.weight.device))
-            if rotate:
-                layer.add_rotation(seed=self.config.seed * 100003 + i)
+        if rotate:
+            self.add_rotations(layers)
+        for name, layer in layers.items():
             if ranks.get(name, 0) > 0:
                 m, n = layer.weight_matrix().shape
                 layer.add_lowrank(torch.zeros(m, ranks[name], device=layer.weight.device),
@@ -347,7 +348,7 @@ class QuantVSR(_LowRankMethod):
         if o["smooth"] is not False:
             smooth_channels(ctx, float(o["smooth"]))
         if o["rotation"]:
-            self.add_rotations(ctx)
+            self.add_rotations(ctx.layers)
         caps = {n: max_rank(layer, int(o["r_max"])) for n, layer in ctx.layers.items()}
         self.check_ranks(caps)
         if o["branch"] == "stca":
@@ -387,7 +388,7 @@ class QuaRot(_LowRankMethod):
     default_options = {"per_token": False, "act_clip": False}
 
     def calibrate_layers(self, ctx: CalibContext) -> InputController | None:
-        self.add_rotations(ctx)
+        self.add_rotations(ctx.layers)
         self.search_clip(ctx)
         _freeze_weight_ranges(ctx)
         return None
@@ -428,7 +429,7 @@ class ViDiTQ(_LowRankMethod):
 
     def calibrate_layers(self, ctx: CalibContext) -> InputController | None:
         smooth_channels(ctx, float(self.options["alpha"]))
-        self.add_rotations(ctx)
+        self.add_rotations(ctx.layers)
         self.search_clip(ctx)
         _freeze_weight_ranges(ctx)
         return None
