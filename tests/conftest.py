@@ -64,6 +64,40 @@ def write_clip(folder: Path, frames: np.ndarray) -> Path:
     return folder
 
 
+def write_video_with_audio(path: Path, frames: np.ndarray, rate: int = 25, sample_rate: int = 16000) -> Path:
+    """An H.264 mp4 with an AAC soundtrack (a tone as long as the video), made with PyAV."""
+    import av
+
+    with av.open(str(path), "w", format="mp4") as container:
+        video = container.add_stream("libx264", rate=rate)
+        video.width, video.height, video.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        audio = container.add_stream("aac", rate=sample_rate)
+        for frame in frames:
+            for packet in video.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        n = sample_rate * len(frames) // rate
+        tone = (np.sin(np.arange(n) * 2 * np.pi * 440 / sample_rate) * 8000).astype(np.int16)
+        for start in range(0, n, 1024):
+            chunk = av.AudioFrame.from_ndarray(tone[None, start:start + 1024], format="s16", layout="mono")
+            chunk.sample_rate, chunk.pts = sample_rate, start
+            for packet in audio.encode(chunk):
+                container.mux(packet)
+        for packet in audio.encode():
+            container.mux(packet)
+    return path
+
+
+def audio_packets(path: Path) -> list[tuple[int, bytes]]:
+    """(pts in seconds x 1e6, bytes) of every audio packet of a video."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.audio[0]
+        return [(round(float(p.pts * p.time_base) * 1e6), bytes(p)) for p in container.demux(stream) if p.dts is not None]
+
+
 @pytest.fixture
 def vid4_root() -> Path:
     root = find_dataset("vid4")

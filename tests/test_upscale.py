@@ -82,6 +82,18 @@ def test_upscale_path_mirrors_layout_and_writes_mp4(tmp_path: Path):
     assert (clip.num_frames, clip.height, clip.width) == (3, 256, 256)
 
 
+def test_the_soundtrack_is_carried_into_the_upscaled_mp4(tmp_path: Path):
+    """Audio packets come out as they went in (same bytes, same times): remuxed, never re-encoded."""
+    from tests.conftest import audio_packets, write_video_with_audio
+
+    source = write_video_with_audio(tmp_path / "talk.mp4", smooth_frames(5, 64, 64))
+    upscale_path(torch_runner(tiny_basicvsr()), source, tmp_path / "sr.mp4", show_progress=False)
+    packets = audio_packets(source)
+    assert len(packets) >= 3 and audio_packets(tmp_path / "sr.mp4") == packets
+    (clip,) = discover_clips(tmp_path / "sr.mp4")
+    assert (clip.num_frames, clip.height) == (5, 256)
+
+
 @pytest.mark.fault
 def test_failure_mid_run_leaves_no_output(tmp_path: Path):
     write_clip(tmp_path / "in" / "ok", smooth_frames(2, 64, 64))

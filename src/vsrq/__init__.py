@@ -1,8 +1,8 @@
 """vsrq: low-bit post-training quantization for video super-resolution.
 
-The jobs (``quantize``, ``load``, ``save``, ``upscale``, ``evaluate``, ``export``, ``degrade_path``) and the
-config objects are attributes of this package, resolved on first use: ``import vsrq.checkpoint`` to run a
-checkpoint never loads the calibration code.
+The jobs (``quantize``, ``load``, ``save``, ``upscale``, ``upscale_batch``, ``evaluate``, ``export``,
+``degrade_path``) and the config objects are attributes of this package, resolved on first use: ``import
+vsrq.checkpoint`` to run a checkpoint never loads the calibration code.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from vsrq.version import __version__
 
 _LAZY = {
     **{name: "vsrq.api" for name in ("degrade_path", "evaluate", "export", "load", "quantize", "save", "upscale")},
+    "upscale_batch": "vsrq.batch",
     **{name: "vsrq.config" for name in ("CalibConfig", "LayerRule", "QuantConfig", "QuantizerSpec")},
 }
 

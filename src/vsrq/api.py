@@ -9,9 +9,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from torch import nn
 
@@ -31,7 +32,7 @@ from vsrq.progress import progress, say
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.runtime.onnx_export import calibrate_outputs, check_exportable, export_basicvsr
 from vsrq.runtime.ort import OrtBasicVSR, OrtFromModel, graph_cache
-from vsrq.runtime.upscale import StreamConfig, upscale_path
+from vsrq.runtime.upscale import StreamConfig, WindowRunner, upscale_path
 
 
 def load(name_or_path: str | Path, model: nn.Module | None = None) -> nn.Module:
@@ -78,6 +79,43 @@ def save(model: QuantizedModel, path: str | Path, overwrite: bool = False) -> Pa
     return checkpoint.save(model, path, overwrite)
 
 
+@contextlib.contextmanager
+def open_runner(
+    model: nn.Module | str | Path,
+    runtime: str = "torch",
+    chunk: int = 16,
+    overlap: int = 8,
+    seed: int = 0,
+    flow: str = "spynet",
+    device: str = "cpu",
+    threads: int | None = None,
+) -> Iterator[tuple[WindowRunner, StreamConfig]]:
+    """A model made ready to upscale: the window runner and its window geometry (see :func:`upscale`), for
+    callers that upscale many inputs with one load (the batch job's workers); ``threads`` caps
+    onnxruntime's threads (torch's are the caller's to set)."""
+    if runtime not in ("torch", "onnxruntime"):
+        raise VsrqError(f"unknown runtime {runtime!r}; use torch or onnxruntime")
+    dev = check_device(device)
+    if runtime != "torch" and dev.type != "cpu":
+        raise VsrqError("the onnxruntime runtime runs on the CPU; use --device cpu or the torch runtime")
+    onnx_file = runtime == "onnxruntime" and isinstance(model, (str, Path)) and str(model).endswith(".onnx")
+    net = load(model) if isinstance(model, (str, Path)) and not onnx_file else model
+    if isinstance(net, nn.Module) and runtime == "torch":
+        net = net.to(dev)
+        yield host_for(net).stream(net, device, chunk, overlap, seed, flow)
+        return
+    if isinstance(net, nn.Module):
+        check_exportable(net)  # before any output exists: what the integer graphs cannot express
+    with tempfile.TemporaryDirectory(prefix="vsrq-ort-") as tmp:
+        if onnx_file:
+            runner = OrtBasicVSR(model, threads)
+        else:  # a checkpoint file's graphs are exported once and kept; a module's live for this call
+            cached = isinstance(model, (str, Path)) and str(model).endswith(checkpoint.SUFFIX)
+            folder = graph_cache(Path(model)) if cached else Path(tmp)
+            runner = OrtFromModel(net, lambda: export_ranges(net), folder, getattr(net, "manifest", None), threads)
+        yield runner, StreamConfig(chunk, overlap)
+
+
 def upscale(
     model: nn.Module | str | Path,
     source: str | Path,
@@ -100,27 +138,8 @@ def upscale(
     their temporal guidance aligned by the ``flow`` estimator (``spynet`` or ``raft``). ``device``
     (``cpu``, ``cuda``) is where the torch runtime computes; frames stream through host memory.
     """
-    if runtime not in ("torch", "onnxruntime"):
-        raise VsrqError(f"unknown runtime {runtime!r}; use torch or onnxruntime")
-    dev = check_device(device)
-    if runtime != "torch" and dev.type != "cpu":
-        raise VsrqError("the onnxruntime runtime runs on the CPU; use --device cpu or the torch runtime")
-    onnx_file = runtime == "onnxruntime" and isinstance(model, (str, Path)) and str(model).endswith(".onnx")
-    net = load(model) if isinstance(model, (str, Path)) and not onnx_file else model
-    if isinstance(net, nn.Module) and runtime == "torch":
-        net = net.to(dev)
-        runner, stream = host_for(net).stream(net, device, chunk, overlap, seed, flow)
+    with open_runner(model, runtime, chunk, overlap, seed, flow, device) as (runner, stream):
         return upscale_path(runner, Path(source), Path(output), stream, overwrite, show_progress)
-    if isinstance(net, nn.Module):
-        check_exportable(net)  # before any output exists: what the integer graphs cannot express
-    with tempfile.TemporaryDirectory(prefix="vsrq-ort-") as tmp:
-        if onnx_file:
-            runner = OrtBasicVSR(model)
-        else:  # a checkpoint file's graphs are exported once and kept; a module's live for this call
-            cached = isinstance(model, (str, Path)) and str(model).endswith(checkpoint.SUFFIX)
-            folder = graph_cache(Path(model)) if cached else Path(tmp)
-            runner = OrtFromModel(net, lambda: export_ranges(net), folder, getattr(net, "manifest", None))
-        return upscale_path(runner, Path(source), Path(output), StreamConfig(chunk, overlap), overwrite, show_progress)
 
 
 def export_ranges(model: nn.Module, calib: CalibrationSet | None = None) -> dict[str, tuple[float, float]] | None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from vsrq import api
+from vsrq.atomic import os_error_line
 from vsrq.config import CalibConfig, LayerRule, QuantConfig
 from vsrq.errors import VsrqError
 from vsrq.progress import set_quiet
@@ -27,6 +28,23 @@ def _cmd_upscale(args: argparse.Namespace) -> int:
                         device=args.device)
     print(f"wrote {len(clips)} clip(s) to {args.output}")
     return 0
+
+
+def _cmd_upscale_batch(args: argparse.Namespace) -> int:
+    from vsrq.batch import upscale_batch
+
+    summary = upscale_batch(args.model, args.library, args.output, args.workers, args.cpus_per_worker, args.address,
+                            args.runtime, args.retries, args.overwrite, args.chunk, args.overlap, args.seed,
+                            args.segment)
+    d = summary.to_dict()
+    print(f"done {d['done']}, skipped {d['skipped']}, failed {d['failed']}; {d['frames']} frames in {d['wall_s']:.1f} s")
+    for worker, fps in d["frames_per_s_per_worker"].items():
+        print(f"  {worker}: {fps:.2f} frames/s")
+    for v in summary.videos:
+        if v.status == "failed":
+            print(f"  failed {v.name}: {v.error}")
+    print(f"summary: {Path(args.output) / '.vsrq-batch' / 'summary.json'}")
+    return 1 if d["failed"] else 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -331,6 +349,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where the torch runtime computes: cpu (default) or cuda[:N]")
     p.set_defaults(func=_cmd_upscale)
 
+    p = sub.add_parser("upscale-batch", help="upscale every video and frame folder under a library on Ray")
+    p.add_argument("library", help="folder of videos and frame folders (any depth)")
+    p.add_argument("output", help="output folder: the library's layout, PNG folders and .mp4 files")
+    p.add_argument("--model", required=True, help="model name, .pth, .vsrq, or .onnx (with --runtime onnxruntime)")
+    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")
+    p.add_argument("--address", help="a running Ray cluster (auto, ray://head:10001); default: a local instance")
+    p.add_argument("--workers", type=int, default=1, help="actors, each loading the model once (default 1)")
+    p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker (default 1)")
+    p.add_argument("--retries", type=int, default=2, help="re-runs of a video whose worker process died (default 2)")
+    p.add_argument("--chunk", type=int, default=16)
+    p.add_argument("--overlap", type=int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--segment", type=int, default=256,
+                   help="split videos longer than this many frames into segments any worker can run (0: never)")
+    p.add_argument("--overwrite", action="store_true", help="redo videos already done with this model and input")
+    p.set_defaults(func=_cmd_upscale_batch)
+
     p = sub.add_parser("eval", help="quality of predictions: PSNR/SSIM, perceptual, no-reference and temporal metrics")
     p.add_argument("pred", help="predicted frames: a frame folder, a video, or a folder of clips")
     p.add_argument("gt", nargs="?", help="ground truth of the same layout (omit for no-reference metrics only)")
@@ -470,6 +505,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except VsrqError as exc:
         print(f"vsrq: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a full disk, a read-only folder: the system's reason, on one line
+        print(f"vsrq: error: {os_error_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("vsrq: interrupted", file=sys.stderr)

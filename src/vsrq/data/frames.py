@@ -12,7 +12,7 @@ from typing import Iterator
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from vsrq.atomic import clean_leftovers, partial_prefix
+from vsrq.atomic import clean_leftovers, make_parent, naming, partial_prefix
 from vsrq.errors import VsrqError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
@@ -65,14 +65,14 @@ def atomic_output(target: Path, overwrite: bool = False) -> Iterator[Path]:
     target = Path(target)
     if target.exists() and not overwrite:
         raise VsrqError(f"{target} exists; pass --overwrite to replace it")
-    parent = target.parent if str(target.parent) else Path(".")
-    parent.mkdir(parents=True, exist_ok=True)
+    parent = make_parent(target)
     clean_leftovers(parent, target.name)
     tmp_dir = Path(tempfile.mkdtemp(prefix=partial_prefix(target.name), suffix=".partial", dir=parent))
     tmp = tmp_dir / target.name
     aside = tmp_dir.with_suffix(".old")
     try:
-        yield tmp
+        with naming(target):
+            yield tmp
         if not tmp.exists():
             raise VsrqError(f"nothing was written for {target}")
         if target.exists():  # a swap, never a deletion in place: a kill leaves the old or the new whole

@@ -124,10 +124,11 @@ class FrameSink:
 
 
 class VideoSink:
-    """Writes one clip as an H.264 mp4 at the input's frame rate (25 fps for frame folders)."""
+    """Writes one clip as an H.264 mp4 at the input's frame rate (25 fps for frame folders), with the input
+    video's audio streams carried over."""
 
     def __init__(self, path: Path, clip: Clip) -> None:
-        self.writer = VideoWriter(path, clip.rate or Fraction(25))
+        self.writer = VideoWriter(path, clip.rate or Fraction(25), audio_from=clip.path if clip.kind == "video" else None)
 
     def write(self, frame: np.ndarray) -> None:
         self.writer.write(frame)

@@ -66,14 +66,20 @@ def iter_video(path: Path) -> Iterator[np.ndarray]:
 
 
 class VideoWriter:
-    """H.264 (yuv420p) writer; frames are RGB uint8 with even sides (x4 outputs always are)."""
+    """H.264 (yuv420p) writer; frames are RGB uint8 with even sides (x4 outputs always are).
 
-    def __init__(self, path: Path, rate: Fraction | float = 25, crf: int = 16) -> None:
+    ``audio_from``: a video whose audio streams are carried into the output as they are (remuxed packet by
+    packet when the video is closed, never re-encoded), so upscaling keeps the soundtrack.
+    """
+
+    def __init__(self, path: Path, rate: Fraction | float = 25, crf: int = 16, audio_from: Path | None = None) -> None:
         self.path = path
         self.rate = Fraction(rate).limit_denominator(1001)
         self.crf = crf
+        self.audio_from = audio_from
         self._container: av.container.OutputContainer | None = None
         self._stream = None
+        self._audio: dict[int, av.stream.Stream] = {}  # input stream index -> output stream
 
     def write(self, frame: np.ndarray) -> None:
         if self._container is None:
@@ -85,13 +91,40 @@ class VideoWriter:
             self._stream.width, self._stream.height = w, h
             self._stream.pix_fmt = "yuv420p"
             self._stream.options = {"crf": str(self.crf), "preset": "medium"}
+            self._add_audio_streams()
         video_frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
         for packet in self._stream.encode(video_frame):
             self._container.mux(packet)
+
+    def _add_audio_streams(self) -> None:
+        if self.audio_from is None:
+            return
+        with av.open(str(self.audio_from)) as source:
+            for stream in source.streams.audio:
+                name = stream.codec_context.name
+                if name not in self._container.supported_codecs:
+                    raise VsrqError(f"{self.audio_from}: its {name} audio cannot be carried into an mp4; "
+                                    "write PNG frames, or convert the audio first")
+                self._audio[stream.index] = self._container.add_stream_from_template(stream)
+
+    def _copy_audio(self) -> None:
+        """Every audio packet of the source, in order, one at a time (memory stays at one packet)."""
+        with av.open(str(self.audio_from)) as source:
+            streams = [s for s in source.streams.audio if s.index in self._audio]
+            try:
+                for packet in source.demux(*streams):
+                    if packet.dts is None:  # the demuxer's flush packet
+                        continue
+                    packet.stream = self._audio[packet.stream.index]
+                    self._container.mux(packet)
+            except av.error.FFmpegError as exc:
+                raise VsrqError(f"{self.audio_from}: its audio cannot be copied ({exc.__class__.__name__})") from None
 
     def close(self) -> None:
         if self._container is not None:
             for packet in self._stream.encode():
                 self._container.mux(packet)
+            if self._audio:
+                self._copy_audio()
             self._container.close()
             self._container = None

@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import save_file
 from torch import nn
 
-from vsrq.atomic import clean_leftovers, partial_prefix
+from vsrq.atomic import clean_leftovers, make_parent, partial_prefix
 from vsrq.errors import VsrqError
 
 WEIGHTS_ENV = "VSRQ_WEIGHTS"
@@ -92,12 +94,18 @@ def load_state_dict_strict(model: nn.Module, state: dict[str, torch.Tensor], sou
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
     """Write through a temporary file and rename: an interrupted write leaves no partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_parent(path)
     clean_leftovers(path.parent, path.name)
     fd, tmp = tempfile.mkstemp(prefix=partial_prefix(path.name), suffix=".partial", dir=path.parent)
     os.close(fd)
     try:
-        save_file(tensors, tmp, metadata=metadata)
+        try:
+            save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as exc:  # an I/O failure (a full disk) arrives as text: make it the OSError it is
+            code = re.search(r"os error (\d+)", str(exc))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), tmp) from None
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the file gets the mode a plain open would give

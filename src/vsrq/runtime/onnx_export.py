@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from vsrq.atomic import file_sha256, staged_files
 from vsrq.errors import VsrqError, require
 from vsrq.models.basicvsr import BasicVSR
 from vsrq.models.spynet import flow_warp
@@ -313,9 +314,10 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
 
 def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int],
                     out_ranges: dict[str, tuple[float, float]] | None = None, manifest: dict | None = None,
-                    weights: str = "auto") -> list[Path]:
+                    weights: str = "auto", replace: bool = True) -> list[Path]:
     """Write the step graphs for LR frames of ``lr_size`` (h, w); float graphs for an unquantized model.
-    ``weights`` chooses the 8-bit weight storage (:func:`weight_storage`; ``auto`` fits this CPU)."""
+    ``weights`` chooses the 8-bit weight storage (:func:`weight_storage`; ``auto`` fits this CPU);
+    ``replace`` False keeps graphs already at ``path`` (a cache that several processes fill)."""
     onnx = require("onnx", "export", "ONNX export")
 
     check_exportable(model)
@@ -331,29 +333,32 @@ def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int]
     c = plain.num_feat
     x = torch.zeros(1, 3, h, w)
     feat = torch.zeros(1, c, h, w)
-    written = []
     handled: set[str] = set()
     graphs = [("forward", ForwardStep(plain), (x, x, feat, feat) if plain.bidirectional else (x, x, feat),
                ["x_t", "x_prev", "g_prev", "h_t"] if plain.bidirectional else ["x_t", "x_prev", "g_prev"], ["g_t", "y_t"], path)]
     if plain.bidirectional:
         graphs.append(("backward", BackwardStep(plain), (x, x, feat), ["x_t", "x_next", "h_next"], ["h_t"],
                        path.with_name(path.stem + ".backward.onnx")))
-    for role, module, args, ins, outs, target in graphs:
-        graph = _trace(module.eval(), args, ins, outs)
-        if quant:
-            graph, layers = insert_qdq(graph, quant, out_ranges or {}, "base.", weights)
-            handled |= layers
-        graph.ir_version = IR_VERSION
-        meta = {"vsrq_role": role, "vsrq_lr_size": json.dumps([h, w]), "vsrq_num_feat": str(c),
-                "vsrq_bidirectional": str(plain.bidirectional), "vsrq_quantized": str(bool(quant))}
-        if manifest is not None:
-            meta["vsrq_manifest"] = json.dumps(manifest)
-        for k, v in meta.items():
-            graph.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
-        onnx.checker.check_model(graph)
-        onnx.save(graph, str(target))
-        written.append(target)
-    missing = set(quant) - handled
-    if missing:
-        raise VsrqError(f"export lost track of quantized layers: {', '.join(sorted(missing)[:3])}")
-    return written
+    companions: dict[str, str] = {}
+    with staged_files(path, replace) as stage:
+        for role, module, args, ins, outs, target in reversed(graphs):  # the backward graph first: its hash goes
+            graph = _trace(module.eval(), args, ins, outs)               # into the forward graph's metadata
+            if quant:
+                graph, layers = insert_qdq(graph, quant, out_ranges or {}, "base.", weights)
+                handled |= layers
+            graph.ir_version = IR_VERSION
+            meta = {"vsrq_role": role, "vsrq_lr_size": json.dumps([h, w]), "vsrq_num_feat": str(c),
+                    "vsrq_bidirectional": str(plain.bidirectional), "vsrq_quantized": str(bool(quant))}
+            if role == "forward" and companions:
+                meta["vsrq_companions"] = json.dumps(companions)
+            if manifest is not None:
+                meta["vsrq_manifest"] = json.dumps(manifest)
+            for k, v in meta.items():
+                graph.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+            onnx.checker.check_model(graph)
+            onnx.save(graph, str(stage / target.name))
+            companions[target.name] = file_sha256(stage / target.name)
+        missing = set(quant) - handled
+        if missing:
+            raise VsrqError(f"export lost track of quantized layers: {', '.join(sorted(missing)[:3])}")
+    return [target for *_, target in graphs]

@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
+from vsrq.atomic import file_sha256
 from vsrq.errors import VsrqError, require
 from vsrq.runtime import onnx_export
 from vsrq.runtime.onnx_export import export_basicvsr
@@ -56,6 +56,9 @@ class OrtBasicVSR:
             companion = path.with_name(path.stem + ".backward.onnx")
             if not companion.is_file():
                 raise VsrqError(f"{companion}: the backward-step graph is missing beside {path.name}")
+            expected = json.loads(meta.get("vsrq_companions", "{}")).get(companion.name)
+            if expected is not None and file_sha256(companion) != expected:
+                raise VsrqError(f"{companion} is not the backward graph exported with {path.name}; export again")
             self.backward_session = _session(companion, threads)
 
     def __call__(self, lr: torch.Tensor, output_frames: range) -> torch.Tensor:
@@ -108,11 +111,7 @@ class OrtFromModel:
             return path
         if not self._measured:
             self._ranges, self._measured = self.out_ranges(), True
-        self.folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix=".export-", dir=self.folder) as tmp:
-            written = export_basicvsr(self.model, Path(tmp) / path.name, size, self._ranges, self.manifest)
-            for f in sorted(written, key=lambda f: f == Path(tmp) / path.name):  # the forward graph last
-                os.replace(f, self.folder / f.name)
+        export_basicvsr(self.model, path, size, self._ranges, self.manifest, replace=False)  # whole or not at all
         return path
 
     def __call__(self, lr: torch.Tensor, output_frames: range) -> torch.Tensor:
@@ -127,9 +126,7 @@ def graph_cache(checkpoint: Path) -> Path:
     ``~/.cache/vsrq``) / ``onnx`` / a SHA-256 of the file and of the exporter's source, and vsrq's version,
     so an edited checkpoint or a changed exporter never reuses stale graphs."""
     digest = hashlib.sha256()
-    with open(checkpoint, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
+    file_sha256(checkpoint, digest)
     digest.update(Path(onnx_export.__file__).read_bytes())  # the exporter that made them
     digest.update(b"vnni" if onnx_export.has_vnni() else b"no-vnni")  # `auto` weight storage depends on the CPU
     root = Path(os.environ.get("VSRQ_CACHE") or Path.home() / ".cache" / "vsrq")

@@ -84,14 +84,21 @@ def stream_upscale(
     frames: Iterable[np.ndarray],
     config: StreamConfig = StreamConfig(),
     on_window: Callable[[int], None] | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Yield HR uint8 frames in order, holding at most ``config.max_window`` LR frames at once.
 
-    ``on_window`` is told the length of each window run (tests use it to check the bound).
+    A segment of a video (output frames ``start`` to ``stop``, ``start`` a multiple of ``config.chunk``)
+    is computed from the frames :func:`segment_inputs` names, window for window as the whole video would
+    be: segments on different machines join into the same bytes. ``on_window`` is told the length of
+    each window run (tests use it to check the bound).
     """
+    if start % config.chunk:
+        raise VsrqError(f"a segment starts on a window boundary (a multiple of {config.chunk}), not at {start}")
     buffer: deque[np.ndarray] = deque()
-    first = 0  # absolute index of buffer[0]
-    emitted = 0  # next frame to output
+    first = max(0, start - config.context_before)  # absolute index of buffer[0]
+    emitted = start  # next frame to output
     it = iter(frames)
     exhausted = False
     while True:
@@ -102,20 +109,25 @@ def stream_upscale(
             else:
                 buffer.append(frame)
         end = first + len(buffer)
-        if emitted >= end:
+        if emitted >= end or (stop is not None and emitted >= stop):
             return
         if end - first < MIN_WINDOW:
             raise VsrqError(f"a clip needs at least {MIN_WINDOW} frames, this one has {end - first}")
-        stop = min(emitted + config.chunk, end)
+        last = min(emitted + config.chunk, end, stop if stop is not None else end)
         window = list(buffer)
         if on_window is not None:
             on_window(len(window))
-        hr = runner(_to_tensor(window), range(emitted - first, stop - first))
+        hr = runner(_to_tensor(window), range(emitted - first, last - first))
         yield from tensor_to_uint8(hr[0])
-        emitted = stop
+        emitted = last
         while buffer and first < emitted - config.context_before:
             buffer.popleft()
             first += 1
+
+
+def segment_inputs(config: StreamConfig, start: int, stop: int, total: int) -> range:
+    """The input frames the segment of output frames ``start`` to ``stop`` (of ``total``) reads."""
+    return range(max(0, start - config.context_before), min(total, stop + config.overlap))
 
 
 def upscale_path(
