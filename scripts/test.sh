@@ -3,4 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/python -m pytest -q "$@"
+# two worker processes of one torch thread each (VSRQ_TEST_WORKERS=0: one process, two threads)
+workers=${VSRQ_TEST_WORKERS:-2}
+.venv/bin/python -m pytest -q $([ "$workers" -gt 0 ] && echo "-n $workers") "$@"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,9 @@ from vsrq.data.frames import write_frame
 from vsrq.models.basicvsr import BasicVSR
 from vsrq.models.weights import package_dir
 
-torch.set_num_threads(2)
+# one thread per pytest-xdist worker (scripts/test.sh runs two): two single-threaded processes keep two cores
+# busier than one two-threaded one on these small tensors
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 try:  # the fuzz tests' fixed profile: the same examples on every run and machine, bounded in number, no database
     from hypothesis import settings

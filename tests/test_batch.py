@@ -22,12 +22,15 @@ pytestmark = pytest.mark.ray
 
 
 @pytest.fixture(scope="module")
-def ray_local(tmp_path_factory):
+def ray_local(tmp_path_factory) -> Path:
+    """A local Ray instance for the module; its workers' graph cache (they inherit the environment of its start,
+    not the per-test one conftest sets)."""
     ray = pytest.importorskip("ray")
     cache = os.environ.get("VSRQ_CACHE")
-    os.environ["VSRQ_CACHE"] = str(tmp_path_factory.mktemp("cache"))  # the workers inherit it: graphs land here
+    workers_cache = tmp_path_factory.mktemp("workers-cache")
+    os.environ["VSRQ_CACHE"] = str(workers_cache)
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield ray
+    yield workers_cache
     ray.shutdown()
     if cache is None:
         del os.environ["VSRQ_CACHE"]
@@ -157,7 +160,7 @@ def test_integer_graphs_per_lr_size_on_two_workers(ray_local, tmp_path: Path):
     for rel in ("a", "shows/b", "c.mp4"):
         vsrq.upscale(str(ckpt), lib / rel, tmp_path / "ref" / rel, runtime="onnxruntime", show_progress=False)
     assert _tree(tmp_path / "out") == _tree(tmp_path / "ref")
-    graphs = sorted(p.name for p in Path(os.environ["VSRQ_CACHE"]).rglob("*.onnx"))
+    graphs = sorted(p.name for p in ray_local.rglob("*.onnx"))  # the workers' shared cache: one pair per size
     assert graphs == ["model_64x64.backward.onnx", "model_64x64.onnx", "model_64x72.backward.onnx", "model_64x72.onnx"]
 
 
@@ -204,3 +207,16 @@ def test_a_killed_job_restarted_completes_with_the_same_outputs(tmp_path: Path):
     fresh = tmp_path / "fresh"
     assert subprocess.run([*cmd[:-4], str(lib), str(fresh), "--model", str(model)]).returncode == 0
     assert _tree(out) == _tree(fresh)
+
+
+def test_a_diffusion_model_split_into_chunks_equals_one_worker(ray_local, tmp_path: Path):
+    """MGLD-VSR's chunks (its own frame count, each sampled with the seed) as segments on two workers: the same
+    frames `vsrq upscale --seed` writes."""
+    lib = tmp_path / "lib"
+    write_clip(lib / "clip", smooth_frames(12, 20, 24, seed=7))
+    summary = upscale_batch("mgldvsr-small", lib, tmp_path / "out", workers=2, seed=3, segment=1, show_progress=False)
+    assert [(v.status, v.frames) for v in summary.videos] == [("done", 12)]
+    assert len([t for t in summary.tasks if "[" in t.name]) > 1  # split into chunk-aligned segments
+    torch.set_num_threads(1)
+    vsrq.upscale("mgldvsr-small", lib / "clip", tmp_path / "ref" / "clip", seed=3, show_progress=False)
+    assert _tree(tmp_path / "out") == _tree(tmp_path / "ref")

@@ -68,3 +68,23 @@ def test_running_a_checkpoint_imports_no_calibration_code(tmp_path: Path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     assert importlib.import_module("vsrq.methods.pipeline")  # the calibration code itself still imports
+
+
+def test_single_machine_jobs_never_import_ray(tmp_path: Path):
+    """Ray is the batch job's alone: the CLI's other paths run without loading it (nor need it installed)."""
+    from tests.conftest import smooth_frames, write_clip
+
+    write_clip(tmp_path / "lr", smooth_frames(2, 64, 64))
+    import torch
+
+    torch.save({"params": tiny_basicvsr().state_dict()}, tmp_path / "tiny.pth")
+    script = (
+        "import sys\n"
+        "from vsrq.cli import main\n"
+        f"assert main(['--quiet', 'upscale', {str(tmp_path / 'lr')!r}, {str(tmp_path / 'sr')!r}, "
+        f"'--model', {str(tmp_path / 'tiny.pth')!r}]) == 0\n"
+        f"assert main(['--quiet', 'eval', {str(tmp_path / 'sr')!r}, {str(tmp_path / 'sr')!r}]) == 0\n"
+        "sys.exit(1 if 'ray' in sys.modules else 0)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
