@@ -28,6 +28,7 @@ from vsrq.config import CalibConfig, QuantConfig
 from vsrq.data.clips import CalibrationSet, load_calibration
 from vsrq.data.datasets import PairedClip, load_paired
 from vsrq.devices import check_device
+from vsrq.memory import peak_rss_mb, reset_peak_rss
 from vsrq.methods.pipeline import quantize_model
 from vsrq.metrics.psnr_ssim import tensor_to_uint8
 from vsrq.metrics.report import ClipScores, score_clip
@@ -128,6 +129,7 @@ class Bench:
         self.clips = load_paired(self.dataset, self.degradation, QUICK_FRAMES if self.quick else None)
         self.commit, self.date = self.stamp(), today()
         self._calib: CalibrationSet | None = None
+        self.last_peak_rss_mb: int | None = None
 
     def stamp(self) -> str:
         """What made the rows: vsrq's version (the project's own sweeps record the git commit)."""
@@ -174,11 +176,17 @@ class Bench:
         return self.row(self.loaded.model, "fp", 32, 32, None, None)
 
     def quantize(self, config: QuantConfig) -> tuple[nn.Module, float]:
-        """Quantize the benchmark's model on its calibration set: (model, calibration seconds)."""
+        """Quantize the benchmark's model on its calibration set: (model, calibration seconds); the process's
+        peak resident size during it lands in ``last_peak_rss_mb`` (None where the system cannot say)."""
+        calib = self.calib  # cut before the measurement: the clips are the benchmark's, not the method's
+        measured = reset_peak_rss()
         start = time.perf_counter()
-        qm = quantize_model(self.loaded, config, self.calib, log=lambda s: None, show_progress=self.show_progress,
+        qm = quantize_model(self.loaded, config, calib, log=lambda s: None, show_progress=self.show_progress,
                             device=self.device)
-        return qm, time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        peak = peak_rss_mb() if measured else None
+        self.last_peak_rss_mb = None if peak is None else round(peak)
+        return qm, seconds
 
     def quantized_row(self, config: QuantConfig, method_label: str | None = None, notes: str = "",
                       **extra: Any) -> tuple[Row, nn.Module]:
@@ -189,7 +197,7 @@ class Bench:
                        calib_clips=len(self.calib.clips), calib_sha256=self.calib.sha256[:16],
                        options=config.options, gmacs_per_frame=round(acct.macs / 2, 3),
                        gmacs_effective_per_frame=round(acct.macs_effective / 2, 3),
-                       method_notes=qm.manifest["notes"], **extra)
+                       method_notes=qm.manifest["notes"], peak_rss_mb=self.last_peak_rss_mb, **extra)
         return row, qm
 
     def use_seed(self, seed: int) -> None:
@@ -260,8 +268,8 @@ class Bench:
 
 
 def seed_summary(rows: list[Row], seeds: list[int], notes: str) -> Row:
-    """The first row with ``psnr_y`` / ``ssim_y`` / ``calib_s`` the means over ``rows`` (one per seed), plus
-    ``psnr_y_std`` / ``ssim_y_std`` (sample standard deviation, n - 1), ``seeds`` and each seed's figures."""
+    """The first row with ``psnr_y`` / ``ssim_y`` / ``calib_s`` the means over ``rows`` (one per seed), ``peak_rss_mb``
+    their largest, plus ``psnr_y_std`` / ``ssim_y_std`` (sample standard deviation, n - 1), ``seeds`` and each seed's figures."""
     if len(rows) != len(seeds) or len(rows) < 2:
         raise ValueError("a seed summary needs one row per seed and at least two seeds")
     psnr = np.array([r.psnr_y for r in rows])
@@ -272,6 +280,9 @@ def seed_summary(rows: list[Row], seeds: list[int], notes: str) -> Row:
     extra = {k: v for k, v in rows[0].extra.items() if k not in ("clips", "calib_sha256", "method_notes")}
     extra.update(psnr_y_std=round(float(psnr.std(ddof=1)), 4), ssim_y_std=round(float(ssim.std(ddof=1)), 5),
                  seeds=list(seeds), per_seed=per_seed)
+    peaks = [r.extra["peak_rss_mb"] for r in rows if r.extra.get("peak_rss_mb") is not None]
+    if peaks:
+        extra["peak_rss_mb"] = max(peaks)  # the memory a user needs is the largest any sample took
     return replace(rows[0], psnr_y=round(float(psnr.mean()), 4), ssim_y=round(float(ssim.mean()), 5),
                    fab=round(float(np.mean([r.fab for r in rows])), 3),
                    calib_s=round(float(np.mean(calib)), 1) if calib else None, notes=notes, extra=extra)

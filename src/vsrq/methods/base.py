@@ -15,6 +15,7 @@ from torch import nn
 
 from vsrq.config import QuantConfig, QuantizerSpec
 from vsrq.errors import VsrqError
+from vsrq.memory import release_free_memory
 from vsrq.models.host import ModelCall, ModelHost
 from vsrq.progress import progress
 from vsrq.quant.controller import InputController
@@ -155,6 +156,7 @@ class InputStatistics:
                 self.clips = call.size
                 ctx.run(ctx.base, call)
                 self.end_call()
+                release_free_memory()
 
 
 def run_model(ctx: CalibContext, model: nn.Module, desc: str, batch_size: int = 4) -> None:
@@ -163,6 +165,7 @@ def run_model(ctx: CalibContext, model: nn.Module, desc: str, batch_size: int = 
     with torch.no_grad(), progress(total=len(calls), desc=desc, unit="batch", enabled=ctx.show_progress) as bar:
         for call in calls:
             ctx.run(model, call)
+            release_free_memory()
             bar.update(1)
 
 

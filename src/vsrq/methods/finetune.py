@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from vsrq.memory import release_free_memory
 from vsrq.methods.base import CalibContext
 from vsrq.models.host import ModelCall
 from vsrq.progress import progress
@@ -34,25 +35,13 @@ def charbonnier_frames(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e
     return torch.sqrt(sq + eps**2).mean()
 
 
-def normalized_feature_loss(fp_feats: list[torch.Tensor], q_feats: list[torch.Tensor]) -> torch.Tensor:
-    """mean over (block, frame) pairs and batch of || f/||f|| - g/||g|| ||^2, each map (B, C, H, W)."""
-    if len(fp_feats) != len(q_feats) or not fp_feats:
-        raise ValueError(f"feature lists differ: {len(fp_feats)} float vs {len(q_feats)} quantized maps")
-    total = 0.0
-    for f, g in zip(fp_feats, q_feats):
-        f, g = f.flatten(1), g.flatten(1)
-        f = f / f.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        g = g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        total = total + (f - g).pow(2).sum(dim=1).mean()
-    return total / len(fp_feats)
-
-
 @contextmanager
 def feature_tap(model: nn.Module, pattern: str) -> Iterator[list[torch.Tensor]]:
-    """Collect, in call order, the outputs of every module whose name matches ``pattern`` (a regex)."""
+    """Collect, in call order, copies of the outputs of every module whose name matches ``pattern`` (a regex):
+    owned, so :func:`feature_terms` may overwrite them even where a block returns a view of its input."""
     feats: list[torch.Tensor] = []
     regex = re.compile(pattern)
-    hooks = [m.register_forward_hook(lambda _m, _i, out: feats.append(out))
+    hooks = [m.register_forward_hook(lambda _m, _i, out: feats.append(out.detach().clone()))
              for name, m in model.named_modules() if regex.search(name)]
     if not hooks:
         raise ValueError(f"feature pattern {pattern!r} matches no module")
@@ -61,6 +50,63 @@ def feature_tap(model: nn.Module, pattern: str) -> Iterator[list[torch.Tensor]]:
     finally:
         for h in hooks:
             h.remove()
+
+
+class _FeatureTerm(torch.autograd.Function):
+    """Identity on a block's output ``g`` that also returns this map's normalized feature loss against the float
+    map's unit rows ``f_hat``. The gradient with respect to ``g`` is computed in forward, into ``f_hat``'s own
+    buffer: the block's output is never saved for backward (in a checkpointed recurrent step it is recomputed
+    like everything else), so each tapped map costs one map-sized tensor from the float pass to backward."""
+
+    @staticmethod
+    def forward(ctx, g: torch.Tensor, f_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        rows = g.detach().flatten(1)
+        norm = rows.norm(dim=1, keepdim=True)
+        n = norm.clamp_min(1e-12)
+        g_hat = rows / n
+        r = f_hat.neg_().add_(g_hat)  # g_hat - f_hat, in place
+        term = r.pow(2).sum(dim=1).mean()
+        # d/dg of mean_b |g_b/|g_b| - f_b|^2 = 2 / (B |g_b|) (r_b - g_hat_b (g_hat_b . r_b)); the norm's
+        # part vanishes where the clamp holds, as autograd through clamp_min gives
+        radial = torch.bmm(g_hat.unsqueeze(1), r.unsqueeze(2)).view(-1, 1) * (norm >= 1e-12)
+        r.sub_(g_hat * radial).mul_(2.0 / (rows.shape[0] * n))
+        ctx.grad = r.view_as(g)
+        return g.clone(), term
+
+    @staticmethod
+    def backward(ctx, grad_g: torch.Tensor, grad_term: torch.Tensor) -> tuple[torch.Tensor, None]:  # type: ignore[override]
+        return grad_g + grad_term * ctx.grad, None
+
+
+@contextmanager
+def feature_terms(model: nn.Module, pattern: str, fp_feats: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
+    """Run ``model`` with the normalized feature loss of each matching block output against ``fp_feats`` (the
+    float model's maps, in call order) collected as one scalar per map (Eq. 15's term; their mean is the loss),
+    with the value and gradient of the plain autograd expression. Consumes ``fp_feats``: each float map is
+    normalized in place and becomes its tap's gradient buffer."""
+    count = len(fp_feats)
+    fp_feats.reverse()  # popped from the end: in call order
+    terms: list[torch.Tensor] = []
+
+    def hook(_m: nn.Module, _i: tuple, out: torch.Tensor) -> torch.Tensor:
+        if not fp_feats:
+            raise ValueError(f"feature lists differ: the quantized model produced more than {count} maps")
+        rows = fp_feats.pop().reshape(out.shape[0], -1)
+        out, term = _FeatureTerm.apply(out, rows.div_(rows.norm(dim=1, keepdim=True).clamp_min(1e-12)))
+        terms.append(term)
+        return out
+
+    regex = re.compile(pattern)
+    hooks = [m.register_forward_hook(hook) for name, m in model.named_modules() if regex.search(name)]
+    if not hooks:
+        raise ValueError(f"feature pattern {pattern!r} matches no module")
+    try:
+        yield terms
+    finally:
+        for h in hooks:
+            h.remove()
+    if fp_feats:
+        raise ValueError(f"feature lists differ: {count} float vs {len(terms)} quantized maps")
 
 
 @dataclass
@@ -214,6 +260,8 @@ def _run_stage(ctx: CalibContext, student: nn.Module, stage: Stage, batches: lis
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                del loss
+                release_free_memory()
                 if stage.after_step is not None:
                     with torch.no_grad():
                         stage.after_step()
@@ -250,7 +298,7 @@ def _step_loss(ctx: CalibContext, student: nn.Module, call: ModelCall, cfg: Fine
         return charbonnier_frames(frames(ctx.run(student, call), call), frames(target, call), cfg.eps)
     with torch.no_grad(), feature_tap(ctx.fp_model, feature_pattern) as fp_feats:
         target = ctx.run(ctx.fp_model, call)
-    with feature_tap(ctx.base, feature_pattern) as q_feats:
+    with feature_terms(ctx.base, feature_pattern, fp_feats) as terms:
         out = ctx.run(student, call)
     loss = charbonnier_frames(frames(out, call), frames(target, call), cfg.eps)
-    return loss + cfg.lambda_skt * normalized_feature_loss(fp_feats, q_feats)
+    return loss + cfg.lambda_skt * torch.stack(terms).mean()

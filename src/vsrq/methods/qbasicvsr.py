@@ -35,6 +35,7 @@ from torch import nn
 
 from vsrq.config import MIN_BITS, QuantConfig, QuantizerSpec
 from vsrq.errors import VsrqError
+from vsrq.memory import release_free_memory
 from vsrq.methods.base import (
     CalibContext,
     InputStatistics,
@@ -59,9 +60,12 @@ class LayerSensitivity(InputStatistics):
     """Accumulates s_space and s_temp of each layer's input over the calibration calls (Eqs. 10-11).
 
     Frames arrive one at a time, ``(clips, C, ...)``, as the host's time layout orders them. s_temp needs
-    the std over frames of every element: a running mean and sum of squares per element (Welford) over the
-    T frames of a call keeps memory at one activation per layer.
+    the std over frames of every element: a running mean and sum of squares per element (Welford, updated in
+    place, float32) over the T frames of a call keep memory at two activations per layer; every layer of a
+    recurrent model holds its pair for the whole call, so their size is this pass's peak.
     """
+
+    dtype = torch.float32
 
     def __init__(self, layers: dict[str, QuantLayer], host: ModelHost) -> None:
         super().__init__(layers, host)
@@ -77,8 +81,8 @@ class LayerSensitivity(InputStatistics):
         else:
             run[0] += 1
             delta = x - run[1]
-            run[1] += delta / run[0]
-            run[2] += delta * (x - run[1])
+            run[1].add_(delta, alpha=1.0 / run[0])
+            run[2].addcmul_(delta, delta, value=1.0 - 1.0 / run[0])  # delta * (x - new mean)
 
     def end_call(self) -> None:
         for name, (count, _mean, m2) in self._run.items():
@@ -165,6 +169,7 @@ def _observe(ctx: CalibContext, sensitivity: LayerSensitivity | None) -> None:
             ctx.run(ctx.base, call)
             if sensitivity is not None:
                 sensitivity.end_call()
+            release_free_memory()
             bar.update(1)
 
 
@@ -299,6 +304,7 @@ class QBasicVSR(Method):
             for call in ctx.calls():
                 motion = ctx.host.motion(ctx.fp_model, call)
                 values.extend(video_complexity(motion.frames, motion.flows, o["gamma"], o["lambda_video"]).tolist())
+                release_free_memory()
         low, high = np.percentile(values, o["p_video"]), np.percentile(values, 100 - o["p_video"])
         ctx.notes["calib_complexity"] = [round(v, 3) for v in values]
         controller = VideoBitController(float(low), float(high), o["gamma"], o["lambda_video"], o["tau"], allow_up)

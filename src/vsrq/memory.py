@@ -1,0 +1,72 @@
+"""Process memory: peak resident size for the benchmarks' ``peak_rss_mb``, and malloc's share of it.
+
+Calibration allocates and frees activation-sized tensors by the thousand. glibc's malloc keeps freed
+heap pages resident, so a process that lives through several passes and fine-tuning stages grew far
+past what it held at any moment (QBasicVSR: 72 MB of live tensors at 9.6 GB resident after three
+one-step stages). :func:`release_free_memory` returns those pages after each pass and step. Within
+one step the heap still fragments to about 2.5x the live tensors (QBasicVSR's default: 1.9 GB live,
+4.9 GB resident); :func:`bound_heap` trades time for that: every allocation of 1 MB or more gets its
+own mapping, returned to the system when freed, so resident size follows live size, at about twice
+the calibration time (fresh pages are zero-filled by the kernel on first touch).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+from pathlib import Path
+
+_STATUS = Path("/proc/self/status")
+_M_MMAP_THRESHOLD = -3  # glibc malloc.h
+
+
+@functools.cache
+def _malloc_trim():  # type: ignore[no-untyped-def]
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to hand back this way
+        return None
+
+
+def release_free_memory() -> None:
+    """Give the heap pages malloc holds but no tensor uses back to the system (glibc; elsewhere a no-op)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def bound_heap() -> bool:
+    """From now on, serve allocations of 1 MB or more from their own mappings (glibc's M_MMAP_THRESHOLD); the
+    process's resident size then follows its live tensors. False where the C library has no such switch."""
+    name = ctypes.util.find_library("c")
+    try:
+        mallopt = ctypes.CDLL(name).mallopt if name else None
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt is not None and mallopt(_M_MMAP_THRESHOLD, 1 << 20))
+
+
+def _status_mb(field: str) -> float | None:
+    try:
+        for line in _STATUS.read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Start a new peak-RSS measurement (Linux: /proc/self/clear_refs); False where the system cannot."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mb() -> float | None:
+    """The process's peak resident size in MB since start or the last :func:`reset_peak_rss` (None: unknown)."""
+    return _status_mb("VmHWM")
