@@ -22,17 +22,22 @@ _M_MMAP_THRESHOLD = -3  # glibc malloc.h
 
 
 @functools.cache
-def _malloc_trim():  # type: ignore[no-untyped-def]
+def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None
-    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to hand back this way
+        return ctypes.CDLL(name) if name else None
+    except OSError:
         return None
+
+
+def _glibc(symbol: str):  # type: ignore[no-untyped-def]
+    """A glibc malloc function, or None on other C libraries (macOS, musl)."""
+    return getattr(_libc(), symbol, None)
 
 
 def release_free_memory() -> None:
     """Give the heap pages malloc holds but no tensor uses back to the system (glibc; elsewhere a no-op)."""
-    trim = _malloc_trim()
+    trim = _glibc("malloc_trim")
     if trim is not None:
         trim(0)
 
@@ -40,11 +45,7 @@ def release_free_memory() -> None:
 def bound_heap() -> bool:
     """From now on, serve allocations of 1 MB or more from their own mappings (glibc's M_MMAP_THRESHOLD); the
     process's resident size then follows its live tensors. False where the C library has no such switch."""
-    name = ctypes.util.find_library("c")
-    try:
-        mallopt = ctypes.CDLL(name).mallopt if name else None
-    except (OSError, AttributeError):
-        return False
+    mallopt = _glibc("mallopt")
     return bool(mallopt is not None and mallopt(_M_MMAP_THRESHOLD, 1 << 20))
 
 
