@@ -6,12 +6,20 @@ results file at once. Research tooling: it lives here, not in the installed pack
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
+import os
 import subprocess
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from vsrq import benchmark
+from torch import nn
+
+from vsrq import benchmark, checkpoint
+from vsrq.config import QuantConfig
+
+CHECKPOINTS = Path(__file__).resolve().parent / "cache" / "checkpoints"
 
 
 def git_commit() -> str:
@@ -39,10 +47,37 @@ def locked(lock_path: Path) -> Iterator[None]:
 
 
 class Bench(benchmark.Bench):
-    """A benchmark of the project's sweeps: rows carry the git commit; writes merge under a file lock."""
+    """A benchmark of the project's sweeps: rows carry the git commit; writes merge under a file lock; every
+    quantized setting is kept as a checkpoint under ``bench/cache/checkpoints`` (not committed), so scoring it
+    again (every frame, another dataset) never calibrates again."""
 
     def stamp(self) -> str:
         return git_commit()
+
+    def checkpoint_path(self, config: QuantConfig) -> Path:
+        """Where ``config``'s checkpoint of this benchmark's model and calibration sample is kept."""
+        key = json.dumps({"model": self.model_name, "config": config.to_dict(), "calib_seed": self.seed,
+                          "calib": self.calib.sha256, "device": self.device}, sort_keys=True)
+        digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+        return CHECKPOINTS / f"{self.model_name}-{config.method}-w{config.wbits}a{config.abits}-{digest}.vsrq"
+
+    def quantize(self, config: QuantConfig) -> tuple[nn.Module, float]:
+        """The cached checkpoint with its calibration time and peak RSS as measured, else a new calibration
+        (kept). A cached model is the saved, frozen one: outputs equal the calibrated model's (tested)."""
+        path = self.checkpoint_path(config)
+        facts = path.with_suffix(".json")
+        if path.exists() and facts.exists():
+            known = json.loads(facts.read_text())
+            self.last_peak_rss_mb = known["peak_rss_mb"]
+            return checkpoint.load(path), known["calib_s"]
+        qm, seconds = super().quantize(config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        checkpoint.save(qm, path, overwrite=True)
+        tmp = facts.with_name(f".{facts.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"calib_s": seconds, "peak_rss_mb": self.last_peak_rss_mb, "commit": self.commit,
+                                   "config": config.to_dict()}, indent=1))
+        os.replace(tmp, facts)  # the facts arrive after the checkpoint: a kill leaves either both or a rerun
+        return qm, seconds
 
     @contextmanager
     def exclusive(self, results_dir: Path) -> Iterator[None]:

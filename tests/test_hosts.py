@@ -33,6 +33,7 @@ from vsrq.models.weights import package_dir
 
 QUIET = dict(log=lambda s: None, show_progress=False)
 FAST = {"qbasicvsr": {"epochs": 1, "batch": 2}, "quantvsr": {"epochs": 1, "batch": 2}, "qdiffusion": {"iters": 20},
+        "brecq": {"iters": 4, "samples": 1, "group": 64}, "qdrop": {"iters": 4, "samples": 1, "group": 64},
         **{f"{m}+ft": {"epochs": 1, "batch": 2} for m in ("minmax", "percentile", "dbdc")}}
 FRAMES = 2  # frames per denoiser window in the tiny config
 
@@ -103,7 +104,8 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 # BasicVSR's tiny member keeps the full-size SpyNet, so its training recipes take 10-100 s each: those run with
 # the heavy checks (test_qbasicvsr.py and test_quantvsr.py train them on BasicVSR in the default suite too)
-HEAVY = {("basicvsr", m) for m in ("qbasicvsr", "quantvsr", "qdiffusion", "minmax+ft", "percentile+ft", "dbdc+ft")}
+HEAVY = {("basicvsr", m) for m in ("qbasicvsr", "quantvsr", "qdiffusion", "brecq", "qdrop", "minmax+ft", "percentile+ft",
+                                    "dbdc+ft")}
 PAIRS = [pytest.param(f, m, marks=[pytest.mark.slow] if (f, m) in HEAVY else [], id=f"{f}-{m}")
          for f in sorted(FAMILIES) for m in sorted(METHODS)]
 

@@ -250,6 +250,37 @@ def test_step_checkpointing_changes_no_gradient():
     assert torch.allclose(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-7)
 
 
+def test_a_steps_windows_one_at_a_time_give_the_batchs_loss_and_gradient():
+    """Fine-tuning runs a step's windows one forward/backward each (micro_batch=1, a fraction of the memory):
+    every loss term is a mean over windows, so the per-window losses weighted by their share add up to the
+    batch's loss and gradient; a whole stage then logs the same first loss either way."""
+    from vsrq.methods.finetune import _step_loss
+
+    qm, ctx = _ema_context(2)
+    params = [l.input_quantizer.upper for l in qm.layers().values()]
+    for p in params:
+        p.requires_grad_(True)
+    results = []
+    for micro in (2, 1):
+        for p in params:
+            p.grad = None
+        total = 0.0
+        for call in ctx.calls(micro):
+            loss = _step_loss(ctx, qm.base, call, FinetuneConfig(), FEATURES) * (call.size / 2)
+            loss.backward()
+            total += loss.item()
+        results.append((total, torch.stack([p.grad for p in params])))
+    for p in params:
+        p.requires_grad_(False)
+    assert results[0][0] == pytest.approx(results[1][0], rel=1e-6)
+    assert results[0][1].abs().sum() > 0 and torch.allclose(results[0][1], results[1][1], rtol=1e-4, atol=1e-7)
+    logs = [run_stages(ctx, qm.base, [Stage("a", list(params), 0.0 + 1e-12)], FinetuneConfig(batch=2, micro_batch=m),
+                       FEATURES)[0] for m in (2, 1)]
+    assert logs[0].first_loss == pytest.approx(logs[1].first_loss, rel=1e-6)
+    with pytest.raises(VsrqError, match="micro_batch >= 1"):
+        FinetuneConfig(micro_batch=0)
+
+
 def test_feature_loss_keeps_no_block_output_for_backward():
     """With steps checkpointed, what a fine-tuning step keeps for backward does not grow with the tapped feature
     maps (QBasicVSR at 8 frames of 64x64 crops kept 1.9 GB of them before the taps computed their gradient)."""

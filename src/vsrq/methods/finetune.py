@@ -23,6 +23,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
+from vsrq.errors import VsrqError
 from vsrq.memory import release_free_memory
 from vsrq.methods.base import CalibContext
 from vsrq.models.host import ModelCall
@@ -124,13 +125,18 @@ class FinetuneConfig:
     """``loss`` is "charbonnier_skt" (QBasicVSR, Eq. 16) or "mse" (QuantVSR: MSE of the outputs)."""
 
     epochs: int = 1  # per stage
-    batch: int = 2
+    batch: int = 2  # calibration windows per optimizer step
+    micro_batch: int = 1  # windows per forward/backward within a step: the same gradient, a fraction of the memory
     lr_decay: float = 0.9  # per epoch
     eps: float = 1e-6
     lambda_skt: float = 0.1
     loss: str = "charbonnier_skt"
     checkpoint_steps: bool = True  # recompute each recurrent step in backward: bounded memory, one more forward
     holdout: int = 0  # calibration windows kept out of training to judge (and maybe undo) each stage
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch < 1 or self.micro_batch < 1 or self.holdout < 0:
+            raise VsrqError(f"fine-tuning: need epochs >= 0, batch >= 1, micro_batch >= 1, holdout >= 0; got {self}")
 
 
 @dataclass
@@ -180,14 +186,14 @@ def run_stages(
     """
     all_params = [p for p in student.parameters()]
     train, held = split_holdout(len(ctx.calib), cfg.holdout)
-    batches = list(ctx.calls(cfg.batch, train))
-    guard = list(ctx.calls(cfg.batch, held)) if held else []
+    steps = [list(ctx.calls(cfg.micro_batch, train[i : i + cfg.batch])) for i in range(0, len(train), cfg.batch)]
+    guard = list(ctx.calls(cfg.micro_batch, held)) if held else []
     logs = []
     with _checkpointing(ctx.base, cfg.checkpoint_steps):
         for stage in stages:
             before = _holdout_loss(ctx, student, guard, cfg, feature_pattern)
             saved = [p.detach().clone() for p in stage.params if p is not None]
-            log = _run_stage(ctx, student, stage, batches, all_params, cfg, feature_pattern)
+            log = _run_stage(ctx, student, stage, steps, all_params, cfg, feature_pattern)
             if log.diverged:
                 _restore(stage, saved)
             elif guard and log.steps:
@@ -235,8 +241,10 @@ def _checkpointing(model: nn.Module, enabled: bool) -> Iterator[None]:
             model.checkpoint_steps = previous
 
 
-def _run_stage(ctx: CalibContext, student: nn.Module, stage: Stage, batches: list[ModelCall],
+def _run_stage(ctx: CalibContext, student: nn.Module, stage: Stage, steps: list[list[ModelCall]],
                all_params: list[nn.Parameter], cfg: FinetuneConfig, feature_pattern: str | None) -> StageLog:
+    """Adam over ``steps``; each step's loss is the mean over its windows (they add their gradients call by call:
+    every loss here is a mean over windows, so the step's gradient is the one of the whole batch at once)."""
     log = StageLog(stage.name)
     params = [p for p in stage.params if p is not None]
     if not params:
@@ -248,20 +256,25 @@ def _run_stage(ctx: CalibContext, student: nn.Module, stage: Stage, batches: lis
     opt = torch.optim.Adam(params, lr=stage.lr)
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     start = time.perf_counter()
-    with progress(total=cfg.epochs * len(batches), desc=f"finetune {stage.name}", unit="step",
+    with progress(total=cfg.epochs * len(steps), desc=f"finetune {stage.name}", unit="step",
                   enabled=ctx.show_progress) as bar:
         for _ in range(cfg.epochs):
-            for call in batches:
-                loss = _step_loss(ctx, student, call, cfg, feature_pattern)
-                value = float(loss.detach())
-                if not math.isfinite(value):  # diverged: run_stages undoes the stage
-                    log.diverged = True
-                    break
+            for calls in steps:
+                total = sum(call.size for call in calls)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                value = 0.0
+                for call in calls:
+                    loss = _step_loss(ctx, student, call, cfg, feature_pattern) * (call.size / total)
+                    value += float(loss.detach())
+                    if not math.isfinite(value):  # diverged: run_stages undoes the stage
+                        log.diverged = True
+                        break
+                    loss.backward()
+                    del loss
+                    release_free_memory()
+                if log.diverged:
+                    break
                 opt.step()
-                del loss
-                release_free_memory()
                 if stage.after_step is not None:
                     with torch.no_grad():
                         stage.after_step()

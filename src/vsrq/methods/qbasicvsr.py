@@ -138,13 +138,14 @@ def _specs(choice: LayerChoice, weight_obs: str, act_obs: str) -> tuple[Quantize
             QuantizerSpec(bits=choice.abits, symmetric=False, granularity="tensor", observer=act_obs))
 
 
-_FT_OPTIONS = {"epochs": 1, "batch": 2, "lr_weight": 1e-3, "lr_act": 1e-5, "lr_bits": 0.1, "lr_decay": 0.9,
-               "lambda_skt": 0.1, "eps": 1e-6, "holdout": 0}
+_FT_OPTIONS = {"epochs": 1, "batch": 2, "micro_batch": 1, "lr_weight": 1e-3, "lr_act": 1e-5, "lr_bits": 0.1,
+               "lr_decay": 0.9, "lambda_skt": 0.1, "eps": 1e-6, "holdout": 0}
 
 
 def _finetune_cfg(opts: dict[str, Any]) -> FinetuneConfig:
-    return FinetuneConfig(epochs=int(opts["epochs"]), batch=int(opts["batch"]), lr_decay=float(opts["lr_decay"]),
-                          eps=float(opts["eps"]), lambda_skt=float(opts["lambda_skt"]), holdout=int(opts["holdout"]))
+    return FinetuneConfig(epochs=int(opts["epochs"]), batch=int(opts["batch"]), micro_batch=int(opts["micro_batch"]),
+                          lr_decay=float(opts["lr_decay"]), eps=float(opts["eps"]), lambda_skt=float(opts["lambda_skt"]),
+                          holdout=int(opts["holdout"]))
 
 
 def _check_feature_loss(opts: dict[str, Any], host: ModelHost, model: nn.Module, method: str) -> None:
@@ -287,7 +288,7 @@ class QBasicVSR(Method):
                 for name, (lower, upper) in ranges.items():
                     acts[name].set_range(lower, upper)
                 logs = run_stages(ctx, student, stages, cfg, feature_pattern)
-                loss = mean_loss(ctx, student, list(ctx.calls(cfg.batch)), cfg, feature_pattern)
+                loss = mean_loss(ctx, student, list(ctx.calls(cfg.micro_batch)), cfg, feature_pattern)
                 ctx.log(f"activation ranges {label}: calibration loss {loss:.4g}")
                 outcomes[label] = (loss, logs, {k: v.clone() for k, v in student.state_dict().items()})
             chosen = min(outcomes, key=lambda k: outcomes[k][0])

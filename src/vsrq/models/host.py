@@ -21,6 +21,8 @@ A fact a method needs and the host lacks is an error naming both, never a silent
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Sequence
@@ -239,3 +241,11 @@ class RecurrentHost(ModelHost):
     def stream(self, model: nn.Module, device: str, chunk: int, overlap: int, seed: int,
                flow: str) -> tuple[WindowRunner, StreamConfig]:
         return torch_runner(model, device), StreamConfig(chunk, overlap)
+
+    def blocks(self, model: nn.Module) -> tuple[str, ...]:
+        """The residual blocks the feature loss compares are also block reconstruction's units."""
+        pattern = self.feature_blocks(model)
+        if pattern is None:
+            return ()
+        regex = re.compile(pattern)
+        return tuple(name for name, _ in model.named_modules() if regex.search(name))

@@ -153,9 +153,9 @@ class QuantLayer(nn.Module):
         tensors = [self.weight, self.lowrank_up, self.lowrank_down]
         q = self.weight_quantizer
         if q is not None:
-            tensors += [q.lower, q.upper, q.bit_offset]
+            tensors += [q.lower, q.upper, q.bit_offset, q.rounding]
         return tuple((id(t), t._version) if t is not None else None for t in tensors) + (
-            q.current_bits() if q is not None else None,
+            q.current_bits() if q is not None else None, q.hard_rounding if q is not None else None,
         )
 
     def quantized_weight(self) -> torch.Tensor:
@@ -171,6 +171,40 @@ class QuantLayer(nn.Module):
         if self._cache is None or self._cache[0] != key:
             self._cache = (key, self.weight_quantizer(self.residual_weight()))
         return self._cache[1]
+
+    def start_learned_rounding(self) -> nn.Parameter:
+        """AdaRound variables for this layer's weight (see :mod:`vsrq.quant.rounding`); the weight grid stays fixed."""
+        q = self.weight_quantizer
+        if q is None or self.weight is None:
+            raise VsrqError("learned rounding needs a float weight and its quantizer")
+        if self.rotation is not None or self.lowrank_up is not None:
+            raise VsrqError("learned rounding of a rotated or low-rank-branched weight is not supported")
+        self._cache = None
+        return q.start_learned_rounding(self.weight)
+
+    def harden_rounding(self) -> None:
+        """Use the learned rounding's final choice (V >= 0: up) instead of the soft offset."""
+        if self.weight_quantizer is not None and self.weight_quantizer.rounding is not None:
+            self.weight_quantizer.hard_rounding = True
+        self._cache = None
+
+    def bake_rounding(self) -> None:
+        """Make the learned rounding permanent: the float weight becomes its hard-rounded grid value, which
+        round-to-nearest (checkpoints, packing, export) maps back to the same codes; the variables go."""
+        q = self.weight_quantizer
+        if q is None or q.rounding is None:
+            return
+        self.harden_rounding()
+        with torch.no_grad():
+            self.weight.copy_(q(self.weight))
+        q.stop_learned_rounding()
+        self._cache = None
+
+    def drop_learned_rounding(self) -> None:
+        """Forget the learned rounding (round to nearest again), leaving the weight as it was."""
+        if self.weight_quantizer is not None:
+            self.weight_quantizer.stop_learned_rounding()
+        self._cache = None
 
     def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(integer codes shaped like the weight, scale per row, zero-point per row) at the current bits."""

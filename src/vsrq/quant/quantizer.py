@@ -21,6 +21,7 @@ from vsrq.config import MAX_BITS, MIN_BITS, QuantizerSpec
 from vsrq.errors import VsrqError
 from vsrq.quant.grid import Bits, fake_quantize, int_range, round_ste, scale_zero_point
 from vsrq.quant.observers import Observer, make_observer
+from vsrq.quant.rounding import initial_rounding, rectified_sigmoid
 
 
 class FakeQuantizer(nn.Module):
@@ -41,6 +42,10 @@ class FakeQuantizer(nn.Module):
     A dynamic quantizer may carry a calibrated ``clip_ratio`` c: each run-time range [min, max]
     becomes [c min, c max], trading clipped outliers for a finer grid (at 4 bits over a large tensor
     the extremes sit far in the tail).
+
+    Two states exist only while block reconstruction trains a unit: ``rounding`` (a static weight
+    quantizer's AdaRound variables, :mod:`vsrq.quant.rounding`; its grid is then fixed) and ``drop``
+    (QDrop: each activation skips quantization with this probability, drawn from ``drop_generator``).
     """
 
     def __init__(self, spec: QuantizerSpec, role: str = "act", axis: int = 1) -> None:
@@ -63,6 +68,10 @@ class FakeQuantizer(nn.Module):
         self.lower: nn.Parameter | None = None
         self.upper: nn.Parameter | None = None
         self.register_buffer("clip_ratio", None)
+        self.rounding: nn.Parameter | None = None
+        self.hard_rounding = False
+        self.drop = 0.0
+        self.drop_generator: torch.Generator | None = None
 
     # --- rows -----------------------------------------------------------------------------------
     def to_rows(self, x: torch.Tensor) -> torch.Tensor:
@@ -183,10 +192,43 @@ class FakeQuantizer(nn.Module):
         if self.observer is not None:
             self.observer.reset()
 
+    # --- learned rounding (AdaRound) -------------------------------------------------------------
+    def start_learned_rounding(self, w: torch.Tensor) -> nn.Parameter:
+        """AdaRound variables for weight ``w`` on the current grid, starting at ``w`` itself (h(V) = frac(w/S))."""
+        if self.role != "weight" or self.spec.dynamic:
+            raise VsrqError("learned rounding applies to static weight quantizers")
+        scale, _ = self.scale_and_zero_point()
+        rows = self.to_rows(w.detach()) / scale.reshape(-1, 1)
+        self.rounding = nn.Parameter(initial_rounding(rows - torch.floor(rows)))
+        self.hard_rounding = False
+        return self.rounding
+
+    def stop_learned_rounding(self) -> None:
+        self.rounding = None
+        self.hard_rounding = False
+
+    def _learned_rounding(self, x: torch.Tensor, bits: Bits) -> torch.Tensor:
+        """floor(x/S) + z + h(V), clamped: the grid is fixed, only the up/down choice learns."""
+        qmin, qmax = int_range(bits, self.spec.symmetric)
+        lower, upper = (t.detach().reshape(-1, 1) for t in self._static_range())
+        scale, zp = scale_zero_point(lower, upper, bits, self.spec.symmetric)
+        up = (self.rounding >= 0).to(x.dtype) if self.hard_rounding else rectified_sigmoid(self.rounding)
+        q = torch.clamp(torch.floor(self.to_rows(x.detach()) / scale) + zp + up, qmin, qmax)
+        return self.from_rows((q - zp) * scale, x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == "off":
             return x
+        out = self._quantize(x)
+        if self.drop > 0.0:  # QDrop: these positions pass unquantized
+            keep = torch.rand(x.shape, generator=self.drop_generator, device=x.device, dtype=x.dtype) < self.drop
+            out = torch.where(keep, x, out)
+        return out
+
+    def _quantize(self, x: torch.Tensor) -> torch.Tensor:
         bits = self.effective_bits()
+        if self.rounding is not None:
+            return self._learned_rounding(x, bits)
         qmin, qmax = int_range(bits, self.spec.symmetric)
         if self.spec.granularity == "tensor":
             if self.spec.dynamic:

