@@ -69,6 +69,8 @@ class Bench(benchmark.Bench):
         if path.exists() and facts.exists():
             known = json.loads(facts.read_text())
             self.last_peak_rss_mb = known["peak_rss_mb"]
+            # the key holds the settings, not the code: after a change to a method, delete its file to recalibrate
+            print(f"{self.name}: reusing {path.name}, calibrated at {known['commit']}", flush=True)
             return checkpoint.load(path), known["calib_s"]
         qm, seconds = super().quantize(config)
         path.parent.mkdir(parents=True, exist_ok=True)

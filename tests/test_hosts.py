@@ -104,8 +104,8 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 # BasicVSR's tiny member keeps the full-size SpyNet, so its training recipes take 10-100 s each: those run with
 # the heavy checks (test_qbasicvsr.py and test_quantvsr.py train them on BasicVSR in the default suite too)
-HEAVY = {("basicvsr", m) for m in ("qbasicvsr", "quantvsr", "qdiffusion", "brecq", "qdrop", "minmax+ft", "percentile+ft",
-                                    "dbdc+ft")}
+HEAVY = {("basicvsr", m) for m in ("qbasicvsr", "quantvsr", "qdiffusion", "brecq", "qdrop", "minmax+ft",
+                                    "percentile+ft", "dbdc+ft")}
 PAIRS = [pytest.param(f, m, marks=[pytest.mark.slow] if (f, m) in HEAVY else [], id=f"{f}-{m}")
          for f in sorted(FAMILIES) for m in sorted(METHODS)]
 

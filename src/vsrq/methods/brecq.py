@@ -14,9 +14,11 @@ task loss's gradient; PTQ here has no labels).
 
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from vsrq.errors import VsrqError
 from vsrq.methods.base import CalibContext, init_weight_ranges, observe_activations, register_method
-from vsrq.methods.reconstruct import INPUTS, ReconstructionConfig, describe, reconstruct
+from vsrq.methods.reconstruct import INPUTS, ReconstructionConfig, reconstruct
 from vsrq.methods.static import StaticMethod
 from vsrq.quant.controller import InputController
 
@@ -27,8 +29,9 @@ class BRECQ(StaticMethod):
     description = "BRECQ: block reconstruction with AdaRound rounding and learned activation ranges"
     weight_observer = "omse"
     act_observer = "omse"
-    default_options = {"iters": 200, "samples": 4, "lr": 1e-3, "rounding": True, "lr_round": 1e-3, "round_weight": 0.01,
-                       "warmup": 0.2, "drop": 0.0, "inputs": "quant", "memory_mb": 256.0, "group": 1, "windows": 0}
+    default_options = {"iters": 200, "samples": 4, "lr": 1e-3, "rounding": True, "lr_round": 1e-3,
+                       "round_weight": 0.01, "warmup": 0.2, "drop": 0.0, "inputs": "quant", "memory_mb": 256.0,
+                       "group": 1, "windows": 0}
 
     def reconstruction(self) -> ReconstructionConfig:
         o = self.options
@@ -45,7 +48,7 @@ class BRECQ(StaticMethod):
         init_weight_ranges(ctx.layers)
         observe_activations(ctx)
         facts = reconstruct(ctx, cfg)
-        ctx.notes["reconstruction"] = {**describe(cfg), "units": facts}
+        ctx.notes["reconstruction"] = {**asdict(cfg), "units": facts}
         return None
 
 

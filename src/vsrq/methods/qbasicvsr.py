@@ -144,8 +144,8 @@ _FT_OPTIONS = {"epochs": 1, "batch": 2, "micro_batch": 1, "lr_weight": 1e-3, "lr
 
 def _finetune_cfg(opts: dict[str, Any]) -> FinetuneConfig:
     return FinetuneConfig(epochs=int(opts["epochs"]), batch=int(opts["batch"]), micro_batch=int(opts["micro_batch"]),
-                          lr_decay=float(opts["lr_decay"]), eps=float(opts["eps"]), lambda_skt=float(opts["lambda_skt"]),
-                          holdout=int(opts["holdout"]))
+                          lr_decay=float(opts["lr_decay"]), eps=float(opts["eps"]),
+                          lambda_skt=float(opts["lambda_skt"]), holdout=int(opts["holdout"]))
 
 
 def _check_feature_loss(opts: dict[str, Any], host: ModelHost, model: nn.Module, method: str) -> None:

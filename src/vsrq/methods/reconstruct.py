@@ -36,7 +36,7 @@ runs the recording passes on fewer calibration items.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -80,10 +80,9 @@ class ReconstructionConfig:
               and 0 <= self.drop < 1 and self.inputs in INPUTS and self.memory_mb > 0 and self.group >= 1
               and self.windows >= 0)
         if not ok:
-            raise VsrqError(f"block reconstruction: need iters >= 0, lr, lr_round > 0, batch_size, samples >= 1, "
-                            f"0 <= warmup, drop < 1, beta_start >= beta_end > 0, inputs in {INPUTS}, memory_mb > 0, group >= 1, "
-                            f"windows >= 0; "
-                            f"got {self}")
+            raise VsrqError(f"block reconstruction: need iters, windows >= 0; lr, lr_round, memory_mb > 0; batch_size, "
+                            f"samples, group >= 1; 0 <= warmup, drop < 1; beta_start >= beta_end > 0; inputs in "
+                            f"{INPUTS}; got {self}")
 
 
 def reconstruction_units(ctx: CalibContext) -> list[str]:
@@ -220,11 +219,6 @@ def reconstruct(ctx: CalibContext, cfg: ReconstructionConfig = ReconstructionCon
     ctx.log(f"reconstructed {len(units)} units; output MSE {sum(f['mse_before'] for f in facts.values()):.4g} -> "
             f"{sum(f['mse_after'] for f in facts.values()):.4g} (summed over units)")
     return facts
-
-
-def describe(cfg: ReconstructionConfig) -> dict[str, Any]:
-    """The settings a manifest records."""
-    return asdict(cfg)
 
 
 def _reconstruct_unit(module: nn.Module, inputs: list, fp_inputs: list | None, targets: list[torch.Tensor],

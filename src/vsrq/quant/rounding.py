@@ -25,7 +25,8 @@ def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
 
 
 def initial_rounding(rest: torch.Tensor) -> torch.Tensor:
-    """The V with h(V) = ``rest`` (the fractional part of w/S, in [0, 1)): sigmoid(V) = (rest - gamma)/(zeta - gamma)."""
+    """The V with h(V) = ``rest`` (the fractional part of w/S, in [0, 1)):
+    sigmoid(V) = (rest - gamma) / (zeta - gamma)."""
     p = (rest - GAMMA) / (ZETA - GAMMA)
     return torch.log(p) - torch.log1p(-p)
 
