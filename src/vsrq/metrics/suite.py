@@ -1,7 +1,7 @@
 """The metrics ``vsrq eval --metrics`` computes, which of them can run here, and per-clip meters for them.
 
 Every metric is scored per frame (frame metrics) or per consecutive pair (temporal ones, which frame t
-holds for the pair (t-1, t)). Full-reference metrics need ground truth; no-reference ones (NIQE, E*warp)
+holds for the pair (t-1, t)). Full-reference metrics need ground truth; no-reference ones (NIQE, BRISQUE, E*warp)
 score a prediction alone. A metric whose weights are not on this machine is reported unavailable with
 the file it needs and where users get it; nothing is ever downloaded.
 """
@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from vsrq.errors import VsrqError
+from vsrq.metrics.brisque import brisque, live_model
 from vsrq.metrics.niqe import niqe
 from vsrq.metrics.perceptual import LPIPS, DISTS, MissingWeights, local_file, official_dists, official_lpips
 from vsrq.metrics.psnr_ssim import psnr, ssim
@@ -47,6 +48,8 @@ METRICS: dict[str, MetricInfo] = {
     "dists": MetricInfo("DISTS", "", False, True, False, "frames as given, no resize to 256"),
     "niqe": MetricInfo("NIQE", "", False, False, False,
                        "MATLAB / BasicSR algorithm on Y; lower is more natural"),
+    "brisque": MetricInfo("BRISQUE", "", False, False, False,
+                          "LIVE's MATLAB release and model on rgb2gray; lower is better; PIQ/pyiqa differ slightly"),
     "ewarp": MetricInfo("E*warp", "x1e-3", False, False, True,
                         "QuantVSR's ewarp.py on the frames as given (PNG, lossless); QuantVSR scores "
                         "re-encoded mp4"),
@@ -172,6 +175,8 @@ class Suite:
                         s["dists"] = float(self.dists(frame_tensor(_crop(pred, crop)), frame_tensor(_crop(gt, crop)))[0])
             if "niqe" in names:
                 s["niqe"] = niqe(pred, crop)
+            if "brisque" in names:
+                s["brisque"] = brisque(pred, crop)
             return s
 
         out.append(_FrameMeter(frame_scores))
@@ -213,6 +218,8 @@ def build_suite(names: list[str], y: bool = False, crop: int = 0, estar_input_sc
                 lpips[name] = official_lpips("vgg" if name == "lpips_vgg" else "alex")
             elif name == "dists":
                 suite.dists = official_dists()
+            elif name == "brisque":
+                live_model()
             elif name in ("tof", "ewarp_gt"):
                 suite.spynet = suite.spynet or _spynet()
             elif name == "ewarp":
