@@ -72,23 +72,23 @@ def main() -> int:
     args = parser.parse_args()
     fp = load_model(MODEL).model.eval()
     calib = load_calibration(BENCH_CALIB, seed=0)
-    sizes = []
+    loaded = []
     for path in args.checkpoints:
         qm = checkpoint.load(path).eval()
         recon = qm.manifest.get("notes", {}).get("reconstruction", {})
         windows = recon.get("windows", 0)
-        sizes.append((path, qm, windows))
+        loaded.append((path, qm, windows))
     # the windows the reconstruction's recording passes ran (the same rule as vsrq's), else all as "seen"
-    windows = next((w for _, _, w in sizes if w), 0)
+    windows = next((w for _, _, w in loaded if w), 0)
     seen_idx = recording_windows(len(calib), windows) or list(range(len(calib)))
     vid4 = load_paired("vid4", "bi", QUICK_FRAMES)
     sets = {"seen": [calib.clips[i] for i in seen_idx],
             "unseen": [c for i, c in enumerate(calib.clips) if i not in seen_idx],
             "vid4": [torch.from_numpy(c.lr).float().div(255).permute(0, 3, 1, 2).contiguous() for c in vid4]}
-    units = list(sizes[0][1].host.blocks(sizes[0][1].base))
+    units = list(loaded[0][1].host.blocks(loaded[0][1].base))
     table: dict[str, dict[str, dict[str, float]]] = {}
     rows = []
-    for path, qm, _ in sizes:
+    for path, qm, _ in loaded:
         per_set, outputs = {}, {}
         for name, clips in sets.items():
             if clips:

