@@ -3,8 +3,10 @@
 Backends, each timed in its own process (for a clean peak RSS) on the same frames, per frame at
 LR 180x320 (frames cut from bigbuckbunny.mp4) and 144x180 (Vid4 calendar):
 torch-fp32, torch-bf16 (autocast), ort-fp32 (float ONNX), ort-w8a8 (int8 QDQ ONNX of the OMSE
-W8A8 checkpoint). Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend, plus the
-PyTorch simulation of the same W8A8 checkpoint. Sizes: the FP32 .pth and the .vsrq checkpoints
+W8A8 checkpoint), ort-qbasicvsr-w4a4 (QBasicVSR W4A4 FQ, vsrq's defaults: per-layer and per-video
+activation bits on int8 kernels, the checkpoint qbasicvsr_vid4.py scores) and its fake-quant simulation
+timed too (sim-qbasicvsr-w4a4). Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend,
+plus the PyTorch simulation of each quantized checkpoint. Sizes: the FP32 .pth and the .vsrq checkpoints
 at W8A8, W6A6, W4A4 (SPyNet weights stored at 8 bits, its activations float). One more row times
 the design not taken: the whole recurrence unrolled into one float graph for exactly 8 frames.
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -29,12 +32,36 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_CALIB, RESULTS  # noqa: E402
 
 CACHE = Path(__file__).resolve().parent / "cache"
+os.environ.setdefault("VSRQ_CACHE", str(CACHE))  # exported graphs: bench/cache/onnx/<weights and exporter>/
 SIZES = {"180x320": (180, 320), "144x180": (144, 180)}
 FRAMES = 8
+# backend -> (method, wbits, abits, checkpoint key of artifacts()); None: the FP32 weights
+BACKENDS = {
+    "torch-fp32": ("fp", 32, 32, None),
+    "torch-bf16": ("fp", 16, 16, None),
+    "ort-fp32": ("fp", 32, 32, None),
+    "ort-w8a8": ("omse", 8, 8, "w8"),
+    "ort-qbasicvsr-w4a4": ("qbasicvsr", 4, 4, "qbasicvsr-w4"),
+    "sim-qbasicvsr-w4a4": ("qbasicvsr", 4, 4, "qbasicvsr-w4"),
+    "ort-fp32-unrolled": ("fp", 32, 32, None),
+    "sim-w8a8": ("omse", 8, 8, "w8"),
+}
+TIMED = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-w8a8", "ort-qbasicvsr-w4a4", "sim-qbasicvsr-w4a4")
+SIMULATED = ("sim-w8a8", "sim-qbasicvsr-w4a4")
+
+
+def qbasicvsr_config(bits: int):  # type: ignore[no-untyped-def]
+    """QBasicVSR FQ with vsrq's defaults: the qbasicvsr_vid4 benchmark's row, whose checkpoint is shared."""
+    from vsrq.config import QuantConfig
+
+    return QuantConfig(method="qbasicvsr", wbits=bits, abits=bits, scope="fq", calib=BENCH_CALIB)
 
 
 def artifacts() -> dict[str, Path]:
-    """Quantize and save the W8/W6/W4 checkpoints once (bench/cache, not committed)."""
+    """The W8/W6/W4 OMSE checkpoints (bench/cache) and QBasicVSR W4A4 (bench/cache/checkpoints, the quality
+    benchmark's cache), quantized once (not committed)."""
+    from harness import Bench
+
     from vsrq import api
     from vsrq.config import LayerRule, QuantConfig
 
@@ -47,6 +74,10 @@ def artifacts() -> dict[str, Path]:
                               rules=(LayerRule("spynet*", wbits=8, abits=32),))
             api.save(api.quantize("basicvsr-vimeo-bi", cfg, log=lambda s: None, show_progress=False), path)
         out[f"w{bits}"] = path
+    bench = Bench("qbasicvsr_vid4", "basicvsr-vimeo-bi", "vid4", "bi", True, BENCH_CALIB, show_progress=False)
+    out["qbasicvsr-w4"] = bench.checkpoint_path(qbasicvsr_config(4))
+    if not out["qbasicvsr-w4"].exists():
+        bench.quantize(qbasicvsr_config(4))
     return out
 
 
@@ -67,10 +98,12 @@ def frames_for(size: str) -> torch.Tensor:
 
 def runner_for(backend: str, size: tuple[int, int], art: dict[str, Path]):
     from vsrq import api
-    from vsrq.runtime.ort import OrtBasicVSR
+    from vsrq.models.catalog import NAMED_MODELS
+    from vsrq.runtime.ort import OrtBasicVSR, graph_cache
 
-    if backend.startswith("torch"):
-        model = api.load("basicvsr-vimeo-bi")
+    key = BACKENDS[backend][3]
+    if backend.startswith(("torch", "sim")):
+        model = api.load(art[key] if key else "basicvsr-vimeo-bi")
         bf16 = backend == "torch-bf16"
 
         def run(x: torch.Tensor) -> torch.Tensor:
@@ -79,9 +112,10 @@ def runner_for(backend: str, size: tuple[int, int], art: dict[str, Path]):
         return run
     if backend == "ort-fp32-unrolled":
         return unrolled_runner(size)
-    path = CACHE / f"{backend}_{size[0]}x{size[1]}.onnx"
+    source = art[key] if key else NAMED_MODELS["basicvsr-vimeo-bi"][0].weights()
+    path = graph_cache(source) / f"{backend}_{size[0]}x{size[1]}.onnx"  # keyed by the weights and the exporter
     if not path.exists():
-        api.export("basicvsr-vimeo-bi" if backend == "ort-fp32" else art["w8"], path, size)
+        api.export(art[key] if key else "basicvsr-vimeo-bi", path, size)
     ort = OrtBasicVSR(path, threads=torch.get_num_threads())
     return lambda x: ort(x, range(x.shape[1]))
 
@@ -113,10 +147,10 @@ def unrolled_runner(size: tuple[int, int]):
     return run
 
 
-def worker(backend: str, size: str) -> None:
-    """Time one backend at one size in this process; print JSON."""
-    art = {k: CACHE / f"omse_{k}a{k[1:]}.vsrq" for k in ("w8", "w6", "w4")}
-    run = runner_for(backend, SIZES[size], art)
+def worker(backend: str, size: str, checkpoint: str) -> None:
+    """Time one backend at one size in this process (its checkpoint file, or ``-``); print JSON."""
+    key = BACKENDS[backend][3]
+    run = runner_for(backend, SIZES[size], {key: Path(checkpoint)} if key else {})
     x = frames_for(size)
     run(x[:, :3])  # warm-up: allocations, ORT graph optimization
     start = time.perf_counter()
@@ -141,8 +175,8 @@ def quality(backend: str, art: dict[str, Path]) -> float:
     from vsrq.metrics.psnr_ssim import tensor_to_uint8
     from vsrq.metrics.report import score_clip
 
-    art_model = {"sim-w8a8": art["w8"]}.get(backend, "basicvsr-vimeo-bi")
-    model = api.load(art_model) if not backend.startswith("ort") else None
+    key = BACKENDS[backend][3]
+    model = api.load(art[key] if key else "basicvsr-vimeo-bi") if not backend.startswith("ort") else None
     scores = []
     for clip in load_paired("vid4", "bi", QUICK_FRAMES):
         x = torch.from_numpy(clip.lr).float().div(255).permute(0, 3, 1, 2)[None]
@@ -157,7 +191,7 @@ def quality(backend: str, art: dict[str, Path]) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--worker", nargs=2, metavar=("BACKEND", "SIZE"))
+    parser.add_argument("--worker", nargs=3, metavar=("BACKEND", "SIZE", "CHECKPOINT"))
     parser.add_argument("--reuse-quality", action="store_true",
                         help="take the Y-PSNR of each backend from the existing deploy.json; re-time everything")
     parser.add_argument("--sizes-only", action="store_true",
@@ -184,27 +218,36 @@ def main() -> int:
             r.update(commit=commit, date=date, threads=torch.get_num_threads())
         rows += [r for r in json.loads((RESULTS / "deploy.json").read_text()) if "artifact" not in r]
         return write(rows)
-    backends = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-w8a8")
+    backends = TIMED
     if args.reuse_quality:
         old = json.loads((RESULTS / "deploy.json").read_text())
         psnr = {r["backend"]: r["psnr_y"] for r in old if r.get("lr_size") == "144x180" and r.get("psnr_y") is not None}
         psnr.update({b: quality(b, art) for b in args.remeasure})
     else:
-        psnr = {b: quality(b, art) for b in backends + ("sim-w8a8",)}
+        psnr = {b: quality(b, art) for b in dict.fromkeys(backends + SIMULATED)}
     for size in SIZES:
         for backend in backends + (("ort-fp32-unrolled",) if size == "144x180" else ()):
-            out = subprocess.run([sys.executable, __file__, "--worker", backend, size], capture_output=True, text=True)
+            key = BACKENDS[backend][3]
+            out = subprocess.run([sys.executable, __file__, "--worker", backend, size, str(art[key]) if key else "-"],
+                                 capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"{backend} {size} failed:\n{out.stderr[-2000:]}")
             timing = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append({"backend": backend, "lr_size": size, **timing,
+            rows.append({"backend": backend, "lr_size": size, **timing, **identity(backend),
                          "psnr_y": psnr.get(backend) if size == "144x180" else None})
             print(backend, size, timing, flush=True)
     rows.append({"backend": "sim-w8a8", "lr_size": "144x180", "ms_per_frame": None, "peak_rss_mb": None,
-                 "psnr_y": psnr["sim-w8a8"], "notes": "PyTorch fake-quant simulation of the same checkpoint"})
+                 **identity("sim-w8a8"), "psnr_y": psnr["sim-w8a8"],
+                 "notes": "PyTorch fake-quant simulation of the same checkpoint"})
     for r in rows:
         r.update(commit=commit, date=date, threads=torch.get_num_threads())
     return write(rows)
+
+
+def identity(backend: str) -> dict:
+    """The keys that join a speed row to the quality rows."""
+    method, wbits, abits, _ = BACKENDS[backend]
+    return {"model": "basicvsr-vimeo-bi", "method": method, "wbits": wbits, "abits": abits}
 
 
 def write(rows: list[dict]) -> int:

@@ -160,8 +160,8 @@ def test_integer_graphs_per_lr_size_on_two_workers(ray_local, tmp_path: Path):
     for rel in ("a", "shows/b", "c.mp4"):
         vsrq.upscale(str(ckpt), lib / rel, tmp_path / "ref" / rel, runtime="onnxruntime", show_progress=False)
     assert _tree(tmp_path / "out") == _tree(tmp_path / "ref")
-    graphs = sorted(p.name for p in ray_local.rglob("*.onnx"))  # the workers' shared cache: one pair per size
-    assert graphs == ["model_64x64.backward.onnx", "model_64x64.onnx", "model_64x72.backward.onnx", "model_64x72.onnx"]
+    graphs = sorted(p.name for p in ray_local.rglob("*.onnx"))  # the workers' shared cache: one set per size
+    assert graphs == [f"model_{size}.{part}onnx" for size in ("64x64", "64x72") for part in ("backward.", "flow.", "")]
 
 
 def _raylets() -> set[int]:

@@ -104,9 +104,13 @@ def test_qdq_structure(w8a8, tmp_path: Path):
     assert seen == quantized
 
 
-def test_float_export_matches_torch(tmp_path: Path):
-    model = _loaded(num_feat=16).model
-    export_basicvsr(model, tmp_path / "fp.onnx", (64, 64))
+@pytest.mark.parametrize("bidirectional", [True, False])
+def test_float_export_matches_torch(tmp_path: Path, bidirectional: bool):
+    from tests.conftest import tiny_basicvsr
+
+    model = tiny_basicvsr(num_feat=16, bidirectional=bidirectional)
+    files = export_basicvsr(model, tmp_path / "fp.onnx", (64, 64))
+    assert len(files) == (3 if bidirectional else 2)
     x = _clip(4)
     ort_out = tensor_to_uint8(OrtBasicVSR(tmp_path / "fp.onnx", threads=1)(x, range(4))[0])
     with torch.no_grad():
@@ -116,19 +120,27 @@ def test_float_export_matches_torch(tmp_path: Path):
 
 @pytest.mark.fault
 def test_a_forward_graph_refuses_another_exports_backward_graph(tmp_path: Path):
-    """The two graphs of an export are placed forward-last; the forward graph names its companion's SHA-256,
-    so a pair mixed from two exports (by hand, or a kill between an old and a new run) is refused."""
+    """The graphs of an export are placed forward-last; the forward graph names its companions' SHA-256,
+    so a set mixed from two exports (by hand, or a kill between an old and a new run) is refused."""
     import shutil
 
     model = _loaded(num_feat=16).model
     first = export_basicvsr(model, tmp_path / "a" / "fp.onnx", (64, 64))
     second = export_basicvsr(model, tmp_path / "b" / "fp.onnx", (64, 80))
-    assert [p.name for p in first] == ["fp.onnx", "fp.backward.onnx"]
-    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["fp.backward.onnx", "fp.onnx"]  # no leftovers
+    assert [p.name for p in first] == ["fp.onnx", "fp.flow.onnx", "fp.backward.onnx"]
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["fp.backward.onnx", "fp.flow.onnx", "fp.onnx"]
     OrtBasicVSR(first[0])
-    shutil.copy(second[1], first[1])
-    with pytest.raises(VsrqError, match=r"fp.backward.onnx is not the backward graph exported with fp.onnx; export again$"):
+    for i in (1, 2):
+        saved = first[i].read_bytes()
+        shutil.copy(second[i], first[i])
+        with pytest.raises(VsrqError, match=rf"{first[i].name} is not the graph exported with fp.onnx; export again$"):
+            OrtBasicVSR(first[0])
+        first[i].write_bytes(saved)
+    first[2].unlink()
+    with pytest.raises(VsrqError, match=r"fp.backward.onnx: a graph of this export is missing beside fp.onnx$"):
         OrtBasicVSR(first[0])
+    with pytest.raises(VsrqError, match=r"fp.flow.onnx: not the forward graph of a vsrq BasicVSR export"):
+        OrtBasicVSR(first[1])
 
 
 @pytest.mark.fault
@@ -179,7 +191,8 @@ def test_graphs_of_a_checkpoint_are_exported_once_and_reused(w8a8, tmp_path: Pat
     x = _clip()
     first = OrtFromModel(qm, ranges, folder, qm.manifest, threads=1)(x, range(4))
     assert exports == [(64, 64)] and measured == [1]
-    assert sorted(p.name for p in folder.iterdir()) == ["model_64x64.backward.onnx", "model_64x64.onnx"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model_64x64.backward.onnx", "model_64x64.flow.onnx",
+                                                        "model_64x64.onnx"]
     again = OrtFromModel(qm, ranges, folder, qm.manifest, threads=1)(x, range(4))
     assert exports == [(64, 64)] and measured == [1] and torch.equal(first, again)
     (tmp_path / "other.vsrq").write_bytes(ckpt.read_bytes() + b"\0")
@@ -228,3 +241,89 @@ def test_weight_storage_avoids_int8_saturation_where_the_cpu_would_saturate(tmp_
     off = np.mean(np.abs(run(stored, x) - exact) > 1e-6)
     assert off < 1e-3, (stored, off)  # what `auto` chose for this CPU is exact (ties at half a step aside)
     assert np.mean(np.abs(run("uint8", x) - exact) > 1e-6) < 1e-3  # uint8 storage is exact on any CPU
+
+
+@pytest.fixture(scope="module")
+def qbasicvsr_w4a4():
+    """QBasicVSR W4A4 on a tiny model: per-layer bits (TS-LBA) and per-video bits (FG-VBA, -1/0/+1)."""
+    calib = _synthetic_calib(3, 3)
+    cfg = QuantConfig(method="qbasicvsr", wbits=4, abits=4, options={"batch": 2, "omse_refresh": False})
+    qm = quantize_model(_loaded(num_feat=16), cfg, calib, **QUIET)
+    return qm, calib
+
+
+def test_qbasicvsr_runs_on_integer_graphs_at_the_video_bits_the_simulation_picks(qbasicvsr_w4a4, tmp_path: Path):
+    """One pair of step graphs per video bit offset; the runner picks a window's offset from the flows it
+    computes, as the simulation's controller does, and then agrees with the simulation."""
+    qm, calib = qbasicvsr_w4a4
+    assert len({layer.input_quantizer.bits for layer in qm.layers().values()}) > 1  # TS-LBA spread the bits
+    files = export_basicvsr(qm, tmp_path / "q.onnx", (64, 64), calibrate_outputs(qm, calib.clips), qm.manifest)
+    assert sorted(p.name for p in files) == sorted(
+        ["q.onnx", "q.flow.onnx", "q.backward.onnx", "q.bits-1.onnx", "q.bits-1.backward.onnx", "q.bits+1.onnx",
+         "q.bits+1.backward.onnx"])
+    for f in files:  # each integer conv's input codes are clamped to its bits at that offset, 8-bit ones not at all
+        model = onnx.load(str(f))
+        offset = int(next(p.value for p in model.metadata_props if p.key == "vsrq_video_bits"))
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
+        clamps = {n.name: n for n in model.graph.node if n.op_type == "Clip"}
+        for name, layer in qm.layers().items():
+            if f"{name}.input.scale" not in inits:
+                continue  # the other direction's graph
+            bits = min(max(layer.input_quantizer.layer_bits() + offset, 2), 8)
+            clamp = clamps.get(f"{name}.input/ClampCodes")
+            assert (clamp is None) == (bits == 8), (f.name, name)
+            if clamp is not None:
+                assert inits[clamp.input[1]] == 0 and inits[clamp.input[2]] == 2**bits - 1
+    runner = OrtBasicVSR(files[0], threads=1)
+    flat = torch.full((1, 4, 3, 64, 64), 0.5)  # no texture, no motion: the least complex video there is
+    offsets = set()
+    for x in (flat, _clip(), torch.rand(1, 4, 3, 64, 64)):
+        with torch.no_grad():
+            sim = tensor_to_uint8(qm(x)[0])
+        out = tensor_to_uint8(runner(x, range(4))[0])
+        assert runner.last_offset == int(qm.controller.last_bits.item())
+        offsets.add(runner.last_offset)
+        assert min(psnr(a, b) for a, b in zip(out, sim)) > 45  # only 8-bit output rounding differs
+    assert offsets == {-1, 1}
+
+
+def _codes_of(graph_file: Path, tensor: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    """An intermediate tensor of a graph, computed op by op (no fusion)."""
+    import onnxruntime as ort
+
+    model = onnx.load(str(graph_file))
+    model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.UINT8, None))
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return session.run([tensor], feeds)[0]
+
+
+@pytest.mark.parametrize("offset", [-1, 0, 1])
+def test_low_bit_activation_codes_in_the_graph_equal_the_simulations(qbasicvsr_w4a4, offset: int, tmp_path: Path):
+    """QuantizeLinear saturates at 0..255; the graph clamps a b-bit activation's codes to 0..2^b-1 as the
+    simulation does. Checked on the backward trunk's input conv, whose input the test sets exactly (frame,
+    zero state), with frames far brighter than calibration so that the clamp bites."""
+    from vsrq.runtime.onnx_export import fixed_video_bits, graph_name
+
+    qm, calib = qbasicvsr_w4a4
+    path = tmp_path / "q.onnx"
+    export_basicvsr(qm, path, (64, 64), calibrate_outputs(qm, calib.clips), qm.manifest)
+    graph_file = graph_name(path, "backward", offset)
+    name = "backward_trunk.main.0"
+    layer = qm.layers()[name]
+    bits = min(max(layer.input_quantizer.bits + offset, 2), 8)
+    clamps = {n.output[0]: n for n in onnx.load(str(graph_file)).graph.node if n.op_type == "Clip"}
+    tensor = f"{name}.input.q{bits}"
+    assert tensor in clamps
+    torch.manual_seed(offset + 5)
+    x_t = 3 * torch.rand(1, 3, 64, 64)
+    h = torch.zeros(1, 16, 64, 64)
+    feeds = {"x_t": x_t.numpy(), "flow": np.zeros((1, 2, 64, 64), np.float32), "h_next": h.numpy()}
+    codes = _codes_of(graph_file, tensor, feeds)
+    assert _codes_of(graph_file, f"{name}.input.q", feeds).max() > 2**bits - 1  # saturating at 255 would differ
+    with fixed_video_bits(qm, offset), torch.no_grad():
+        q = layer.input_quantizer
+        scale, zero_point = q.scale_and_zero_point()
+        expected = torch.round(q(torch.cat((x_t, h), dim=1)) / scale) + zero_point
+    assert np.array_equal(codes, expected.numpy().astype(np.uint8))

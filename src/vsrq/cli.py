@@ -441,7 +441,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export to ONNX (int8 QDQ step graphs for onnxruntime)")
     p.add_argument("model", help=".vsrq checkpoint (or a model name / .pth for a float graph)")
-    p.add_argument("-o", "--output", required=True, help="target .onnx (a .backward.onnx is written beside it)")
+    p.add_argument("-o", "--output", required=True, help="target .onnx (its flow, backward and per-video-bit graphs are written beside it)")
     p.add_argument("--size", default="180x320", help="LR frame size HxW the graphs are built for (default 180x320)")
     p.add_argument("--calib", help="LR clips to measure output ranges on (default: the checkpoint's own clips)")
     p.add_argument("--calib-clips", type=int, default=8)

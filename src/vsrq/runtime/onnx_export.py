@@ -1,10 +1,18 @@
 """Export a (quantized) BasicVSR to ONNX graphs that onnxruntime executes with integer kernels.
 
-The recurrence is driven from Python with two per-time-step graphs (chosen over an unrolled graph,
+The recurrence is driven from Python with per-time-step graphs (chosen over an unrolled graph,
 whose size and memory grow with the number of frames and which fixes the clip length):
 
-- ``<name>.backward.onnx``: (x_t, x_t+1, h_t+1) -> h_t, SPyNet flow, warp, backward trunk;
-- ``<name>.onnx``: (x_t, x_t-1, g_t-1, h_t) -> (g_t, y_t), SPyNet flow, warp, forward trunk, upsampler.
+- ``<name>.flow.onnx``: (x_ref, x_supp) -> SPyNet flow, float;
+- ``<name>.backward.onnx``: (x_t, flow, h_t+1) -> h_t, warp, backward trunk;
+- ``<name>.onnx``: (x_t, flow, g_t-1, h_t) -> (g_t, y_t), warp, forward trunk, upsampler.
+
+Flows are an input of the steps so that a runner can look at the whole window's motion first:
+QBasicVSR's FG-VBA picks each window's activation bits from it (:func:`video_bit_offsets`). A
+model with such per-video bits gets one pair of step graphs per bit offset (``<name>.bits-1.onnx``
+...), each with its own constant scales (onnxruntime fuses QDQ into integer kernels only with
+constant quantization parameters); the runner computes the window's complexity from the flows and
+runs that pair, so the choice costs no second SPyNet pass and no re-export.
 
 SPyNet and the warp (GridSample) stay float. Every quantized conv becomes the QDQ pattern
 onnxruntime fuses into ``QLinearConv``: ``DequantizeLinear(int8 weights, per-channel scales)``
@@ -22,10 +30,12 @@ instead of floats and fuses the LeakyReLU after it into ``QLinearLeakyRelu`` (a 
 with quantization, so only LeakyReLU's table rounding can differ); and a quantized conv with fewer
 than 16 output channels (``conv_last``) runs padded with zero channels, sliced off afterwards.
 
-Weights below 8 bits keep their grid: 4-bit codes are exact in int8. Activations below 8 bits run
-on uint8 with their own scale but are not clipped to 2^b levels (int8 kernels have no b-bit mode),
-so only W8A8 matches the simulation to the stated tolerance; int4 kernels (GPU: TensorRT, CUTLASS)
-would add real 4-bit activation execution and halve weight traffic again.
+Bit-widths below 8 keep their grids exactly. Weight codes of b bits are exact in int8. A b-bit
+activation runs on uint8 with its own scale and zero point, and a ``Clip`` on the uint8 codes
+(0..2^b-1) between its ``QuantizeLinear`` and ``DequantizeLinear`` applies the simulation's clamp
+(``QuantizeLinear`` alone saturates at 0..255); onnxruntime keeps the integer conv after it. So
+per-layer bits (TS-LBA) and per-video bits run on int8 kernels with the simulation's codes; int4
+kernels (GPU: TensorRT, CUTLASS) would only make 4-bit data cheaper to move and multiply.
 """
 
 from __future__ import annotations
@@ -34,9 +44,11 @@ import copy
 import io
 import json
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -46,6 +58,7 @@ from vsrq.atomic import file_sha256, staged_files
 from vsrq.errors import VsrqError, require
 from vsrq.models.basicvsr import BasicVSR
 from vsrq.models.spynet import flow_warp
+from vsrq.quant.controller import VideoBitController
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.quant.swap import quant_layers
@@ -55,13 +68,23 @@ IR_VERSION = 9  # onnx >= 1.23 writes IR 14 by default, which onnxruntime 1.31 r
 MIN_QCONV_CHANNELS = 16
 
 
+class FlowStep(nn.Module):
+    """SPyNet's flow that warps ``x_supp``'s features onto ``x_ref``."""
+
+    def __init__(self, base: BasicVSR) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, x_ref: torch.Tensor, x_supp: torch.Tensor) -> torch.Tensor:
+        return self.base.spynet(x_ref, x_supp)
+
+
 class BackwardStep(nn.Module):
     def __init__(self, base: BasicVSR) -> None:
         super().__init__()
         self.base = base
 
-    def forward(self, x_t: torch.Tensor, x_next: torch.Tensor, h_next: torch.Tensor) -> torch.Tensor:
-        flow = self.base.spynet(x_t, x_next)
+    def forward(self, x_t: torch.Tensor, flow: torch.Tensor, h_next: torch.Tensor) -> torch.Tensor:
         warped = flow_warp(h_next, flow.permute(0, 2, 3, 1))
         return self.base.backward_trunk(torch.cat((x_t, warped), dim=1))
 
@@ -71,8 +94,7 @@ class ForwardStep(nn.Module):
         super().__init__()
         self.base = base
 
-    def forward(self, x_t, x_prev, g_prev, h_t=None):  # type: ignore[no-untyped-def]
-        flow = self.base.spynet(x_t, x_prev)
+    def forward(self, x_t, flow, g_prev, h_t=None):  # type: ignore[no-untyped-def]
         warped = flow_warp(g_prev, flow.permute(0, 2, 3, 1))
         g = self.base.forward_trunk(torch.cat((x_t, warped), dim=1))
         return g, self.base.reconstruct(x_t, g, h_t)
@@ -86,12 +108,14 @@ class LayerQuant:
     weight_scale: np.ndarray  # float32 per output channel
     input_scale: float
     input_zero_point: int
+    input_bits: int = 8  # uint8 codes are clamped to 0..2^bits-1
 
 
 def check_exportable(model: nn.Module) -> None:
     base = model.base if isinstance(model, QuantizedModel) else model
     if not isinstance(base, BasicVSR):
         raise VsrqError(f"ONNX export supports BasicVSR, not {type(base).__name__}")
+    video_bit_offsets(model)
     for name, layer in quant_layers(base).items():
         problems = []
         if layer.kind != "conv2d":
@@ -110,19 +134,53 @@ def check_exportable(model: nn.Module) -> None:
                             "export supports uniform per-channel weights and static per-tensor activations")
 
 
-def _layer_quant(layer: QuantLayer) -> LayerQuant:
+def layer_quant(layer: QuantLayer) -> LayerQuant:
+    """The integer conv of a layer at its bits now (a video bit offset, if set, included)."""
     codes, scale, _ = layer.weight_codes()
     aq = layer.input_quantizer
     s, z = aq.scale_and_zero_point()
-    return LayerQuant(codes.numpy().astype(np.int8), scale.numpy().astype(np.float32), float(s), int(z))
+    return LayerQuant(codes.numpy().astype(np.int8), scale.numpy().astype(np.float32), float(s), int(z),
+                      aq.current_bits())
 
 
-def float_copy(model: nn.Module) -> tuple[BasicVSR, dict[str, LayerQuant]]:
-    """A plain BasicVSR whose quantized convs hold the dequantized (simulated) weights, and the
-    quantization of the layers that run on integer kernels (weights and inputs quantized)."""
+def video_bit_offsets(model: nn.Module) -> tuple[int, ...]:
+    """The activation bit offsets a model can run at: (0,), or FG-VBA's per-video offsets (0 first)."""
+    controller = model.controller if isinstance(model, QuantizedModel) else None
+    if controller is None:
+        return (0,)
+    if not isinstance(controller, VideoBitController):
+        raise VsrqError(f"the integer graphs have no path for the {controller.kind!r} input controller")
+    return (0, -1, 1) if controller.allow_up else (0, -1)
+
+
+@contextmanager
+def fixed_video_bits(model: nn.Module, offset: int) -> Iterator[None]:
+    """Every activation quantizer the controller drives at ``offset`` bits, whatever the last input set."""
+    controller = model.controller if isinstance(model, QuantizedModel) else None
+    quantizers = controller._quantizers if controller is not None else []
+    saved = [q.shared_offset for q in quantizers]
+    for q in quantizers:
+        q.shared_offset = torch.tensor(float(offset))
+    try:
+        yield
+    finally:
+        for q, old in zip(quantizers, saved):
+            q.shared_offset = old
+
+
+def integer_layers(model: nn.Module, offset: int = 0) -> dict[str, LayerQuant]:
+    """The integer convs (weights and inputs quantized) of ``model`` at a video bit offset."""
+    base = model.base if isinstance(model, QuantizedModel) else model
+    with fixed_video_bits(model, offset):
+        return {name: layer_quant(layer) for name, layer in quant_layers(base).items()
+                if layer.input_quantizer is not None}  # weight-only layers run as float convs
+
+
+def float_copy(model: nn.Module) -> BasicVSR:
+    """A plain BasicVSR whose quantized convs hold the dequantized (simulated) weights: the graph that
+    :func:`insert_qdq` turns integer."""
     base = model.base if isinstance(model, QuantizedModel) else model
     plain = copy.deepcopy(base)
-    quant: dict[str, LayerQuant] = {}
     for name, layer in quant_layers(plain).items():
         with torch.no_grad():
             w = layer.quantized_weight().clone()
@@ -133,9 +191,7 @@ def float_copy(model: nn.Module) -> tuple[BasicVSR, dict[str, LayerQuant]]:
             conv.bias.data = layer.bias.detach().clone()
         parent_name, _, child = name.rpartition(".")
         setattr(plain.get_submodule(parent_name) if parent_name else plain, child, conv)
-        if layer.input_quantizer is not None:  # weight-only layers run as float convs on their dequantized weights
-            quant[name] = _layer_quant(layer)
-    return plain.eval(), quant
+    return plain.eval()
 
 
 def calibrate_outputs(model: QuantizedModel, clips: list[torch.Tensor]) -> dict[str, tuple[float, float]]:
@@ -248,11 +304,17 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
         extra_inits.append(numpy_helper.from_array(value, name))
         return name
 
-    def qdq(tensor: str, tag: str, scale: float, zp: int) -> str:
+    def qdq(tensor: str, tag: str, scale: float, zp: int, bits: int) -> str:
         s = const(f"{tag}.scale", np.array(scale, dtype=np.float32))
         z = const(f"{tag}.zero_point", np.array(zp, dtype=np.uint8))
-        new_nodes.append(helper.make_node("QuantizeLinear", [tensor, s, z], [f"{tag}.q"], name=f"{tag}/Quantize"))
-        new_nodes.append(helper.make_node("DequantizeLinear", [f"{tag}.q", s, z], [f"{tag}.dq"], name=f"{tag}/Dequantize"))
+        codes = f"{tag}.q"
+        new_nodes.append(helper.make_node("QuantizeLinear", [tensor, s, z], [codes], name=f"{tag}/Quantize"))
+        if bits < 8:  # the b-bit grid: QuantizeLinear saturates at 0..255, the simulation at 0..2^b-1
+            lo = const(f"{tag}.code_min", np.array(0, dtype=np.uint8))
+            hi = const(f"{tag}.code_max", np.array(2**bits - 1, dtype=np.uint8))
+            new_nodes.append(helper.make_node("Clip", [codes, lo, hi], [f"{tag}.q{bits}"], name=f"{tag}/ClampCodes"))
+            codes = f"{tag}.q{bits}"
+        new_nodes.append(helper.make_node("DequantizeLinear", [codes, s, z], [f"{tag}.dq"], name=f"{tag}/Dequantize"))
         return f"{tag}.dq"
 
     shuffles: dict[str, tuple[str, str]] = {}  # DepthToSpace node -> its input's output scale, zero-point
@@ -268,7 +330,7 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
             continue
         lq = quant[layer]
         codes, w_scale, pad = _pad_output_channels(lq)
-        x_dq = qdq(node.input[0], f"{layer}.input", lq.input_scale, lq.input_zero_point)
+        x_dq = qdq(node.input[0], f"{layer}.input", lq.input_scale, lq.input_zero_point, lq.input_bits)
         w_s = const(f"{layer}.weight_scale", w_scale)
         if weight_storage(codes, weights) == "int8":
             w_q = const(f"{layer}.weight_q", codes)
@@ -312,17 +374,29 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
     return graph_model, set(conv_layer.values())
 
 
+def graph_name(path: Path, role: str, offset: int = 0) -> Path:
+    """The file of one graph of an export whose forward graph (bit offset 0) is ``path``."""
+    bits = f".bits{offset:+d}" if offset else ""
+    part = "" if role == "forward" else f".{role}"
+    return path.with_name(f"{path.stem}{bits}{part}.onnx")
+
+
 def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int],
                     out_ranges: dict[str, tuple[float, float]] | None = None, manifest: dict | None = None,
                     weights: str = "auto", replace: bool = True) -> list[Path]:
-    """Write the step graphs for LR frames of ``lr_size`` (h, w); float graphs for an unquantized model.
+    """Write the graphs for LR frames of ``lr_size`` (h, w); float graphs for an unquantized model.
     ``weights`` chooses the 8-bit weight storage (:func:`weight_storage`; ``auto`` fits this CPU);
-    ``replace`` False keeps graphs already at ``path`` (a cache that several processes fill)."""
+    ``replace`` False keeps graphs already at ``path`` (a cache that several processes fill).
+
+    ``path`` is the forward graph at the model's own bits; it is written last and records the SHA-256 of
+    every other file, so a set mixed from two exports is refused when loaded."""
     onnx = require("onnx", "export", "ONNX export")
 
     check_exportable(model)
-    plain, quant = float_copy(model)
-    if quant and out_ranges is None:
+    offsets = video_bit_offsets(model)
+    plain = float_copy(model)
+    quants = {offset: integer_layers(model, offset) for offset in offsets}
+    if quants[0] and out_ranges is None:
         raise VsrqError("a quantized export needs output ranges (calibrate_outputs)")
     h, w = lr_size
     if h < 64 or w < 64:
@@ -332,33 +406,49 @@ def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int]
         raise VsrqError(f"{path}: the export target must end in .onnx")
     c = plain.num_feat
     x = torch.zeros(1, 3, h, w)
+    flow = torch.zeros(1, 2, h, w)
     feat = torch.zeros(1, c, h, w)
-    handled: set[str] = set()
-    graphs = [("forward", ForwardStep(plain), (x, x, feat, feat) if plain.bidirectional else (x, x, feat),
-               ["x_t", "x_prev", "g_prev", "h_t"] if plain.bidirectional else ["x_t", "x_prev", "g_prev"], ["g_t", "y_t"], path)]
+    traced = [("forward", ForwardStep(plain), (x, flow, feat, feat) if plain.bidirectional else (x, flow, feat),
+               ["x_t", "flow", "g_prev", "h_t"] if plain.bidirectional else ["x_t", "flow", "g_prev"], ["g_t", "y_t"])]
     if plain.bidirectional:
-        graphs.append(("backward", BackwardStep(plain), (x, x, feat), ["x_t", "x_next", "h_next"], ["h_t"],
-                       path.with_name(path.stem + ".backward.onnx")))
+        traced.append(("backward", BackwardStep(plain), (x, flow, feat), ["x_t", "flow", "h_next"], ["h_t"]))
+    traced = [(role, _trace(module.eval(), args, ins, outs)) for role, module, args, ins, outs in traced]
+    graphs = [("flow", 0, _trace(FlowStep(plain).eval(), (x, x), ["x_ref", "x_supp"], ["flow"]))]
+    for offset in sorted(offsets, key=lambda o: o == 0):  # the entry graph (offset 0, forward) last
+        for role, graph in reversed(traced):
+            graphs.append((role, offset, graph if len(offsets) == 1 else _copy(onnx, graph)))
+    controller = model.controller if isinstance(model, QuantizedModel) else None
     companions: dict[str, str] = {}
+    handled: dict[int, set[str]] = {offset: set() for offset in offsets}
     with staged_files(path, replace) as stage:
-        for role, module, args, ins, outs, target in reversed(graphs):  # the backward graph first: its hash goes
-            graph = _trace(module.eval(), args, ins, outs)               # into the forward graph's metadata
-            if quant:
-                graph, layers = insert_qdq(graph, quant, out_ranges or {}, "base.", weights)
-                handled |= layers
+        for role, offset, graph in graphs:
+            target = graph_name(path, role, offset)
+            if quants[offset] and role != "flow":
+                graph, layers = insert_qdq(graph, quants[offset], out_ranges or {}, "base.", weights)
+                handled[offset] |= layers
             graph.ir_version = IR_VERSION
-            meta = {"vsrq_role": role, "vsrq_lr_size": json.dumps([h, w]), "vsrq_num_feat": str(c),
-                    "vsrq_bidirectional": str(plain.bidirectional), "vsrq_quantized": str(bool(quant))}
-            if role == "forward" and companions:
+            meta = {"vsrq_role": role, "vsrq_video_bits": str(offset), "vsrq_lr_size": json.dumps([h, w]),
+                    "vsrq_num_feat": str(c), "vsrq_bidirectional": str(plain.bidirectional),
+                    "vsrq_quantized": str(bool(quants[0]))}
+            if role == "forward" and offset == 0:
                 meta["vsrq_companions"] = json.dumps(companions)
-            if manifest is not None:
-                meta["vsrq_manifest"] = json.dumps(manifest)
+                meta["vsrq_video_bit_offsets"] = json.dumps(list(offsets))
+                if controller is not None:
+                    meta["vsrq_controller"] = json.dumps(controller.state_manifest())
+                if manifest is not None:
+                    meta["vsrq_manifest"] = json.dumps(manifest)
             for k, v in meta.items():
                 graph.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
             onnx.checker.check_model(graph)
             onnx.save(graph, str(stage / target.name))
             companions[target.name] = file_sha256(stage / target.name)
-        missing = set(quant) - handled
+        missing = {name for offset in offsets for name in set(quants[offset]) - handled[offset]}
         if missing:
             raise VsrqError(f"export lost track of quantized layers: {', '.join(sorted(missing)[:3])}")
-    return [target for *_, target in graphs]
+    return [path] + [graph_name(path, role, offset) for role, offset, _ in graphs[:-1]]
+
+
+def _copy(onnx, graph):  # type: ignore[no-untyped-def]
+    out = onnx.ModelProto()
+    out.CopyFrom(graph)
+    return out

@@ -18,7 +18,8 @@ import torch
 from vsrq.atomic import file_sha256
 from vsrq.errors import VsrqError, require
 from vsrq.runtime import onnx_export
-from vsrq.runtime.onnx_export import export_basicvsr
+from vsrq.quant.controller import VideoBitController, video_complexity
+from vsrq.runtime.onnx_export import export_basicvsr, graph_name
 from vsrq.version import __version__
 
 
@@ -36,30 +37,64 @@ def _session(path: Path, threads: int | None):
 
 
 class OrtBasicVSR:
-    """Runs ``<name>.onnx`` (+ ``<name>.backward.onnx``) over windows of LR frames."""
+    """Runs an export (``<name>.onnx`` and the graphs it names) over windows of LR frames.
+
+    Per window: SPyNet's flows (the flow graph), then, for a model with per-video bits (FG-VBA), the
+    window's complexity from those frames and flows and the step graphs of the bit offset it picks (each
+    pair loaded when first needed), then the backward and forward recurrences.
+    """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         path = Path(path)
         if not path.is_file():
             raise VsrqError(f"{path}: no such ONNX graph")
-        self.forward_session = _session(path, threads)
-        meta = self.forward_session.get_modelmeta().custom_metadata_map
-        if meta.get("vsrq_role") != "forward":
-            raise VsrqError(f"{path}: not a vsrq BasicVSR export (no forward-step metadata)")
+        self.path, self.threads = path, threads
+        entry = _session(path, threads)
+        meta = entry.get_modelmeta().custom_metadata_map
+        if meta.get("vsrq_role") != "forward" or meta.get("vsrq_video_bits") != "0" or "vsrq_companions" not in meta:
+            raise VsrqError(f"{path}: not the forward graph of a vsrq BasicVSR export (export again with this vsrq)")
         self.lr_size = tuple(json.loads(meta["vsrq_lr_size"]))
         self.num_feat = int(meta["vsrq_num_feat"])
         self.bidirectional = meta["vsrq_bidirectional"] == "True"
         self.quantized = meta.get("vsrq_quantized") == "True"
         self.manifest = json.loads(meta["vsrq_manifest"]) if "vsrq_manifest" in meta else None
-        self.backward_session = None
-        if self.bidirectional:
-            companion = path.with_name(path.stem + ".backward.onnx")
-            if not companion.is_file():
-                raise VsrqError(f"{companion}: the backward-step graph is missing beside {path.name}")
-            expected = json.loads(meta.get("vsrq_companions", "{}")).get(companion.name)
-            if expected is not None and file_sha256(companion) != expected:
-                raise VsrqError(f"{companion} is not the backward graph exported with {path.name}; export again")
-            self.backward_session = _session(companion, threads)
+        self.offsets = tuple(json.loads(meta["vsrq_video_bit_offsets"]))
+        self.controller = (VideoBitController.from_manifest(json.loads(meta["vsrq_controller"]))
+                           if "vsrq_controller" in meta else None)
+        self._companions: dict[str, str] = json.loads(meta["vsrq_companions"])
+        self.flow_session = self._companion(graph_name(path, "flow"))
+        self._steps: dict[int, tuple] = {}
+        backward = self._companion(graph_name(path, "backward")) if self.bidirectional else None
+        self._steps[0] = (entry, backward)
+        self.last_offset = 0
+
+    def _companion(self, file: Path):  # type: ignore[no-untyped-def]
+        if not file.is_file():
+            raise VsrqError(f"{file}: a graph of this export is missing beside {self.path.name}")
+        expected = self._companions.get(file.name)
+        if expected is None or file_sha256(file) != expected:
+            raise VsrqError(f"{file} is not the graph exported with {self.path.name}; export again")
+        return _session(file, self.threads)
+
+    def steps(self, offset: int):  # type: ignore[no-untyped-def]
+        """The (forward, backward) sessions at a video bit offset, loaded on first use."""
+        if offset not in self._steps:
+            backward = self._companion(graph_name(self.path, "backward", offset)) if self.bidirectional else None
+            self._steps[offset] = (self._companion(graph_name(self.path, "forward", offset)), backward)
+        return self._steps[offset]
+
+    def _flow(self, ref: np.ndarray, supp: np.ndarray) -> np.ndarray:
+        return self.flow_session.run(None, {"x_ref": ref, "x_supp": supp})[0]
+
+    def video_bit_offset(self, x: np.ndarray, forward: dict[int, np.ndarray], backward: dict[int, np.ndarray]) -> int:
+        """FG-VBA's offset for a window (T, 3, h, w) from its flows, as the simulation's controller picks it."""
+        assert self.controller is not None
+        t = len(x)
+        flows = [torch.from_numpy(np.concatenate([d[i] for i in idx]))[None]
+                 for d, idx in ((forward, range(1, t)), (backward, range(t - 1)))]
+        with torch.no_grad():
+            complexity = video_complexity(torch.from_numpy(x)[None], flows, self.controller.gamma, self.controller.lam)
+            return int(self.controller.video_bits(complexity).item())
 
     def __call__(self, lr: torch.Tensor, output_frames: range) -> torch.Tensor:
         x = lr[0].numpy().astype(np.float32)  # (T, 3, h, w)
@@ -68,22 +103,38 @@ class OrtBasicVSR:
             raise VsrqError(f"the graph was exported for {self.lr_size[1]}x{self.lr_size[0]} LR frames, "
                             f"the input is {w}x{h}: export again with --size {h}x{w}")
         zeros = np.zeros((1, self.num_feat, h, w), dtype=np.float32)
+        still = np.zeros((1, 2, h, w), dtype=np.float32)  # beside a zero state the flow is irrelevant
         frames = [x[i : i + 1] for i in range(t)]
+        forward_flows: dict[int, np.ndarray] = {}  # i: frame i-1's features onto frame i
+        backward_flows: dict[int, np.ndarray] = {}  # i: frame i+1's features onto frame i
+        offset = 0
+        if self.controller is not None:  # the whole window's motion, both ways, as the simulation analyses it
+            for i in range(t - 1):
+                forward_flows[i + 1] = self._flow(frames[i + 1], frames[i])
+                backward_flows[i] = self._flow(frames[i], frames[i + 1])
+            offset = self.video_bit_offset(x, forward_flows, backward_flows)
+        self.last_offset = offset
+        forward_session, backward_session = self.steps(offset)
         back: dict[int, np.ndarray] = {}
-        if self.backward_session is not None:
+        if backward_session is not None:
             state = zeros
             for i in range(t - 1, output_frames.start - 1, -1):
-                nxt = frames[i + 1] if i < t - 1 else frames[i]  # with a zero state the flow is irrelevant
-                (state,) = self.backward_session.run(None, {"x_t": frames[i], "x_next": nxt, "h_next": state})
+                flow = still if i == t - 1 else backward_flows.pop(i, None)
+                if flow is None:
+                    flow = self._flow(frames[i], frames[i + 1])
+                (state,) = backward_session.run(None, {"x_t": frames[i], "flow": flow, "h_next": state})
                 if i in output_frames:
                     back[i] = state
         outputs = []
         state = zeros
         for i in range(output_frames.stop):
-            feeds = {"x_t": frames[i], "x_prev": frames[i - 1] if i > 0 else frames[i], "g_prev": state}
+            flow = still if i == 0 else forward_flows.pop(i, None)
+            if flow is None:
+                flow = self._flow(frames[i], frames[i - 1])
+            feeds = {"x_t": frames[i], "flow": flow, "g_prev": state}
             if self.bidirectional:
-                feeds["h_t"] = back.get(i, zeros)
-            state, y = self.forward_session.run(None, feeds)
+                feeds["h_t"] = back.pop(i, zeros)
+            state, y = forward_session.run(None, feeds)
             if i in output_frames:
                 outputs.append(y)
         return torch.from_numpy(np.concatenate(outputs)[None])
