@@ -3,7 +3,8 @@
 Backends, each timed in its own process (for a clean peak RSS) on the same frames, per frame at
 LR 180x320 (frames cut from bigbuckbunny.mp4) and 144x180 (Vid4 calendar):
 torch-fp32, torch-bf16 (autocast), ort-fp32 (float ONNX), ort-w8a8 (int8 QDQ ONNX of the OMSE
-W8A8 checkpoint), ort-qbasicvsr-w4a4 (QBasicVSR W4A4 FQ, vsrq's defaults: per-layer and per-video
+W8A8 checkpoint), ort-w4a8 (OMSE W4A8: 4-bit weight codes on the same int8 kernels; no CPU runtime has
+an int4 conv), ort-qbasicvsr-w4a4 (QBasicVSR W4A4 FQ, vsrq's defaults: per-layer and per-video
 activation bits on int8 kernels, the checkpoint qbasicvsr_vid4.py scores) and its fake-quant simulation
 timed too (sim-qbasicvsr-w4a4). Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend,
 plus the PyTorch simulation of each quantized checkpoint. Sizes: the FP32 .pth and the .vsrq checkpoints
@@ -41,13 +42,15 @@ BACKENDS = {
     "torch-bf16": ("fp", 16, 16, None),
     "ort-fp32": ("fp", 32, 32, None),
     "ort-w8a8": ("omse", 8, 8, "w8"),
+    "ort-w4a8": ("omse", 4, 8, "w4a8"),
     "ort-qbasicvsr-w4a4": ("qbasicvsr", 4, 4, "qbasicvsr-w4"),
     "sim-qbasicvsr-w4a4": ("qbasicvsr", 4, 4, "qbasicvsr-w4"),
     "ort-fp32-unrolled": ("fp", 32, 32, None),
     "sim-w8a8": ("omse", 8, 8, "w8"),
+    "sim-w4a8": ("omse", 4, 8, "w4a8"),
 }
-TIMED = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-w8a8", "ort-qbasicvsr-w4a4", "sim-qbasicvsr-w4a4")
-SIMULATED = ("sim-w8a8", "sim-qbasicvsr-w4a4")
+TIMED = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-w8a8", "ort-w4a8", "ort-qbasicvsr-w4a4", "sim-qbasicvsr-w4a4")
+SIMULATED = ("sim-w8a8", "sim-w4a8", "sim-qbasicvsr-w4a4")
 
 
 def qbasicvsr_config(bits: int):  # type: ignore[no-untyped-def]
@@ -67,13 +70,13 @@ def artifacts() -> dict[str, Path]:
 
     CACHE.mkdir(exist_ok=True)
     out = {}
-    for bits in (8, 6, 4):
-        path = CACHE / f"omse_w{bits}a{bits}.vsrq"
+    for wbits, abits in ((8, 8), (6, 6), (4, 4), (4, 8)):
+        path = CACHE / f"omse_w{wbits}a{abits}.vsrq"
         if not path.exists():
-            cfg = QuantConfig(method="omse", wbits=bits, abits=bits, scope="fq", calib=BENCH_CALIB, quantize_auxiliary=True,
-                              rules=(LayerRule("spynet*", wbits=8, abits=32),))
+            cfg = QuantConfig(method="omse", wbits=wbits, abits=abits, scope="fq", calib=BENCH_CALIB,
+                              quantize_auxiliary=True, rules=(LayerRule("spynet*", wbits=8, abits=32),))
             api.save(api.quantize("basicvsr-vimeo-bi", cfg, log=lambda s: None, show_progress=False), path)
-        out[f"w{bits}"] = path
+        out[f"w{wbits}" if wbits == abits else f"w{wbits}a{abits}"] = path
     bench = Bench("qbasicvsr_vid4", "basicvsr-vimeo-bi", "vid4", "bi", True, BENCH_CALIB, show_progress=False)
     out["qbasicvsr-w4"] = bench.checkpoint_path(qbasicvsr_config(4))
     if not out["qbasicvsr-w4"].exists():
@@ -96,10 +99,24 @@ def frames_for(size: str) -> torch.Tensor:
     return torch.from_numpy(lr).float().div(255).permute(0, 3, 1, 2)[None].contiguous()
 
 
-def runner_for(backend: str, size: tuple[int, int], art: dict[str, Path]):
+def graphs_for(backend: str, size: tuple[int, int], art: dict[str, Path]) -> Path:
+    """The exported graphs of an onnxruntime backend at an LR size, exported once (before any timing, so a
+    worker's peak RSS is the runtime's alone)."""
     from vsrq import api
     from vsrq.models.catalog import NAMED_MODELS
-    from vsrq.runtime.ort import OrtBasicVSR, graph_cache
+    from vsrq.runtime.ort import graph_cache
+
+    key = BACKENDS[backend][3]
+    source = art[key] if key else NAMED_MODELS["basicvsr-vimeo-bi"][0].weights()
+    path = graph_cache(source) / f"{backend}_{size[0]}x{size[1]}.onnx"  # keyed by the weights and the exporter
+    if not path.exists():
+        api.export(art[key] if key else "basicvsr-vimeo-bi", path, size)
+    return path
+
+
+def runner_for(backend: str, size: tuple[int, int], art: dict[str, Path]):
+    from vsrq import api
+    from vsrq.runtime.ort import OrtBasicVSR
 
     key = BACKENDS[backend][3]
     if backend.startswith(("torch", "sim")):
@@ -112,11 +129,7 @@ def runner_for(backend: str, size: tuple[int, int], art: dict[str, Path]):
         return run
     if backend == "ort-fp32-unrolled":
         return unrolled_runner(size)
-    source = art[key] if key else NAMED_MODELS["basicvsr-vimeo-bi"][0].weights()
-    path = graph_cache(source) / f"{backend}_{size[0]}x{size[1]}.onnx"  # keyed by the weights and the exporter
-    if not path.exists():
-        api.export(art[key] if key else "basicvsr-vimeo-bi", path, size)
-    ort = OrtBasicVSR(path, threads=torch.get_num_threads())
+    ort = OrtBasicVSR(graphs_for(backend, size, art), threads=torch.get_num_threads())
     return lambda x: ort(x, range(x.shape[1]))
 
 
@@ -226,6 +239,10 @@ def main() -> int:
     else:
         psnr = {b: quality(b, art) for b in dict.fromkeys(backends + SIMULATED)}
     for size in SIZES:
+        for backend in backends:
+            if backend.startswith("ort"):
+                graphs_for(backend, SIZES[size], art)
+    for size in SIZES:
         for backend in backends + (("ort-fp32-unrolled",) if size == "144x180" else ()):
             key = BACKENDS[backend][3]
             out = subprocess.run([sys.executable, __file__, "--worker", backend, size, str(art[key]) if key else "-"],
@@ -236,9 +253,9 @@ def main() -> int:
             rows.append({"backend": backend, "lr_size": size, **timing, **identity(backend),
                          "psnr_y": psnr.get(backend) if size == "144x180" else None})
             print(backend, size, timing, flush=True)
-    rows.append({"backend": "sim-w8a8", "lr_size": "144x180", "ms_per_frame": None, "peak_rss_mb": None,
-                 **identity("sim-w8a8"), "psnr_y": psnr["sim-w8a8"],
-                 "notes": "PyTorch fake-quant simulation of the same checkpoint"})
+    for sim in ("sim-w8a8", "sim-w4a8"):
+        rows.append({"backend": sim, "lr_size": "144x180", "ms_per_frame": None, "peak_rss_mb": None,
+                     **identity(sim), "psnr_y": psnr.get(sim), "notes": "PyTorch fake-quant simulation of the same checkpoint"})
     for r in rows:
         r.update(commit=commit, date=date, threads=torch.get_num_threads())
     return write(rows)
@@ -270,8 +287,9 @@ def markdown(rows: list[dict]) -> str:
         p = "-" if r["psnr_y"] is None else f"{r['psnr_y']:.2f}"
         lines.append(f"| {backend} | {size} | {r['ms_per_frame']:.0f} | {fp / r['ms_per_frame']:.2f} | "
                      f"{bf / r['ms_per_frame']:.2f} | {r['peak_rss_mb']:.0f} | {p} |")
-    sim = next(r for r in rows if r.get("backend") == "sim-w8a8")
-    lines.append(f"| sim-w8a8 (fake-quant) | 144x180 | - | - | - | - | {sim['psnr_y']:.2f} |")
+    for sim in (r for r in rows if r.get("backend", "").startswith("sim") and r["ms_per_frame"] is None):
+        p = "-" if sim["psnr_y"] is None else f"{sim['psnr_y']:.2f}"
+        lines.append(f"| {sim['backend']} (fake-quant) | 144x180 | - | - | - | - | {p} |")
     sizes = {r["artifact"]: r["bytes"] for r in rows if "artifact" in r}
     first = next(r for r in rows if "artifact" in r)
     lines += ["", f"Checkpoint sizes (commit {first['commit']}, {first['date']}):", "",

@@ -327,3 +327,41 @@ def test_low_bit_activation_codes_in_the_graph_equal_the_simulations(qbasicvsr_w
         scale, zero_point = q.scale_and_zero_point()
         expected = torch.round(q(torch.cat((x_t, h), dim=1)) / scale) + zero_point
     assert np.array_equal(codes, expected.numpy().astype(np.uint8))
+
+
+def test_the_hr_tail_in_stripes_is_the_same_function(monkeypatch):
+    """Each LR row's HR output reads the fused features UPSAMPLE_HALO rows either side: an HR row R needs
+    conv_hr rows R-2..R+2 (two 3x3 convs at 4x), which come from upconv2 rows at 2x within one row of R/2,
+    which come from upconv1 outputs within one LR row of R/4; so stripes with that halo reproduce the whole
+    tail, and a halo one row smaller does not."""
+    from tests.conftest import tiny_basicvsr
+    from vsrq.models import basicvsr
+
+    model = tiny_basicvsr(num_feat=16)
+    torch.manual_seed(1)
+    for h in (64, 67):
+        x, feat, back = torch.rand(1, 3, h, 64), torch.randn(1, 16, h, 64), torch.randn(1, 16, h, 64)
+        with torch.no_grad():
+            whole = model.reconstruct(x, feat, back)
+            for stripes in (2, 3, 5):
+                assert torch.allclose(model.reconstruct(x, feat, back, stripes), whole, atol=1e-5), (h, stripes)
+            monkeypatch.setattr(basicvsr, "UPSAMPLE_HALO", basicvsr.UPSAMPLE_HALO - 1)
+            assert not torch.allclose(model.reconstruct(x, feat, back, 3), whole, atol=1e-3)
+            monkeypatch.undo()
+
+
+def test_an_integer_graph_with_a_striped_tail_gives_the_same_bytes(w8a8, tmp_path: Path, monkeypatch):
+    from vsrq.runtime import onnx_export
+
+    qm, calib = w8a8
+    ranges = calibrate_outputs(qm, calib.clips)
+    export_basicvsr(qm, tmp_path / "whole.onnx", (64, 64), ranges)
+    monkeypatch.setattr(onnx_export, "STRIPE_LR_PIXELS", 64 * 64 // 3 + 1)
+    assert onnx_export.tail_stripes((64, 64)) == 3
+    export_basicvsr(qm, tmp_path / "striped.onnx", (64, 64), ranges)
+    convs = [n for n in onnx.load(str(tmp_path / "striped.onnx")).graph.node if n.op_type == "Conv"]
+    assert sum(n.input[1].startswith("conv_hr") for n in convs) == 3  # the tail's convs, once per stripe
+    x = _clip()
+    whole = OrtBasicVSR(tmp_path / "whole.onnx", threads=1)(x, range(4))
+    striped = OrtBasicVSR(tmp_path / "striped.onnx", threads=1)(x, range(4))
+    assert np.array_equal(tensor_to_uint8(whole[0]), tensor_to_uint8(striped[0]))

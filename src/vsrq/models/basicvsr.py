@@ -23,6 +23,9 @@ from vsrq.models.weights import extract_state_dict, load_state_dict_strict, read
 
 MIN_SIZE = 64  # BasicSR refuses smaller inputs: SPyNet's 6-level pyramid has nothing left to align
 SCALE = 4
+# LR rows of context either side that an LR row's HR output needs from the fused features: upconv1's 3x3 reaches
+# one LR row, upconv2's half of one, conv_hr's and conv_last's a quarter each (worked through in the test).
+UPSAMPLE_HALO = 2
 
 
 class ResidualBlockNoBN(nn.Module):
@@ -143,13 +146,29 @@ class BasicVSR(nn.Module):
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
-    def reconstruct(self, x_i: torch.Tensor, feat: torch.Tensor, backward_feat: torch.Tensor | None) -> torch.Tensor:
-        """Fuse the propagated features of one frame and upsample x4, adding the bilinear base."""
-        out = self.lrelu(self.fusion(torch.cat((backward_feat, feat), dim=1))) if backward_feat is not None else feat
-        out = self.lrelu(self.pixel_shuffle(self.upconv1(out)))
-        out = self.lrelu(self.pixel_shuffle(self.upconv2(out)))
-        out = self.conv_last(self.lrelu(self.conv_hr(out)))
+    def reconstruct(self, x_i: torch.Tensor, feat: torch.Tensor, backward_feat: torch.Tensor | None,
+                    stripes: int = 1) -> torch.Tensor:
+        """Fuse the propagated features of one frame and upsample x4, adding the bilinear base.
+
+        ``stripes`` > 1 runs the HR tail on horizontal stripes of LR rows, each with ``UPSAMPLE_HALO`` rows
+        of context either side, and joins them: the same result, with a fraction of the HR intermediates
+        alive at once (an exported graph's peak memory)."""
+        fused = self.lrelu(self.fusion(torch.cat((backward_feat, feat), dim=1))) if backward_feat is not None else feat
+        h = int(fused.shape[-2])  # a constant in a traced graph, which is exported for one size
+        bounds = [round(i * h / stripes) for i in range(stripes + 1)] if 1 < stripes <= h else [0, h]
+        parts = []
+        for a, b in zip(bounds, bounds[1:]):
+            lo, hi = max(a - UPSAMPLE_HALO, 0), min(b + UPSAMPLE_HALO, h)
+            out = self.upsample(fused[..., lo:hi, :])
+            parts.append(out if (lo, hi) == (0, h) else out[..., SCALE * (a - lo) : SCALE * (b - lo), :])
+        out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
         return out + F.interpolate(x_i, scale_factor=SCALE, mode="bilinear", align_corners=False)
+
+    def upsample(self, fused: torch.Tensor) -> torch.Tensor:
+        """The HR tail: x4 by two pixel shuffles, then two HR convs (the residual over the bilinear base)."""
+        out = self.lrelu(self.pixel_shuffle(self.upconv1(fused)))
+        out = self.lrelu(self.pixel_shuffle(self.upconv2(out)))
+        return self.conv_last(self.lrelu(self.conv_hr(out)))
 
 
 # --- the family's host --------------------------------------------------------------------------

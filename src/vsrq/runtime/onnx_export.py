@@ -43,6 +43,7 @@ from __future__ import annotations
 import copy
 import io
 import json
+import math
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -56,7 +57,7 @@ from torch import nn
 
 from vsrq.atomic import file_sha256, staged_files
 from vsrq.errors import VsrqError, require
-from vsrq.models.basicvsr import BasicVSR
+from vsrq.models.basicvsr import UPSAMPLE_HALO, BasicVSR
 from vsrq.models.spynet import flow_warp
 from vsrq.quant.controller import VideoBitController
 from vsrq.quant.layers import QuantLayer
@@ -66,6 +67,7 @@ from vsrq.quant.swap import quant_layers
 OPSET = 17
 IR_VERSION = 9  # onnx >= 1.23 writes IR 14 by default, which onnxruntime 1.31 refuses
 MIN_QCONV_CHANNELS = 16
+STRIPE_LR_PIXELS = 180 * 320 // 8  # W8A8 at LR 180x320, 8 frames: peak RSS 1872 MB unstriped, 1638 in 4, 1184 in 8
 
 
 class FlowStep(nn.Module):
@@ -90,14 +92,25 @@ class BackwardStep(nn.Module):
 
 
 class ForwardStep(nn.Module):
-    def __init__(self, base: BasicVSR) -> None:
+    def __init__(self, base: BasicVSR, stripes: int = 1) -> None:
         super().__init__()
-        self.base = base
+        self.base, self.stripes = base, stripes
 
     def forward(self, x_t, flow, g_prev, h_t=None):  # type: ignore[no-untyped-def]
         warped = flow_warp(g_prev, flow.permute(0, 2, 3, 1))
         g = self.base.forward_trunk(torch.cat((x_t, warped), dim=1))
-        return g, self.base.reconstruct(x_t, g, h_t)
+        return g, self.base.reconstruct(x_t, g, h_t, self.stripes)
+
+
+def tail_stripes(lr_size: tuple[int, int]) -> int:
+    """How many stripes the HR tail runs in: about STRIPE_LR_PIXELS LR pixels each.
+
+    Unstriped, the tail's HR intermediates (64 channels at 4x, 59 MB per uint8 tensor at LR 180x320, with the
+    kernels' work buffers) set an exported forward graph's peak memory: one forward step took 1 GB more than
+    the trunk alone. Each stripe recomputes ``UPSAMPLE_HALO`` LR rows either side.
+    """
+    h, w = lr_size
+    return max(1, min(h // (4 * UPSAMPLE_HALO), math.ceil(h * w / STRIPE_LR_PIXELS)))
 
 
 @dataclass(frozen=True)
@@ -298,25 +311,29 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
                 conv_layer[node.name] = name
 
     new_nodes = []
-    extra_inits = []
+    extra_inits: dict[str, object] = {}
 
-    def const(name: str, value: np.ndarray) -> str:
-        extra_inits.append(numpy_helper.from_array(value, name))
+    def const(name: str, value: np.ndarray) -> str:  # a layer's constants are shared by its copies (stripes)
+        if name not in extra_inits:
+            extra_inits[name] = numpy_helper.from_array(value, name)
         return name
 
-    def qdq(tensor: str, tag: str, scale: float, zp: int, bits: int) -> str:
-        s = const(f"{tag}.scale", np.array(scale, dtype=np.float32))
-        z = const(f"{tag}.zero_point", np.array(zp, dtype=np.uint8))
-        codes = f"{tag}.q"
-        new_nodes.append(helper.make_node("QuantizeLinear", [tensor, s, z], [codes], name=f"{tag}/Quantize"))
-        if bits < 8:  # the b-bit grid: QuantizeLinear saturates at 0..255, the simulation at 0..2^b-1
-            lo = const(f"{tag}.code_min", np.array(0, dtype=np.uint8))
-            hi = const(f"{tag}.code_max", np.array(2**bits - 1, dtype=np.uint8))
-            new_nodes.append(helper.make_node("Clip", [codes, lo, hi], [f"{tag}.q{bits}"], name=f"{tag}/ClampCodes"))
-            codes = f"{tag}.q{bits}"
-        new_nodes.append(helper.make_node("DequantizeLinear", [codes, s, z], [f"{tag}.dq"], name=f"{tag}/Dequantize"))
-        return f"{tag}.dq"
+    def qdq(tensor: str, layer: str, tag: str, lq: LayerQuant) -> str:
+        s = const(f"{layer}.input.scale", np.array(lq.input_scale, dtype=np.float32))
+        z = const(f"{layer}.input.zero_point", np.array(lq.input_zero_point, dtype=np.uint8))
+        codes = f"{tag}.input.q"
+        new_nodes.append(helper.make_node("QuantizeLinear", [tensor, s, z], [codes], name=f"{tag}.input/Quantize"))
+        if lq.input_bits < 8:  # the b-bit grid: QuantizeLinear saturates at 0..255, the simulation at 0..2^b-1
+            lo = const(f"{layer}.input.code_min", np.array(0, dtype=np.uint8))
+            hi = const(f"{layer}.input.code_max", np.array(2**lq.input_bits - 1, dtype=np.uint8))
+            clamped = f"{tag}.input.q{lq.input_bits}"
+            new_nodes.append(helper.make_node("Clip", [codes, lo, hi], [clamped], name=f"{tag}.input/ClampCodes"))
+            codes = clamped
+        new_nodes.append(helper.make_node("DequantizeLinear", [codes, s, z], [f"{tag}.input.dq"],
+                                          name=f"{tag}.input/Dequantize"))
+        return f"{tag}.input.dq"
 
+    copies: dict[str, int] = {}  # a layer traced more than once (the HR tail's stripes): tensor names get #k
     shuffles: dict[str, tuple[str, str]] = {}  # DepthToSpace node -> its input's output scale, zero-point
     for node in list(g.node):
         layer = conv_layer.get(node.name)
@@ -328,9 +345,11 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
                 new_nodes.append(helper.make_node("QuantizeLinear", [node.output[0], s, z], [f"{node.name}.q"]))
                 new_nodes.append(helper.make_node("DequantizeLinear", [f"{node.name}.q", s, z], [shuffled]))
             continue
+        k = copies[layer] = copies.get(layer, -1) + 1
+        tag = layer if k == 0 else f"{layer}#{k}"
         lq = quant[layer]
         codes, w_scale, pad = _pad_output_channels(lq)
-        x_dq = qdq(node.input[0], f"{layer}.input", lq.input_scale, lq.input_zero_point, lq.input_bits)
+        x_dq = qdq(node.input[0], layer, tag, lq)
         w_s = const(f"{layer}.weight_scale", w_scale)
         if weight_storage(codes, weights) == "int8":
             w_q = const(f"{layer}.weight_q", codes)
@@ -338,13 +357,15 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
         else:
             w_q = const(f"{layer}.weight_q", (codes.astype(np.int16) + 128).astype(np.uint8))
             w_z = const(f"{layer}.weight_zero_point", np.full(len(w_scale), 128, dtype=np.uint8))
-        new_nodes.append(helper.make_node("DequantizeLinear", [w_q, w_s, w_z], [f"{layer}.weight_dq"], axis=0,
-                                          name=f"{layer}/DequantizeWeight"))
-        node.input[0], node.input[1] = x_dq, f"{layer}.weight_dq"
+        new_nodes.append(helper.make_node("DequantizeLinear", [w_q, w_s, w_z], [f"{tag}.weight_dq"], axis=0,
+                                          name=f"{tag}/DequantizeWeight"))
+        node.input[0], node.input[1] = x_dq, f"{tag}.weight_dq"
         inits.pop(prefix + layer + ".weight", None)
         if pad and len(node.input) > 2:
-            bias = numpy_helper.to_array(inits.pop(node.input[2]))
-            node.input[2] = const(f"{layer}.bias_padded", np.concatenate([bias, np.zeros(pad, bias.dtype)]))
+            if f"{layer}.bias_padded" not in extra_inits:
+                bias = numpy_helper.to_array(inits.pop(node.input[2]))
+                const(f"{layer}.bias_padded", np.concatenate([bias, np.zeros(pad, bias.dtype)]))
+            node.input[2] = f"{layer}.bias_padded"
         new_nodes.append(node)
         users = consumers.get(node.output[0], [])
         relu_to_qconv = (not pad and len(users) == 1 and users[0].op_type == "Relu"
@@ -353,24 +374,24 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
             lo, hi = out_ranges[layer]
             scale, zp = _uint8_qparams(lo, hi)
             out = node.output[0]
-            node.output[0] = f"{layer}.out_float"
+            node.output[0] = f"{tag}.out_float"
             s = const(f"{layer}.output.scale", np.array(scale, dtype=np.float32))
             z = const(f"{layer}.output.zero_point", np.array(zp, dtype=np.uint8))
-            new_nodes.append(helper.make_node("QuantizeLinear", [node.output[0], s, z], [f"{layer}.output.q"]))
-            dq_out = f"{layer}.output.padded" if pad else out
-            new_nodes.append(helper.make_node("DequantizeLinear", [f"{layer}.output.q", s, z], [dq_out]))
+            new_nodes.append(helper.make_node("QuantizeLinear", [node.output[0], s, z], [f"{tag}.output.q"]))
+            dq_out = f"{tag}.output.padded" if pad else out
+            new_nodes.append(helper.make_node("DequantizeLinear", [f"{tag}.output.q", s, z], [dq_out]))
             if pad:
                 keep = len(lq.weight_scale)
                 new_nodes.append(helper.make_node(
                     "Slice", [dq_out, const(f"{layer}.keep.starts", np.array([0])),
                               const(f"{layer}.keep.ends", np.array([keep])), const(f"{layer}.keep.axes", np.array([1]))],
-                    [out], name=f"{layer}/DropPadding"))
+                    [out], name=f"{tag}/DropPadding"))
             else:  # a pixel shuffle is a permutation: requantized alike, it moves the uint8 codes, not floats
                 shuffles.update({user.name: (s, z) for user in users if user.op_type == "DepthToSpace"})
     del g.node[:]
     g.node.extend(new_nodes)
     del g.initializer[:]
-    g.initializer.extend(list(inits.values()) + extra_inits)
+    g.initializer.extend(list(inits.values()) + list(extra_inits.values()))
     return graph_model, set(conv_layer.values())
 
 
@@ -408,7 +429,7 @@ def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int]
     x = torch.zeros(1, 3, h, w)
     flow = torch.zeros(1, 2, h, w)
     feat = torch.zeros(1, c, h, w)
-    traced = [("forward", ForwardStep(plain), (x, flow, feat, feat) if plain.bidirectional else (x, flow, feat),
+    traced = [("forward", ForwardStep(plain, tail_stripes(lr_size)), (x, flow, feat, feat) if plain.bidirectional else (x, flow, feat),
                ["x_t", "flow", "g_prev", "h_t"] if plain.bidirectional else ["x_t", "flow", "g_prev"], ["g_t", "y_t"])]
     if plain.bidirectional:
         traced.append(("backward", BackwardStep(plain), (x, flow, feat), ["x_t", "flow", "h_next"], ["h_t"]))
