@@ -146,7 +146,7 @@ def test_a_forward_graph_refuses_another_exports_backward_graph(tmp_path: Path):
 @pytest.mark.fault
 def test_unexportable_methods_and_wrong_sizes(tmp_path: Path, w8a8):
     qm = quantize_model(_loaded(num_feat=16), QuantConfig(method="quarot", wbits=8, abits=8), _synthetic_calib(2, 3), **QUIET)
-    with pytest.raises(VsrqError, match="cannot run on integer kernels"):
+    with pytest.raises(VsrqError, match="^quarot checkpoints have no integer path yet: layer .* cannot run on integer"):
         export_basicvsr(qm, tmp_path / "r.onnx", (64, 64), {})
     w, calib = w8a8
     export_basicvsr(w, tmp_path / "m.onnx", (64, 64), calibrate_outputs(w, calib.clips))

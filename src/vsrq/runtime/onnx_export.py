@@ -143,8 +143,10 @@ def check_exportable(model: nn.Module) -> None:
         if aq is not None and (aq.spec.symmetric or aq.spec.granularity != "tensor" or aq.spec.dynamic):
             problems.append("activations not asymmetric per-tensor static")
         if problems:
-            raise VsrqError(f"layer {name} cannot run on integer kernels ({', '.join(problems)}); "
-                            "export supports uniform per-channel weights and static per-tensor activations")
+            method = model.manifest.get("method", "this") if isinstance(model, QuantizedModel) else "this"
+            raise VsrqError(f"{method} checkpoints have no integer path yet: layer {name} cannot run on integer "
+                            f"kernels ({', '.join(problems)}); export supports uniform per-channel weights and "
+                            "static per-tensor activations")
 
 
 def layer_quant(layer: QuantLayer) -> LayerQuant:
