@@ -17,6 +17,7 @@ the design not taken: the whole recurrence unrolled into one float graph for exa
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -109,9 +110,23 @@ def graphs_for(backend: str, size: tuple[int, int], art: dict[str, Path]) -> Pat
     key = BACKENDS[backend][3]
     source = art[key] if key else NAMED_MODELS["basicvsr-vimeo-bi"][0].weights()
     path = graph_cache(source) / f"{backend}_{size[0]}x{size[1]}.onnx"  # keyed by the weights and the exporter
-    if not path.exists():
-        api.export(art[key] if key else "basicvsr-vimeo-bi", path, size)
+    if not path.exists() and key:
+        from vsrq.runtime.onnx_export import export_basicvsr
+
+        model, ranges = quantized_with_ranges(art[key])
+        export_basicvsr(model, path, size, ranges, model.manifest)
+    elif not path.exists():
+        api.export("basicvsr-vimeo-bi", path, size)
     return path
+
+
+@functools.cache
+def quantized_with_ranges(checkpoint: Path):  # type: ignore[no-untyped-def]
+    """A checkpoint and its output ranges, measured once per process for all the sizes it is exported at."""
+    from vsrq import api
+
+    model = api.load(checkpoint)
+    return model, api.export_ranges(model)
 
 
 def runner_for(backend: str, size: tuple[int, int], art: dict[str, Path]):
@@ -205,6 +220,9 @@ def quality(backend: str, art: dict[str, Path]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker", nargs=3, metavar=("BACKEND", "SIZE", "CHECKPOINT"))
+    parser.add_argument("--backends", nargs="+", choices=TIMED, default=TIMED,
+                        help="time only these (torch-fp32 always runs: the ratios' reference)")
+    parser.add_argument("--sizes", nargs="+", choices=tuple(SIZES), default=tuple(SIZES))
     parser.add_argument("--reuse-quality", action="store_true",
                         help="take the Y-PSNR of each backend from the existing deploy.json; re-time everything")
     parser.add_argument("--sizes-only", action="store_true",
@@ -220,6 +238,7 @@ def main() -> int:
     from vsrq.models.catalog import NAMED_MODELS
 
     art = artifacts()
+    old = json.loads((RESULTS / "deploy.json").read_text()) if (RESULTS / "deploy.json").exists() else []
     rows: list[dict] = []
     pth = NAMED_MODELS["basicvsr-vimeo-bi"][0].weights()
     rows.append({"artifact": "fp32-pth", "bytes": pth.stat().st_size})
@@ -229,36 +248,58 @@ def main() -> int:
     if args.sizes_only:
         for r in rows:
             r.update(commit=commit, date=date, threads=torch.get_num_threads())
-        rows += [r for r in json.loads((RESULTS / "deploy.json").read_text()) if "artifact" not in r]
-        return write(rows)
-    backends = TIMED
-    if args.reuse_quality:
-        old = json.loads((RESULTS / "deploy.json").read_text())
-        psnr = {r["backend"]: r["psnr_y"] for r in old if r.get("lr_size") == "144x180" and r.get("psnr_y") is not None}
-        psnr.update({b: quality(b, art) for b in args.remeasure})
-    else:
-        psnr = {b: quality(b, art) for b in dict.fromkeys(backends + SIMULATED)}
-    for size in SIZES:
+        return write(rows + [r for r in old if "artifact" not in r])
+    backends = tuple(dict.fromkeys(("torch-fp32", *args.backends)))
+    sims = tuple(b.replace("ort-", "sim-") for b in backends if b.replace("ort-", "sim-") in SIMULATED)
+    for size in args.sizes:
         for backend in backends:
             if backend.startswith("ort"):
                 graphs_for(backend, SIZES[size], art)
-    for size in SIZES:
-        for backend in backends + (("ort-fp32-unrolled",) if size == "144x180" else ()):
+    timed = set()
+    for size in args.sizes:
+        for backend in backends + (("ort-fp32-unrolled",) if size == "144x180" and backends == TIMED else ()):
             key = BACKENDS[backend][3]
             out = subprocess.run([sys.executable, __file__, "--worker", backend, size, str(art[key]) if key else "-"],
                                  capture_output=True, text=True)
             if out.returncode != 0:
                 raise SystemExit(f"{backend} {size} failed:\n{out.stderr[-2000:]}")
             timing = json.loads(out.stdout.strip().splitlines()[-1])
-            rows.append({"backend": backend, "lr_size": size, **timing, **identity(backend),
-                         "psnr_y": psnr.get(backend) if size == "144x180" else None})
+            rows.append({"backend": backend, "lr_size": size, **timing, **identity(backend), "psnr_y": None})
+            timed.add(backend if size == "144x180" else None)
             print(backend, size, timing, flush=True)
-    for sim in ("sim-w8a8", "sim-w4a8"):
-        rows.append({"backend": sim, "lr_size": "144x180", "ms_per_frame": None, "peak_rss_mb": None,
-                     **identity(sim), "psnr_y": psnr.get(sim), "notes": "PyTorch fake-quant simulation of the same checkpoint"})
+    # quality after timing: it takes longer, and timing alone wants the machine to itself
+    reused: dict[str, str] = {}
+    if args.reuse_quality:
+        psnr = {r["backend"]: r["psnr_y"] for r in old if r.get("psnr_y") is not None}
+        reused = {r["backend"]: r["date"] for r in old if r.get("psnr_y") is not None}
+        for b in args.remeasure:
+            psnr[b] = quality(b, art)
+            reused.pop(b, None)
+    else:
+        psnr = {b: quality(b, art) for b in dict.fromkeys(backends + sims)}
+    for r in rows:
+        if r.get("lr_size") == "144x180" and r["backend"] in psnr:
+            r["psnr_y"] = psnr[r["backend"]]
+            if r["backend"] in reused:
+                r["notes"] = f"Y-PSNR from the run of {reused[r['backend']]}"
+    for b in psnr:  # Y-PSNR of what was not timed at Vid4's size (simulations, or a run without 144x180)
+        if b not in timed and (b in backends or b in sims):
+            rows.append({"backend": b, "lr_size": "144x180", "ms_per_frame": None, "peak_rss_mb": None,
+                         **identity(b), "psnr_y": psnr[b],
+                         "notes": ("PyTorch fake-quant simulation" if b.startswith("sim") else "quality only")
+                         + (f"; Y-PSNR from the run of {reused[b]}" if b in reused else "")})
     for r in rows:
         r.update(commit=commit, date=date, threads=torch.get_num_threads())
-    return write(rows)
+    return write(rows + earlier_runs(old, rows))
+
+
+def earlier_runs(old: list[dict], new: list[dict]) -> list[dict]:
+    """The rows of earlier runs that this one did not measure again, with their runs' torch references (ratios
+    are only ever taken within one run)."""
+    measured = {(r["backend"], r["lr_size"]) for r in new if "backend" in r}
+    kept = [r for r in old if "backend" in r and (r["backend"], r["lr_size"]) not in measured]
+    runs = {(r["commit"], r["date"]) for r in kept if not r["backend"].startswith("torch")}
+    return [r for r in kept if (r["commit"], r["date"]) in runs]
 
 
 def identity(backend: str) -> dict:
@@ -276,23 +317,29 @@ def write(rows: list[dict]) -> int:
 
 
 def markdown(rows: list[dict]) -> str:
-    speed = {(r["backend"], r["lr_size"]): r for r in rows if "backend" in r and r["ms_per_frame"] is not None}
-    first = next(r for r in rows if "backend" in r)
-    lines = [f"# deploy\n\nBasicVSR (Vimeo BIx4) on this CPU ({first['threads']} threads), commit {first['commit']}, "
-             f"{first['date']}. Speed-ups are against torch-fp32 at the same size, measured in the same run.\n",
-             "| backend | LR size | ms/frame | x torch-fp32 | x torch-bf16 | peak RSS (MB) | Vid4 Y-PSNR (quick) |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for (backend, size), r in speed.items():
-        fp, bf = speed[("torch-fp32", size)]["ms_per_frame"], speed[("torch-bf16", size)]["ms_per_frame"]
-        p = "-" if r["psnr_y"] is None else f"{r['psnr_y']:.2f}"
-        lines.append(f"| {backend} | {size} | {r['ms_per_frame']:.0f} | {fp / r['ms_per_frame']:.2f} | "
-                     f"{bf / r['ms_per_frame']:.2f} | {r['peak_rss_mb']:.0f} | {p} |")
-    for sim in (r for r in rows if r.get("backend", "").startswith("sim") and r["ms_per_frame"] is None):
-        p = "-" if sim["psnr_y"] is None else f"{sim['psnr_y']:.2f}"
-        lines.append(f"| {sim['backend']} (fake-quant) | 144x180 | - | - | - | - | {p} |")
+    lines = ["# deploy", "", "BasicVSR (Vimeo BIx4) on this CPU. Speed-ups are against torch-fp32 / torch-bf16 at the same "
+             "size, measured in the same run; one table per run, newest first.", ""]
+    speed_rows = [r for r in rows if "backend" in r]
+    for commit, date in sorted({(r["commit"], r["date"]) for r in speed_rows}, key=lambda k: k[1], reverse=True):
+        run = [r for r in speed_rows if (r["commit"], r["date"]) == (commit, date)]
+        lines += [f"## Run of {date}, commit {commit}, {run[0]['threads']} threads", "",
+                  "| backend | LR size | ms/frame | x torch-fp32 | x torch-bf16 | peak RSS (MB) | Vid4 Y-PSNR (quick) |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        ref = {(r["backend"], r["lr_size"]): r["ms_per_frame"] for r in run if r["backend"].startswith("torch")}
+        for r in run:
+            p = "-" if r.get("psnr_y") is None else f"{r['psnr_y']:.2f}"
+            if r["ms_per_frame"] is None:
+                lines.append(f"| {r['backend']} ({r.get('notes', '')}) | {r['lr_size']} | - | - | - | - | {p} |")
+                continue
+            fp, bf = ref.get(("torch-fp32", r["lr_size"])), ref.get(("torch-bf16", r["lr_size"]))
+            x_fp = f"{fp / r['ms_per_frame']:.2f}" if fp else "-"
+            x_bf = f"{bf / r['ms_per_frame']:.2f}" if bf else "-"
+            lines.append(f"| {r['backend']} | {r['lr_size']} | {r['ms_per_frame']:.0f} | {x_fp} | {x_bf} | "
+                         f"{r['peak_rss_mb']:.0f} | {p} |")
+        lines.append("")
     sizes = {r["artifact"]: r["bytes"] for r in rows if "artifact" in r}
     first = next(r for r in rows if "artifact" in r)
-    lines += ["", f"Checkpoint sizes (commit {first['commit']}, {first['date']}):", "",
+    lines += [f"Checkpoint sizes (commit {first['commit']}, {first['date']}):", "",
               "| artifact | bytes | / FP32 .pth |", "| --- | ---: | ---: |"]
     for name, b in sizes.items():
         lines.append(f"| {name} | {b:,} | {b / sizes['fp32-pth']:.3f} |")
