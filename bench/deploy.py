@@ -297,7 +297,8 @@ def earlier_runs(old: list[dict], new: list[dict]) -> list[dict]:
     """The rows of earlier runs that this one did not measure again, with their runs' torch references (ratios
     are only ever taken within one run)."""
     measured = {(r["backend"], r["lr_size"]) for r in new if "backend" in r}
-    kept = [r for r in old if "backend" in r and (r["backend"], r["lr_size"]) not in measured]
+    kept = [r for r in old if "backend" in r
+            and (r["backend"].startswith("torch") or (r["backend"], r["lr_size"]) not in measured)]
     runs = {(r["commit"], r["date"]) for r in kept if not r["backend"].startswith("torch")}
     return [r for r in kept if (r["commit"], r["date"]) in runs]
 
@@ -322,7 +323,7 @@ def markdown(rows: list[dict]) -> str:
     speed_rows = [r for r in rows if "backend" in r]
     for commit, date in sorted({(r["commit"], r["date"]) for r in speed_rows}, key=lambda k: k[1], reverse=True):
         run = [r for r in speed_rows if (r["commit"], r["date"]) == (commit, date)]
-        lines += [f"## Run of {date}, commit {commit}, {run[0]['threads']} threads", "",
+        lines += [f"**Run of {date}, commit {commit}, {run[0]['threads']} threads**", "",
                   "| backend | LR size | ms/frame | x torch-fp32 | x torch-bf16 | peak RSS (MB) | Vid4 Y-PSNR (quick) |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
         ref = {(r["backend"], r["lr_size"]): r["ms_per_frame"] for r in run if r["backend"].startswith("torch")}
