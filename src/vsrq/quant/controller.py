@@ -8,7 +8,8 @@ with the quantized model, so a checkpoint rebuilds it without any calibration co
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from contextlib import contextmanager
+from typing import Any, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -145,6 +146,19 @@ class VideoBitController(InputController):
         for q in self._quantizers:
             q.shared_offset = bits
         return motion.forward_kwargs
+
+    @contextmanager
+    def fixed_offset(self, offset: int) -> Iterator[None]:
+        """Every activation quantizer at ``offset`` bits, whatever the last input set (export builds one
+        integer graph per offset)."""
+        saved = [q.shared_offset for q in self._quantizers]
+        for q in self._quantizers:
+            q.shared_offset = torch.tensor(float(offset))
+        try:
+            yield
+        finally:
+            for q, old in zip(self._quantizers, saved):
+                q.shared_offset = old
 
     def state_manifest(self) -> dict[str, Any]:
         return {"kind": self.kind, "ref_low": self.ref[0].item(), "ref_high": self.ref[1].item(), "gamma": self.gamma,

@@ -45,11 +45,10 @@ import io
 import json
 import math
 import warnings
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -168,19 +167,10 @@ def video_bit_offsets(model: nn.Module) -> tuple[int, ...]:
     return (0, -1, 1) if controller.allow_up else (0, -1)
 
 
-@contextmanager
-def fixed_video_bits(model: nn.Module, offset: int) -> Iterator[None]:
-    """Every activation quantizer the controller drives at ``offset`` bits, whatever the last input set."""
+def fixed_video_bits(model: nn.Module, offset: int) -> AbstractContextManager:
+    """The model's activations at a video bit offset (its FG-VBA controller's), or nothing to fix."""
     controller = model.controller if isinstance(model, QuantizedModel) else None
-    quantizers = controller._quantizers if controller is not None else []
-    saved = [q.shared_offset for q in quantizers]
-    for q in quantizers:
-        q.shared_offset = torch.tensor(float(offset))
-    try:
-        yield
-    finally:
-        for q, old in zip(quantizers, saved):
-            q.shared_offset = old
+    return controller.fixed_offset(offset) if isinstance(controller, VideoBitController) else nullcontext()
 
 
 def integer_layers(model: nn.Module, offset: int = 0) -> dict[str, LayerQuant]:
