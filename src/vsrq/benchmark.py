@@ -35,6 +35,8 @@ from vsrq.metrics.report import ClipScores, score_clip
 from vsrq.models.catalog import LoadedModel, load_model
 from vsrq.progress import progress
 from vsrq.quant import accounting
+from vsrq.quant.qmodel import QuantizedModel
+from vsrq.runtime.deployable import deployability
 from vsrq.version import __version__
 
 QUICK_FRAMES = 10
@@ -160,6 +162,8 @@ class Bench:
         dev = check_device(self.device)
         if dev.type != "cpu":
             extra = {"device": torch.cuda.get_device_name(dev), **extra}
+        if isinstance(model, QuantizedModel):  # all-integer with static ranges, or not (vsrq.runtime.deployable)
+            extra = {"deployable": deployability(model.manifest)["deployable"], **extra}
         scores, fabs = score_dataset(model.to(dev), self.clips, self.show_progress, f"{method} W{wbits}A{abits}", dev)
         model.to("cpu")
         psnr, ssim = mean_scores(scores)

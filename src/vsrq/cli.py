@@ -183,6 +183,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if not Path(args.model).exists():
         return _model_info(args)
     from vsrq.checkpoint import content_hash, read_manifest
+    from vsrq.runtime.deployable import deployability
 
     if args.keys or (args.ops_shape and args.table2 is None):
         raise VsrqError("--keys and --ops-shape describe a model name; a .vsrq file shows its manifest")
@@ -190,8 +191,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.table2 is not None:
         return _checkpoint_table2(args, m)
     content = content_hash(args.model)
+    deploy = deployability(m)
     if args.json:
-        print(json.dumps({**m, "content_sha256": content}, indent=1))
+        print(json.dumps({**m, "content_sha256": content, "deployability": deploy}, indent=1))
         return 0
     cfg = m["config"]
     print(f"method {m['method']}  W{cfg['wbits']}A{cfg['abits']}  scope {cfg['scope']}  seed {m['seed']}")
@@ -202,6 +204,12 @@ def _cmd_info(args: argparse.Namespace) -> int:
         key = f"W{entry['weight']['bits'] if entry['weight'] else 32}A{entry['input']['bits'] if entry['input'] else 32}"
         bits[key] = bits.get(key, 0) + 1
     print("layers " + ", ".join(f"{k} x{v}" for k, v in sorted(bits.items())) + f"; {len(m['skipped'])} kept in FP")
+    if deploy["deployable"]:
+        print("deployable: yes (every conv on integer kernels with static ranges; `vsrq export` writes the graphs)")
+    else:
+        graphs = ("yes, with those parts as float ops" if deploy["integer_graphs"]
+                  else "no, `vsrq export` refuses it")
+        print(f"deployable: no: {'; '.join(deploy['why'])}. Integer graphs: {graphs}")
     if m.get("notes"):
         print("notes  " + json.dumps(m["notes"])[:2000])
     print(f"built  {m['created']} with {m['versions']}")
@@ -441,7 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="export to ONNX (int8 QDQ step graphs for onnxruntime)")
     p.add_argument("model", help=".vsrq checkpoint (or a model name / .pth for a float graph)")
-    p.add_argument("-o", "--output", required=True, help="target .onnx (its flow, backward and per-video-bit graphs are written beside it)")
+    p.add_argument("-o", "--output", required=True, help="target .onnx (BasicVSR: its flow, backward and per-video-bit graphs are written beside it; "
+                   "AnimeSR: one step graph)")
     p.add_argument("--size", default="180x320", help="LR frame size HxW the graphs are built for (default 180x320)")
     p.add_argument("--calib", help="LR clips to measure output ranges on (default: the checkpoint's own clips)")
     p.add_argument("--calib-clips", type=int, default=8)

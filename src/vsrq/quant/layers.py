@@ -116,7 +116,7 @@ class QuantLayer(nn.Module):
         self.smooth = scale.detach().clone().float()
         self._cache = None
 
-    def _unsmooth(self, x: torch.Tensor) -> torch.Tensor:
+    def unsmooth(self, x: torch.Tensor) -> torch.Tensor:
         if self.smooth is None:
             return x
         shape = [1] * x.dim()
@@ -262,7 +262,7 @@ class QuantLayer(nn.Module):
         return F.conv3d(F.conv3d(x, down, None, **self.geometry), up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self._unsmooth(x)
+        x = self.unsmooth(x)
         if self.mode != "quant":  # calibration: the float layer, optionally observing its (rotated) input
             if self.weight is None:
                 raise VsrqError("a frozen (integer) layer has no float weight to run in full precision")

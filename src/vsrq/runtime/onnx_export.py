@@ -36,6 +36,16 @@ activation runs on uint8 with its own scale and zero point, and a ``Clip`` on th
 (``QuantizeLinear`` alone saturates at 0..255); onnxruntime keeps the integer conv after it. So
 per-layer bits (TS-LBA) and per-video bits run on int8 kernels with the simulation's codes; int4
 kernels (GPU: TensorRT, CUTLASS) would only make 4-bit data cheaper to move and multiply.
+
+QuantVSR's layer (and QuaRot's, SVDQuant's) keeps its float parts as float ops around the integer conv
+(:class:`BranchedConv`): SmoothQuant's scales divide the input (one elementwise op: folding them into the
+previous layer would be exact only where no nonlinearity sits between), the randomized Hadamard rotation is a
+1x1 conv whose matrix the export builds from the checkpoint's sign vector, and the low-rank branch is two float
+convs on the unrotated input, added after the integer conv; LBA is already folded into the bias. Activations
+with dynamic per-tensor ranges get their range in the graph (:func:`dynamic_qconv`: ReduceMin/ReduceMax, the
+clip ratio, the simulation's scale and zero-point formula) and an explicit ``QLinearConv``, since onnxruntime
+fuses QDQ into integer kernels only with constant scales. Such a graph runs its HR tail unstriped: a range is
+one per frame in the simulation, and a stripe would find its own.
 """
 
 from __future__ import annotations
@@ -49,19 +59,24 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from vsrq.atomic import file_sha256, staged_files
+from vsrq.checkpoint import layer_manifest
 from vsrq.errors import VsrqError, require
+from vsrq.models.animesr import PAD_MULTIPLE, SCALE, AnimeSR
 from vsrq.models.basicvsr import UPSAMPLE_HALO, BasicVSR
 from vsrq.models.spynet import flow_warp
 from vsrq.quant.controller import VideoBitController
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.quant.swap import quant_layers
+from vsrq.runtime.deployable import layer_integer_problems
 
 OPSET = 17
 IR_VERSION = 9  # onnx >= 1.23 writes IR 14 by default, which onnxruntime 1.31 refuses
@@ -118,43 +133,43 @@ class LayerQuant:
 
     weight_codes: np.ndarray  # int8, (out, in, kh, kw)
     weight_scale: np.ndarray  # float32 per output channel
-    input_scale: float
+    input_scale: float | None  # None: dynamic, each input's own [min, max] times clip_ratio
     input_zero_point: int
     input_bits: int = 8  # uint8 codes are clamped to 0..2^bits-1
+    clip_ratio: float = 1.0
+
+    @property
+    def dynamic(self) -> bool:
+        return self.input_scale is None
 
 
 def check_exportable(model: nn.Module) -> None:
     base = model.base if isinstance(model, QuantizedModel) else model
-    if not isinstance(base, BasicVSR):
-        raise VsrqError(f"ONNX export supports BasicVSR, not {type(base).__name__}")
+    if not isinstance(base, (BasicVSR, AnimeSR)):
+        raise VsrqError(f"ONNX export supports BasicVSR and AnimeSR, not {type(base).__name__}")
+    if isinstance(base, AnimeSR) and video_bit_offsets(model) != (0,):
+        raise VsrqError("per-video bits (FG-VBA) on AnimeSR have no integer path yet: its complexity needs "
+                        "SpyNet's flows, which AnimeSR's graphs do not compute")
     video_bit_offsets(model)
     for name, layer in quant_layers(base).items():
-        problems = []
-        if layer.kind != "conv2d":
-            problems.append(layer.kind)
-        if layer.rank or layer.rotation is not None or layer.smooth is not None:
-            problems.append("low-rank branch / rotation / smoothing")
-        wq, aq = layer.weight_quantizer, layer.input_quantizer
-        if wq is None:
-            problems.append("activation-only quantization")
-        elif not (wq.spec.symmetric and wq.spec.granularity == "channel" and not wq.spec.dynamic):
-            problems.append("weights not symmetric per-channel static")
-        if aq is not None and (aq.spec.symmetric or aq.spec.granularity != "tensor" or aq.spec.dynamic):
-            problems.append("activations not asymmetric per-tensor static")
+        problems = layer_integer_problems(layer_manifest(layer))
         if problems:
             method = model.manifest.get("method", "this") if isinstance(model, QuantizedModel) else "this"
             raise VsrqError(f"{method} checkpoints have no integer path yet: layer {name} cannot run on integer "
                             f"kernels ({', '.join(problems)}); export supports uniform per-channel weights and "
-                            "static per-tensor activations")
+                            "per-tensor activations (static or dynamic)")
 
 
 def layer_quant(layer: QuantLayer) -> LayerQuant:
     """The integer conv of a layer at its bits now (a video bit offset, if set, included)."""
     codes, scale, _ = layer.weight_codes()
     aq = layer.input_quantizer
+    weights = codes.numpy().astype(np.int8), scale.numpy().astype(np.float32)
+    if aq.spec.dynamic:
+        ratio = 1.0 if aq.clip_ratio is None else float(aq.clip_ratio)
+        return LayerQuant(*weights, None, 0, aq.current_bits(), ratio)
     s, z = aq.scale_and_zero_point()
-    return LayerQuant(codes.numpy().astype(np.int8), scale.numpy().astype(np.float32), float(s), int(z),
-                      aq.current_bits())
+    return LayerQuant(*weights, float(s), int(z), aq.current_bits())
 
 
 def video_bit_offsets(model: nn.Module) -> tuple[int, ...]:
@@ -181,30 +196,68 @@ def integer_layers(model: nn.Module, offset: int = 0) -> dict[str, LayerQuant]:
                 if layer.input_quantizer is not None}  # weight-only layers run as float convs
 
 
-def float_copy(model: nn.Module) -> BasicVSR:
-    """A plain BasicVSR whose quantized convs hold the dequantized (simulated) weights: the graph that
-    :func:`insert_qdq` turns integer."""
+class BranchedConv(nn.Module):
+    """A QuantVSR / QuaRot / SVDQuant layer as the float ops its graph starts from: the input divided by the
+    smoothing scales, the Hadamard rotation as a 1x1 conv (its matrix built here from the checkpoint's signs),
+    the low-bit conv on the dequantized weight (``weight``, which :func:`insert_qdq` makes integer) and the
+    low-rank branch on the unrotated input as two float convs, added."""
+
+    def __init__(self, layer: QuantLayer, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
+        super().__init__()
+        self.geometry = dict(layer.geometry)
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias)
+        self.smooth = None if layer.smooth is None else nn.Parameter(layer.smooth.detach().clone().view(1, -1, 1, 1))
+        self.rotation = None if layer.rotation is None else nn.Parameter(
+            layer.rotation.matrix().reshape(layer.in_channels, layer.in_channels, 1, 1))
+        self.lowrank_down = self.lowrank_up = None
+        if layer.rank:
+            kernel = tuple(weight.shape[2:])
+            self.lowrank_down = nn.Parameter(layer.lowrank_down.detach().reshape(layer.rank, layer.in_channels, *kernel).clone())
+            self.lowrank_up = nn.Parameter(layer.lowrank_up.detach().reshape(layer.out_channels, layer.rank, 1, 1).clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.smooth is not None:
+            x = x / self.smooth
+        y = F.conv2d(x if self.rotation is None else F.conv2d(x, self.rotation), self.weight, self.bias, **self.geometry)
+        if self.lowrank_down is not None:
+            y = y + F.conv2d(F.conv2d(x, self.lowrank_down, None, **self.geometry), self.lowrank_up)
+        return y
+
+
+def float_copy(model: nn.Module) -> nn.Module:
+    """The plain network whose quantized convs hold the dequantized (simulated) weights (with their rotation and
+    low-rank branch, if any, and QuantVSR's bias alignment folded in): the graph :func:`insert_qdq` turns integer."""
     base = model.base if isinstance(model, QuantizedModel) else model
     plain = copy.deepcopy(base)
     for name, layer in quant_layers(plain).items():
         with torch.no_grad():
             w = layer.quantized_weight().clone()
-        conv = nn.Conv2d(layer.in_channels, layer.out_channels, tuple(w.shape[2:]), **layer.geometry,
-                         bias=layer.bias is not None)
-        conv.weight.data = w
-        if layer.bias is not None:
-            conv.bias.data = layer.bias.detach().clone()
+            bias = None if layer.bias is None else layer.bias.detach().clone()
+            if layer.bias_align is not None:
+                bias = layer.bias_align.detach().clone() + (0 if bias is None else bias)
+        if layer.rank or layer.rotation is not None or layer.smooth is not None:
+            conv: nn.Module = BranchedConv(layer, w, bias)
+        else:
+            conv = nn.Conv2d(layer.in_channels, layer.out_channels, tuple(w.shape[2:]), **layer.geometry,
+                             bias=bias is not None)
+            conv.weight.data = w
+            if bias is not None:
+                conv.bias.data = bias
         parent_name, _, child = name.rpartition(".")
         setattr(plain.get_submodule(parent_name) if parent_name else plain, child, conv)
     return plain.eval()
 
 
 def calibrate_outputs(model: QuantizedModel, clips: list[torch.Tensor]) -> dict[str, tuple[float, float]]:
-    """Min/max of every quantized conv's output on the calibration clips (simulated model)."""
+    """Min/max of every quantized conv's output on the calibration clips (simulated model): of its low-bit
+    conv alone where a low-rank branch is added after it (the graph's integer conv ends before the add)."""
     ranges: dict[str, tuple[float, float]] = {}
     hooks = []
     for name, layer in model.layers().items():
-        def hook(_m, _i, out, name=name):
+        def hook(m, inputs, out, name=name):
+            if m.rank:
+                out = out - m.lowrank_branch(m.unsmooth(inputs[0]))
             lo, hi = float(out.min()), float(out.max())
             old = ranges.get(name, (lo, hi))
             ranges[name] = (min(old[0], lo), max(old[1], hi))
@@ -283,6 +336,53 @@ def weight_storage(codes: np.ndarray, weights: str = "auto", vnni: bool | None =
     return "int8" if (has_vnni() if vnni is None else vnni) else "uint8"
 
 
+def dynamic_qconv(node, layer: str, tag: str, lq: LayerQuant, weight: tuple[str, str, str], output: tuple[str, str],
+                  const: Callable[[str, np.ndarray], str]) -> list:
+    """A conv with a dynamic per-tensor input range as integer ops: the input's [min, max] times the clip ratio,
+    widened to hold 0, gives the scale and zero point of its b-bit grid exactly as the simulation computes them;
+    the conv is a ``QLinearConv`` (its input scale a tensor of the run, its bias quantized with it) whose uint8
+    output ``<tag>.output.q`` has the calibrated ``output`` scale and zero point.
+
+    onnxruntime fuses a QDQ pattern into an integer conv only with constant scales, hence the explicit op."""
+    from onnx import TensorProto, helper
+
+    x, qmax = node.input[0], 2**lq.input_bits - 1
+    nodes = []
+
+    def op(kind: str, inputs: list[str], suffix: str, **attrs) -> str:  # type: ignore[no-untyped-def]
+        name = f"{tag}.input.{suffix}"
+        nodes.append(helper.make_node(kind, inputs, [name], name=f"{tag}.input/{suffix}", **attrs))
+        return name
+
+    def f32(name: str, value: float) -> str:
+        return const(f"{layer}.input.{name}", np.array(value, dtype=np.float32))
+
+    lo, hi = op("ReduceMin", [x], "min", keepdims=0), op("ReduceMax", [x], "max", keepdims=0)
+    if lq.clip_ratio != 1.0:
+        ratio = f32("clip_ratio", lq.clip_ratio)
+        lo, hi = op("Mul", [lo, ratio], "min_clipped"), op("Mul", [hi, ratio], "max_clipped")
+    zero = f32("zero", 0.0)
+    lo, hi = op("Min", [lo, zero], "lower"), op("Max", [hi, zero], "upper")
+    steps = f32("steps", float(qmax))
+    scale = op("Max", [op("Div", [op("Sub", [hi, lo], "width"), steps], "step"), f32("eps", 1e-8)], "scale")
+    zp = op("Clip", [op("Round", [op("Div", [op("Neg", [lo], "neg_lower"), scale], "zp_float")], "zp_round"),
+                     zero, steps], "zp_clamped")
+    zp = op("Cast", [zp], "zero_point", to=TensorProto.UINT8)
+    codes = op("QuantizeLinear", [x, scale, zp], "q")
+    if lq.input_bits < 8:  # QuantizeLinear saturates at 255, the b-bit grid at 2^b-1
+        bottom = const(f"{layer}.input.code_min", np.array(0, dtype=np.uint8))
+        codes = op("Clip", [codes, bottom, const(f"{layer}.input.code_max", np.array(qmax, dtype=np.uint8))],
+                   f"q{lq.input_bits}")
+    inputs = [codes, scale, zp, *weight, *output]
+    if len(node.input) > 2:  # int32 bias on the grid of input scale x weight scale
+        step = op("Mul", [scale, weight[1]], "bias_step")
+        inputs.append(op("Cast", [op("Round", [op("Div", [node.input[2], step], "bias_steps")], "bias_round")],
+                         "bias_q", to=TensorProto.INT32))
+    nodes.append(helper.make_node("QLinearConv", inputs, [f"{tag}.output.q"], name=f"{tag}/QLinearConv",
+                                  **{a.name: helper.get_attribute_value(a) for a in node.attribute}))
+    return nodes
+
+
 def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, tuple[float, float]], prefix: str,
                weights: str = "auto"):
     """Rewrite the float graph: quantized convs get 8-bit weights (:func:`weight_storage`), input QDQ and, where
@@ -341,7 +441,6 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
         tag = layer if k == 0 else f"{layer}#{k}"
         lq = quant[layer]
         codes, w_scale, pad = _pad_output_channels(lq)
-        x_dq = qdq(node.input[0], layer, tag, lq)
         w_s = const(f"{layer}.weight_scale", w_scale)
         if weight_storage(codes, weights) == "int8":
             w_q = const(f"{layer}.weight_q", codes)
@@ -349,37 +448,43 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
         else:
             w_q = const(f"{layer}.weight_q", (codes.astype(np.int16) + 128).astype(np.uint8))
             w_z = const(f"{layer}.weight_zero_point", np.full(len(w_scale), 128, dtype=np.uint8))
-        new_nodes.append(helper.make_node("DequantizeLinear", [w_q, w_s, w_z], [f"{tag}.weight_dq"], axis=0,
-                                          name=f"{tag}/DequantizeWeight"))
-        node.input[0], node.input[1] = x_dq, f"{tag}.weight_dq"
         inits.pop(prefix + layer + ".weight", None)
         if pad and len(node.input) > 2:
             if f"{layer}.bias_padded" not in extra_inits:
                 bias = numpy_helper.to_array(inits.pop(node.input[2]))
                 const(f"{layer}.bias_padded", np.concatenate([bias, np.zeros(pad, bias.dtype)]))
             node.input[2] = f"{layer}.bias_padded"
-        new_nodes.append(node)
         users = consumers.get(node.output[0], [])
-        relu_to_qconv = (not pad and len(users) == 1 and users[0].op_type == "Relu"
-                         and all(conv_layer.get(c.name) for c in consumers.get(users[0].output[0], [])))
-        if not relu_to_qconv:
-            lo, hi = out_ranges[layer]
-            scale, zp = _uint8_qparams(lo, hi)
-            out = node.output[0]
+        relu_to_qconv = (not pad and not lq.dynamic and len(users) == 1 and users[0].op_type == "Relu"
+                         and all(conv_layer.get(c.name) and not quant[conv_layer[c.name]].dynamic
+                                 for c in consumers.get(users[0].output[0], [])))
+        out = node.output[0]
+        if not lq.dynamic:
+            node.input[0] = qdq(node.input[0], layer, tag, lq)
+            new_nodes.append(helper.make_node("DequantizeLinear", [w_q, w_s, w_z], [f"{tag}.weight_dq"], axis=0,
+                                              name=f"{tag}/DequantizeWeight"))
+            node.input[1] = f"{tag}.weight_dq"
+            new_nodes.append(node)
+            if relu_to_qconv:  # the next conv's input quantizer makes this conv integer
+                continue
             node.output[0] = f"{tag}.out_float"
-            s = const(f"{layer}.output.scale", np.array(scale, dtype=np.float32))
-            z = const(f"{layer}.output.zero_point", np.array(zp, dtype=np.uint8))
+        scale, zp = _uint8_qparams(*out_ranges[layer])
+        s = const(f"{layer}.output.scale", np.array(scale, dtype=np.float32))
+        z = const(f"{layer}.output.zero_point", np.array(zp, dtype=np.uint8))
+        if lq.dynamic:
+            new_nodes.extend(dynamic_qconv(node, layer, tag, lq, (w_q, w_s, w_z), (s, z), const))
+        else:
             new_nodes.append(helper.make_node("QuantizeLinear", [node.output[0], s, z], [f"{tag}.output.q"]))
-            dq_out = f"{tag}.output.padded" if pad else out
-            new_nodes.append(helper.make_node("DequantizeLinear", [f"{tag}.output.q", s, z], [dq_out]))
-            if pad:
-                keep = len(lq.weight_scale)
-                new_nodes.append(helper.make_node(
-                    "Slice", [dq_out, const(f"{layer}.keep.starts", np.array([0])),
-                              const(f"{layer}.keep.ends", np.array([keep])), const(f"{layer}.keep.axes", np.array([1]))],
-                    [out], name=f"{tag}/DropPadding"))
-            else:  # a pixel shuffle is a permutation: requantized alike, it moves the uint8 codes, not floats
-                shuffles.update({user.name: (s, z) for user in users if user.op_type == "DepthToSpace"})
+        dq_out = f"{tag}.output.padded" if pad else out
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{tag}.output.q", s, z], [dq_out]))
+        if pad:
+            keep = len(lq.weight_scale)
+            new_nodes.append(helper.make_node(
+                "Slice", [dq_out, const(f"{layer}.keep.starts", np.array([0])),
+                          const(f"{layer}.keep.ends", np.array([keep])), const(f"{layer}.keep.axes", np.array([1]))],
+                [out], name=f"{tag}/DropPadding"))
+        else:  # a pixel shuffle is a permutation: requantized alike, it moves the uint8 codes, not floats
+            shuffles.update({user.name: (s, z) for user in users if user.op_type == "DepthToSpace"})
     del g.node[:]
     g.node.extend(new_nodes)
     del g.initializer[:]
@@ -421,7 +526,9 @@ def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int]
     x = torch.zeros(1, 3, h, w)
     flow = torch.zeros(1, 2, h, w)
     feat = torch.zeros(1, c, h, w)
-    traced = [("forward", ForwardStep(plain, tail_stripes(lr_size)), (x, flow, feat, feat) if plain.bidirectional else (x, flow, feat),
+    # a dynamic input range is one per frame in the simulation: stripes would each find their own
+    stripes = 1 if any(q.dynamic for q in quants[0].values()) else tail_stripes(lr_size)
+    traced = [("forward", ForwardStep(plain, stripes), (x, flow, feat, feat) if plain.bidirectional else (x, flow, feat),
                ["x_t", "flow", "g_prev", "h_t"] if plain.bidirectional else ["x_t", "flow", "g_prev"], ["g_t", "y_t"])]
     if plain.bidirectional:
         traced.append(("backward", BackwardStep(plain), (x, flow, feat), ["x_t", "flow", "h_next"], ["h_t"]))
@@ -459,6 +566,64 @@ def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int]
         if missing:
             raise VsrqError(f"export lost track of quantized layers: {', '.join(sorted(missing)[:3])}")
     return [path] + [graph_name(path, role, offset) for role, offset, _ in graphs[:-1]]
+
+
+class AnimeSRStep(nn.Module):
+    def __init__(self, base: AnimeSR) -> None:
+        super().__init__()
+        self.base = base
+
+    def forward(self, frames: torch.Tensor, sr: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.base.step(frames, sr, state)
+
+
+def padded_size(lr_size: tuple[int, int]) -> tuple[int, int]:
+    """AnimeSR's working size: LR frames replicate-padded to multiples of PAD_MULTIPLE."""
+    return lr_size[0] + -lr_size[0] % PAD_MULTIPLE, lr_size[1] + -lr_size[1] % PAD_MULTIPLE
+
+
+def export_animesr(model: nn.Module, path: str | Path, lr_size: tuple[int, int],
+                   out_ranges: dict[str, tuple[float, float]] | None = None, manifest: dict | None = None,
+                   weights: str = "auto", replace: bool = True) -> list[Path]:
+    """AnimeSR's one step graph, ``(frames (1, 9, h, w), sr (1, 3, 4h, 4w), state (1, C, h, w)) -> (sr, state)`` at
+    the padded size of ``lr_size``: the recurrence has no flow and one direction, so one graph is the model."""
+    onnx = require("onnx", "export", "ONNX export")
+
+    check_exportable(model)
+    plain = float_copy(model)
+    quant = integer_layers(model)
+    if quant and out_ranges is None:
+        raise VsrqError("a quantized export needs output ranges (calibrate_outputs)")
+    path = Path(path)
+    if path.suffix != ".onnx":
+        raise VsrqError(f"{path}: the export target must end in .onnx")
+    h, w = padded_size(lr_size)
+    args = (torch.zeros(1, 9, h, w), torch.zeros(1, 3, SCALE * h, SCALE * w), torch.zeros(1, plain.num_feat, h, w))
+    graph = _trace(AnimeSRStep(plain).eval(), args, ["frames", "sr", "state"], ["sr_next", "state_next"])
+    if quant:
+        graph, layers = insert_qdq(graph, quant, out_ranges or {}, "base.", weights)
+        if set(quant) - layers:
+            raise VsrqError(f"export lost track of quantized layers: {', '.join(sorted(set(quant) - layers)[:3])}")
+    graph.ir_version = IR_VERSION
+    meta = {"vsrq_family": "animesr", "vsrq_role": "step", "vsrq_lr_size": json.dumps(list(lr_size)),
+            "vsrq_num_feat": str(plain.num_feat), "vsrq_quantized": str(bool(quant))}
+    if manifest is not None:
+        meta["vsrq_manifest"] = json.dumps(manifest)
+    for k, v in meta.items():
+        graph.metadata_props.append(onnx.StringStringEntryProto(key=k, value=v))
+    onnx.checker.check_model(graph)
+    with staged_files(path, replace) as stage:
+        onnx.save(graph, str(stage / path.name))
+    return [path]
+
+
+def export_graphs(model: nn.Module, path: str | Path, lr_size: tuple[int, int],
+                  out_ranges: dict[str, tuple[float, float]] | None = None, manifest: dict | None = None,
+                  weights: str = "auto", replace: bool = True) -> list[Path]:
+    """The graphs of a BasicVSR (:func:`export_basicvsr`) or AnimeSR (:func:`export_animesr`) model."""
+    base = model.base if isinstance(model, QuantizedModel) else model
+    export = export_animesr if isinstance(base, AnimeSR) else export_basicvsr
+    return export(model, path, lr_size, out_ranges, manifest, weights, replace)
 
 
 def _copy(onnx, graph):  # type: ignore[no-untyped-def]

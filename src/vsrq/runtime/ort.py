@@ -19,7 +19,7 @@ from vsrq.atomic import file_sha256
 from vsrq.errors import VsrqError, require
 from vsrq.runtime import onnx_export
 from vsrq.quant.controller import VideoBitController, video_complexity
-from vsrq.runtime.onnx_export import export_basicvsr, graph_name
+from vsrq.runtime.onnx_export import export_graphs, graph_name
 from vsrq.version import __version__
 
 
@@ -140,6 +140,58 @@ class OrtBasicVSR:
         return torch.from_numpy(np.concatenate(outputs)[None])
 
 
+class OrtAnimeSR:
+    """Runs AnimeSR's exported step graph over windows of LR frames, as :meth:`AnimeSR.forward` does: frames
+    clamped and replicate-padded, each step fed the previous, current and next frame, the previous SR frame and
+    the state."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        path = Path(path)
+        if not path.is_file():
+            raise VsrqError(f"{path}: no such ONNX graph")
+        self.session = _session(path, threads)
+        meta = self.session.get_modelmeta().custom_metadata_map
+        if meta.get("vsrq_family") != "animesr" or meta.get("vsrq_role") != "step":
+            raise VsrqError(f"{path}: not the step graph of a vsrq AnimeSR export (export again with this vsrq)")
+        self.lr_size = tuple(json.loads(meta["vsrq_lr_size"]))
+        self.num_feat = int(meta["vsrq_num_feat"])
+        self.quantized = meta.get("vsrq_quantized") == "True"
+        self.manifest = json.loads(meta["vsrq_manifest"]) if "vsrq_manifest" in meta else None
+
+    def __call__(self, lr: torch.Tensor, output_frames: range) -> torch.Tensor:
+        x = np.clip(lr[0].numpy().astype(np.float32), 0.0, 1.0)  # (T, 3, h, w)
+        t, _, h, w = x.shape
+        if (h, w) != self.lr_size:
+            raise VsrqError(f"the graph was exported for {self.lr_size[1]}x{self.lr_size[0]} LR frames, "
+                            f"the input is {w}x{h}: export again with --size {h}x{w}")
+        hp, wp = onnx_export.padded_size((h, w))
+        x = np.pad(x, ((0, 0), (0, 0), (0, hp - h), (0, wp - w)), mode="edge")
+        scale = onnx_export.SCALE
+        sr = np.zeros((1, 3, scale * hp, scale * wp), np.float32)
+        state = np.zeros((1, self.num_feat, hp, wp), np.float32)
+        outputs = []
+        for i in range(output_frames.stop):
+            frames = np.concatenate((x[max(i - 1, 0)], x[i], x[min(i + 1, t - 1)]))[None]
+            sr, state = self.session.run(None, {"frames": frames, "sr": sr, "state": state})
+            if i >= output_frames.start:
+                outputs.append(sr[:, :, : scale * h, : scale * w])
+        return torch.from_numpy(np.concatenate(outputs)[None])
+
+
+def open_graphs(path: str | Path, threads: int | None = None) -> OrtBasicVSR | OrtAnimeSR:
+    """The runner of an export, by the family its entry graph records."""
+    onnx = require("onnx", "export", "the onnxruntime runtime")
+
+    path = Path(path)
+    if not path.is_file():
+        raise VsrqError(f"{path}: no such ONNX graph")
+    try:
+        family = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}.get("vsrq_family")
+    except Exception as exc:  # onnx raises protobuf's own errors on a file that is not a graph
+        raise VsrqError(f"{path}: not an ONNX graph ({type(exc).__name__})") from None
+    return OrtAnimeSR(path, threads) if family == "animesr" else OrtBasicVSR(path, threads)
+
+
 class OrtFromModel:
     """Exports a (quantized) model for each LR size it meets, then runs it with onnxruntime.
 
@@ -152,7 +204,7 @@ class OrtFromModel:
     def __init__(self, model: torch.nn.Module, out_ranges: Callable[[], dict[str, tuple[float, float]] | None],
                  folder: Path, manifest: dict | None = None, threads: int | None = None) -> None:
         self.model, self.out_ranges, self.folder, self.manifest, self.threads = model, out_ranges, folder, manifest, threads
-        self.runners: dict[tuple[int, int], OrtBasicVSR] = {}
+        self.runners: dict[tuple[int, int], OrtBasicVSR | OrtAnimeSR] = {}
         self._ranges: dict[str, tuple[float, float]] | None = None
         self._measured = False
 
@@ -162,13 +214,13 @@ class OrtFromModel:
             return path
         if not self._measured:
             self._ranges, self._measured = self.out_ranges(), True
-        export_basicvsr(self.model, path, size, self._ranges, self.manifest, replace=False)  # whole or not at all
+        export_graphs(self.model, path, size, self._ranges, self.manifest, replace=False)  # whole or not at all
         return path
 
     def __call__(self, lr: torch.Tensor, output_frames: range) -> torch.Tensor:
         size = tuple(lr.shape[-2:])
         if size not in self.runners:
-            self.runners[size] = OrtBasicVSR(self._export(size), self.threads)
+            self.runners[size] = open_graphs(self._export(size), self.threads)
         return self.runners[size](lr, output_frames)
 
 
