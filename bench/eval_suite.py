@@ -108,14 +108,15 @@ def main() -> int:
 
 
 def table(rows: list[dict], title: str) -> str:
-    keys = list(rows[0]["labels"])
+    labels = {k: v for r in rows for k, v in r["labels"].items()}  # runs of older commits may lack a metric
+    keys = list(labels)
     lines = [f"# {title}", "", "Vid4 BI x4, PSNR/SSIM on Y, the rest on RGB; "
              + "; ".join(sorted({f"{r['frames']} frames: commit {r['commit']}, {r['date']}, pictures {r['report']}"
                                  for r in rows})) + ".", "",
-             "| frames | model | " + " | ".join(rows[0]["labels"][k] for k in keys) + " |",
+             "| frames | model | " + " | ".join(labels[k] for k in keys) + " |",
              "| --- | --- |" + " ---: |" * len(keys)]
     for r in sorted(rows, key=lambda r: (r["frames"], r["method"] != "fp")):
-        values = [r["psnr_y"] if k == "psnr" else r["ssim_y"] if k == "ssim" else r[k] for k in keys]
+        values = [r["psnr_y"] if k == "psnr" else r["ssim_y"] if k == "ssim" else r.get(k) for k in keys]
         name = "FP32" if r["method"] == "fp" else f"{r['method']} W{r['wbits']}A{r['abits']}"
         lines.append(f"| {r['frames']} | {name} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in values) + " |")
     lines += ["", "Unavailable here:", ""] + [f"- {k}: {v}" for k, v in rows[0]["unavailable"].items()]
