@@ -114,6 +114,27 @@ def test_markdown_table_shows_the_calibration_loss_when_rows_carry_it():
     assert "| calib loss |" in lines[4] and lines[-2].endswith("| - | 1 |  |") and lines[-1].endswith("| 8.8258 | 1 | n |")
 
 
+def test_every_frame_rows_get_their_own_table_and_survive_a_run_of_the_other_mode(tmp_path):
+    """A results file holding quick and full rows shows one table each (full first); a full run's write keeps the
+    quick rows, those copied from another benchmark included (it replaces only its own mode's copies)."""
+    import json
+
+    from vsrq.benchmark import Bench, Row, markdown_table
+
+    base = dict(model="m", method="minmax", wbits=4, abits=4, scope="fq", dataset="vid4", degradation="bi",
+                psnr_y=20.0, ssim_y=0.5, fab=4.0, size_mb=1.0, calib_s=1.0, commit="a", date="d")
+    rows = [dict(base, frames="quick", notes="from ptq_vid4.json (a)"), dict(base, frames="full", notes="", psnr_y=21.0)]
+    lines = markdown_table(rows, "t").splitlines()
+    assert [i for i, line in enumerate(lines) if "frames;" in line] == [2, 8]
+    assert "full frames" in lines[2] and "21.00" in lines[6] and "quick frames" in lines[8]
+    (tmp_path / "t.json").write_text(json.dumps(rows[:1]))
+    bench = Bench.__new__(Bench)
+    bench.name, bench.quick = "t", False
+    bench.rows = [Row(**{k: v for k, v in rows[1].items()})]
+    bench.write(tmp_path)
+    assert sorted(r["frames"] for r in json.loads((tmp_path / "t.json").read_text())) == ["full", "quick"]
+
+
 def test_seeded_row_is_the_mean_and_sample_std_over_calibration_samples():
     """Each seed is calibrated once (cached seeds are not), and the row's spread is statistics.stdev's."""
     import statistics

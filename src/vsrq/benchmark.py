@@ -237,7 +237,7 @@ class Bench:
     def write(self, results_dir: Path) -> tuple[Path, Path]:
         """Merge this run's rows into ``<name>.json``: rows of other frame modes, and rows another
         process wrote meanwhile, stay; a row with the same settings is replaced by this run's, and
-        rows copied from another benchmark (notes "from ...") are this run's copies only."""
+        rows of this frame mode copied from another benchmark (notes "from ...") are this run's copies only."""
         path = results_dir / f"{self.name}.json"
         mine = {row_key(r.to_dict()): r.to_dict() for r in self.rows}
         merged = []
@@ -247,7 +247,7 @@ class Bench:
                     key = row_key(d)
                     if key in mine:
                         merged.append(mine.pop(key))
-                    elif not str(d.get("notes", "")).startswith("from "):
+                    elif not (str(d.get("notes", "")).startswith("from ") and d.get("frames") == self.frames):
                         merged.append(d)
             return write_results(merged + list(mine.values()), self.name, results_dir)
 
@@ -338,8 +338,16 @@ def _pm(row: dict[str, Any], key: str, spec: str) -> str:
 
 
 def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
-    rows = sorted(rows, key=display_order)
+    """The results as Markdown: one table per frames mode (every frame first), each naming its commits."""
     lines = [f"# {title}", ""]
+    for frames in sorted({r["frames"] for r in rows}, key=lambda f: f != "full"):
+        lines += _frames_table([r for r in rows if r["frames"] == frames]) + [""]
+    return "\n".join(lines).rstrip("\n")
+
+
+def _frames_table(rows: list[dict[str, Any]]) -> list[str]:
+    rows = sorted(rows, key=display_order)
+    lines = []
     varied = len({(r["model"], r["dataset"], r["degradation"]) for r in rows}) > 1
     if rows:
         r0 = rows[0]
@@ -379,4 +387,4 @@ def markdown_table(rows: list[dict[str, Any]], title: str) -> str:
         calib = "-" if r["calib_s"] is None else f"{r['calib_s']:.0f}" + (" (GPU)" if r.get("device") else "")
         cells += [calib, r["notes"]]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return lines
