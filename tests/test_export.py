@@ -534,6 +534,15 @@ def test_quantized_animesr_runs_on_integer_graphs(method: str, tmp_path: Path):
     cfg = QuantConfig(method=method, wbits=bits, abits=bits, options={"branch": "svd", "lba": False} if bits == 4 else {},
                       calib=CalibConfig(source=str(tmp_path / "calib"), clips=1, frames=3))
     ckpt = checkpoint.save(api.quantize(tiny_animesr(), cfg, **QUIET), tmp_path / "q.vsrq")
+    if method == "minmax":  # per-video bits would need SpyNet flows the AnimeSR graph does not compute
+        from vsrq.quant.controller import VideoBitController
+        from vsrq.runtime.onnx_export import export_graphs
+
+        with_controller = checkpoint.load(ckpt)
+        with_controller.controller = VideoBitController(100.0, 300.0)
+        with pytest.raises(VsrqError, match=r"^per-video bits \(FG-VBA\) on AnimeSR have no integer path yet"):
+            export_graphs(with_controller, tmp_path / "v.onnx", (62, 66), {})
+        assert not (tmp_path / "v.onnx").exists()
     frames = smooth_frames(4, 62, 66, seed=2)
     write_clip(tmp_path / "lr", frames)
     api.upscale(ckpt, tmp_path / "lr", tmp_path / "sr", runtime="onnxruntime", show_progress=False)

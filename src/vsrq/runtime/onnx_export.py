@@ -147,10 +147,9 @@ def check_exportable(model: nn.Module) -> None:
     base = model.base if isinstance(model, QuantizedModel) else model
     if not isinstance(base, (BasicVSR, AnimeSR)):
         raise VsrqError(f"ONNX export supports BasicVSR and AnimeSR, not {type(base).__name__}")
-    if isinstance(base, AnimeSR) and video_bit_offsets(model) != (0,):
+    if video_bit_offsets(model) != (0,) and isinstance(base, AnimeSR):
         raise VsrqError("per-video bits (FG-VBA) on AnimeSR have no integer path yet: its complexity needs "
                         "SpyNet's flows, which AnimeSR's graphs do not compute")
-    video_bit_offsets(model)
     for name, layer in quant_layers(base).items():
         problems = layer_integer_problems(layer_manifest(layer))
         if problems:
