@@ -408,7 +408,8 @@ def markdown(rows: list[dict]) -> str:
     lines = ["# deploy", "", "BasicVSR (Vimeo BIx4) on this CPU. Speed-ups are against torch-fp32 / torch-bf16 at the same "
              "size, measured in the same run; one table per run, newest first.", ""]
     speed_rows = [r for r in rows if "backend" in r and "video_frames" not in r]
-    for commit, date in sorted({(r["commit"], r["date"]) for r in speed_rows}, key=lambda k: k[1], reverse=True):
+    runs = list(dict.fromkeys((r["commit"], r["date"]) for r in speed_rows))  # a run's rows come before older ones
+    for commit, date in sorted(runs, key=lambda k: k[1], reverse=True):  # stable: same-day runs newest first
         run = [r for r in speed_rows if (r["commit"], r["date"]) == (commit, date)]
         lines += [f"**Run of {date}, commit {commit}, {run[0]['threads']} threads**", "",
                   "| backend | LR size | ms/frame | x torch-fp32 | x torch-bf16 | peak RSS (MB) | Vid4 Y-PSNR (quick) |",
