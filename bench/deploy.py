@@ -240,7 +240,7 @@ def whole_runs(backends: tuple[str, ...], lengths: list[int], art: dict[str, Pat
     rows = []
     for backend in dict.fromkeys(("torch-fp32", *backends)):
         key = BACKENDS[backend][3]
-        if backend != "torch-fp32" and not backend.startswith("ort-") or backend == "ort-fp32":
+        if backend != "torch-fp32" and not (backend.startswith("ort-") and key):  # torch-fp32, integer graphs
             continue
         model, runtime = (str(art[key]), "onnxruntime") if key else ("basicvsr-vimeo-bi", "torch")
         if key:  # the first run exports the graphs into $VSRQ_CACHE

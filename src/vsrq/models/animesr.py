@@ -36,6 +36,11 @@ def _up(x: torch.Tensor, factor: int) -> torch.Tensor:
     return F.interpolate(x, scale_factor=factor, mode="bilinear", align_corners=False)
 
 
+def padded_size(lr_size: tuple[int, int]) -> tuple[int, int]:
+    """The size AnimeSR works at: LR frames replicate-padded to multiples of PAD_MULTIPLE."""
+    return lr_size[0] + -lr_size[0] % PAD_MULTIPLE, lr_size[1] + -lr_size[1] % PAD_MULTIPLE
+
+
 class MultiScaleTrunk(nn.Module):
     """Residual blocks at scales 1, 1/2 and 1/4, right-aligned: all three scales finish together.
 
@@ -126,13 +131,12 @@ class AnimeSR(nn.Module):
         """
         wanted = self.check_input(x, output_frames)
         n, t, c, h, w = x.shape
-        pad_h, pad_w = -h % PAD_MULTIPLE, -w % PAD_MULTIPLE
+        hp, wp = padded_size((h, w))
         # the official driver clamps frames to [0, 1] and replicate-pads them on the bottom/right
         frames = x.clamp(0.0, 1.0)
-        if pad_h or pad_w:
-            frames = F.pad(frames.reshape(n * t, c, h, w), (0, pad_w, 0, pad_h), mode="replicate")
-            frames = frames.view(n, t, c, h + pad_h, w + pad_w)
-        hp, wp = h + pad_h, w + pad_w
+        if (hp, wp) != (h, w):
+            frames = F.pad(frames.reshape(n * t, c, h, w), (0, wp - w, 0, hp - h), mode="replicate")
+            frames = frames.view(n, t, c, hp, wp)
         sr = frames.new_zeros(n, 3, hp * SCALE, wp * SCALE)
         state = frames.new_zeros(n, self.num_feat, hp, wp)
         outputs = []

@@ -69,7 +69,7 @@ from torch import nn
 from vsrq.atomic import file_sha256, staged_files
 from vsrq.checkpoint import layer_manifest
 from vsrq.errors import VsrqError, require
-from vsrq.models.animesr import PAD_MULTIPLE, SCALE, AnimeSR
+from vsrq.models.animesr import SCALE, AnimeSR, padded_size
 from vsrq.models.basicvsr import UPSAMPLE_HALO, BasicVSR
 from vsrq.models.spynet import flow_warp
 from vsrq.quant.controller import VideoBitController
@@ -574,11 +574,6 @@ class AnimeSRStep(nn.Module):
 
     def forward(self, frames: torch.Tensor, sr: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.base.step(frames, sr, state)
-
-
-def padded_size(lr_size: tuple[int, int]) -> tuple[int, int]:
-    """AnimeSR's working size: LR frames replicate-padded to multiples of PAD_MULTIPLE."""
-    return lr_size[0] + -lr_size[0] % PAD_MULTIPLE, lr_size[1] + -lr_size[1] % PAD_MULTIPLE
 
 
 def export_animesr(model: nn.Module, path: str | Path, lr_size: tuple[int, int],

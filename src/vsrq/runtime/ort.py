@@ -17,6 +17,7 @@ import torch
 
 from vsrq.atomic import file_sha256
 from vsrq.errors import VsrqError, require
+from vsrq.models.animesr import SCALE as ANIMESR_SCALE, padded_size
 from vsrq.runtime import onnx_export
 from vsrq.quant.controller import VideoBitController, video_complexity
 from vsrq.runtime.onnx_export import export_graphs, graph_name
@@ -44,12 +45,12 @@ class OrtBasicVSR:
     pair loaded when first needed), then the backward and forward recurrences.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, entry=None) -> None:  # type: ignore[no-untyped-def]
         path = Path(path)
         if not path.is_file():
             raise VsrqError(f"{path}: no such ONNX graph")
         self.path, self.threads = path, threads
-        entry = _session(path, threads)
+        entry = entry or _session(path, threads)  # open_graphs passes the session it read the family from
         meta = entry.get_modelmeta().custom_metadata_map
         if meta.get("vsrq_role") != "forward" or meta.get("vsrq_video_bits") != "0" or "vsrq_companions" not in meta:
             raise VsrqError(f"{path}: not the forward graph of a vsrq BasicVSR export (export again with this vsrq)")
@@ -145,11 +146,11 @@ class OrtAnimeSR:
     clamped and replicate-padded, each step fed the previous, current and next frame, the previous SR frame and
     the state."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, entry=None) -> None:  # type: ignore[no-untyped-def]
         path = Path(path)
         if not path.is_file():
             raise VsrqError(f"{path}: no such ONNX graph")
-        self.session = _session(path, threads)
+        self.session = entry or _session(path, threads)
         meta = self.session.get_modelmeta().custom_metadata_map
         if meta.get("vsrq_family") != "animesr" or meta.get("vsrq_role") != "step":
             raise VsrqError(f"{path}: not the step graph of a vsrq AnimeSR export (export again with this vsrq)")
@@ -164,9 +165,9 @@ class OrtAnimeSR:
         if (h, w) != self.lr_size:
             raise VsrqError(f"the graph was exported for {self.lr_size[1]}x{self.lr_size[0]} LR frames, "
                             f"the input is {w}x{h}: export again with --size {h}x{w}")
-        hp, wp = onnx_export.padded_size((h, w))
+        hp, wp = padded_size((h, w))
         x = np.pad(x, ((0, 0), (0, 0), (0, hp - h), (0, wp - w)), mode="edge")
-        scale = onnx_export.SCALE
+        scale = ANIMESR_SCALE
         sr = np.zeros((1, 3, scale * hp, scale * wp), np.float32)
         state = np.zeros((1, self.num_feat, hp, wp), np.float32)
         outputs = []
@@ -179,17 +180,13 @@ class OrtAnimeSR:
 
 
 def open_graphs(path: str | Path, threads: int | None = None) -> OrtBasicVSR | OrtAnimeSR:
-    """The runner of an export, by the family its entry graph records."""
-    onnx = require("onnx", "export", "the onnxruntime runtime")
-
+    """The runner of an export, by the family its entry graph records (the graph is loaded once)."""
     path = Path(path)
     if not path.is_file():
         raise VsrqError(f"{path}: no such ONNX graph")
-    try:
-        family = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}.get("vsrq_family")
-    except Exception as exc:  # onnx raises protobuf's own errors on a file that is not a graph
-        raise VsrqError(f"{path}: not an ONNX graph ({type(exc).__name__})") from None
-    return OrtAnimeSR(path, threads) if family == "animesr" else OrtBasicVSR(path, threads)
+    entry = _session(path, threads)
+    family = entry.get_modelmeta().custom_metadata_map.get("vsrq_family")
+    return (OrtAnimeSR if family == "animesr" else OrtBasicVSR)(path, threads, entry)
 
 
 class OrtFromModel:
