@@ -51,6 +51,9 @@ def parse_args(description: str, per_token: bool = False, holdout: bool = False)
     parser.add_argument("--resume", action="store_true", help="keep the rows already in the results file and skip them")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--device", default="cpu", help="where calibration and scoring run: cpu (default) or cuda[:N]")
+    parser.add_argument("--calibrate-only", action="store_true",
+                        help="calibrate and keep each setting's checkpoint under bench/cache, score nothing (a "
+                             "machine without the test data, e.g. a lent GPU; a later run scores the checkpoints)")
     parser.add_argument("--calib", metavar="CLIPSxFRAMESxCROP", help="another calibration set, e.g. 32x12x96 (notes say so)")
     parser.add_argument("--split-concat", action="store_true",
                         help="one conv per concatenated source, each with its own activation range (notes say so)")

@@ -56,8 +56,9 @@ class Bench(benchmark.Bench):
 
     def checkpoint_path(self, config: QuantConfig) -> Path:
         """Where ``config``'s checkpoint of this benchmark's model and calibration sample is kept."""
+        # no device in the key: a checkpoint calibrated on a GPU is scored anywhere, its manifest says where it was made
         key = json.dumps({"model": self.model_name, "config": config.to_dict(), "calib_seed": self.seed,
-                          "calib": self.calib.sha256, "device": self.device}, sort_keys=True)
+                          "calib": self.calib.sha256}, sort_keys=True)
         digest = hashlib.sha256(key.encode()).hexdigest()[:16]
         return CHECKPOINTS / f"{self.model_name}-{config.method}-w{config.wbits}a{config.abits}-{digest}.vsrq"
 

@@ -11,6 +11,7 @@ kept under bench/cache/checkpoints, so `--full` after a quick run scores without
     python bench/reconstruct_vid4.py            # quick: first 10 frames per clip
     python bench/reconstruct_vid4.py --full
     python bench/reconstruct_vid4.py --only brecq-w4a4   # one row
+    python bench/reconstruct_vid4.py --calibrate-only --device cuda   # checkpoints only (a GPU without Vid4)
 """
 
 from __future__ import annotations
@@ -59,10 +60,14 @@ def main() -> int:
     for label, method, bits, options, notes in plan():
         block_wise = method in ("brecq", "qdrop")  # the CPU shortcuts of the recording passes
         notes = with_variant(with_variant(notes, suffix), CPU_NOTE if block_wise else "")
-        if not wanted(args, label) or bench.has(method, bits, bits, "fq", notes):
+        if not wanted(args, label) or (bench.has(method, bits, bits, "fq", notes) and not args.calibrate_only):
             continue
         config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib,
                              options={**CPU, **options} if block_wise else options, split_concat=args.split_concat)
+        if args.calibrate_only:
+            bench.quantize(config)
+            print(f"{label}: calibrated, checkpoint {bench.checkpoint_path(config).name}", flush=True)
+            continue
         row, _ = bench.quantized_row(config, method, notes)
         print(f"{label}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  calib {row.calib_s:.0f} s  "
               f"peak {row.extra.get('peak_rss_mb')} MB", flush=True)

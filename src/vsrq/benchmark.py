@@ -123,12 +123,11 @@ class Bench:
     show_progress: bool = True
     device: str = "cpu"  # where calibration and scoring compute; rows record it when it is not the CPU
     loaded: LoadedModel = field(init=False)
-    clips: list[PairedClip] = field(init=False)
     rows: list[Row] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.loaded = load_model(self.model_name)
-        self.clips = load_paired(self.dataset, self.degradation, QUICK_FRAMES if self.quick else None)
+        self._clips: list[PairedClip] | None = None
         self.commit, self.date = self.stamp(), today()
         self._calib: CalibrationSet | None = None
         self.last_peak_rss_mb: int | None = None
@@ -153,6 +152,17 @@ class Bench:
         return self._calib
 
     @property
+    def clips(self) -> list[PairedClip]:
+        """The scored clips, read on first use: a run that only calibrates needs no test data."""
+        if self._clips is None:
+            self._clips = load_paired(self.dataset, self.degradation, QUICK_FRAMES if self.quick else None)
+        return self._clips
+
+    @clips.setter
+    def clips(self, clips: list[PairedClip]) -> None:
+        self._clips = clips
+
+    @property
     def frames(self) -> str:
         return "quick" if self.quick else "full"
 
@@ -160,8 +170,11 @@ class Bench:
             calib_s: float | None, notes: str = "", **extra: Any) -> Row:
         """Score ``model`` on the benchmark clips and record a row."""
         dev = check_device(self.device)
-        if dev.type != "cpu":
-            extra = {"device": torch.cuda.get_device_name(dev), **extra}
+        calibrated_on = model.manifest["notes"].get("calibrated_on") if isinstance(model, QuantizedModel) else None
+        if dev.type != "cpu" or calibrated_on:  # a GPU calibrated or scored the row
+            extra = {"device": calibrated_on or torch.cuda.get_device_name(dev), **extra}
+            if dev.type == "cpu":
+                extra["scored_on"] = "cpu"
         if isinstance(model, QuantizedModel):  # all-integer with static ranges, or not (vsrq.runtime.deployable)
             extra = {"deployable": deployability(model.manifest)["deployable"], **extra}
         scores, fabs = score_dataset(model.to(dev), self.clips, self.show_progress, f"{method} W{wbits}A{abits}", dev)
