@@ -40,6 +40,9 @@ def test_cuda_calibration_without_a_gpu_is_one_clear_error():
     ("percentile+ft", {}),
     ("quantvsr", {"batch": 2, "epochs": 1}),
     ("svdquant", {}),
+    ("brecq", {"iters": 20, "samples": 1}),
+    ("qdrop", {"iters": 20, "samples": 1}),  # random drops drawn on the CPU for either device
+    ("tarq", {"epochs": 1, "batch": 2, "round_epochs": 1}),
 ])
 def test_cuda_calibration_matches_the_cpu(method: str, options: dict, tmp_path: Path):
     """Same clips and seed on both devices: the float maths differ only in rounding (a few codes

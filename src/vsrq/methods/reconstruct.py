@@ -268,7 +268,8 @@ def _mse(module: nn.Module, inputs: list, targets: list[torch.Tensor]) -> float:
 def _mixed(q: Any, fp: Any, generator: torch.Generator) -> Any:
     """QDrop's input: each element of each floating tensor from the quantized or the float network, evenly."""
     if isinstance(q, torch.Tensor) and q.is_floating_point():
-        pick = torch.rand(q.shape, generator=generator, dtype=q.dtype) < 0.5
+        # drawn on the CPU generator whatever the device: the same seed drops the same elements everywhere
+        pick = torch.rand(q.shape, generator=generator, dtype=q.dtype).to(q.device) < 0.5
         return torch.where(pick, fp, q)
     if isinstance(q, (tuple, list)):
         return type(q)(_mixed(a, b, generator) for a, b in zip(q, fp))

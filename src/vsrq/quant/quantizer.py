@@ -221,7 +221,8 @@ class FakeQuantizer(nn.Module):
             return x
         out = self._quantize(x)
         if self.drop > 0.0:  # QDrop: these positions pass unquantized
-            keep = torch.rand(x.shape, generator=self.drop_generator, device=x.device, dtype=x.dtype) < self.drop
+            # the CPU generator's draw on every device: one seed, one set of dropped elements
+            keep = torch.rand(x.shape, generator=self.drop_generator, dtype=x.dtype).to(x.device) < self.drop
             out = torch.where(keep, x, out)
         return out
 
