@@ -63,3 +63,33 @@ def test_git_commit_is_dirty_for_code_not_for_results_or_markdown(tmp_path: Path
     assert git_commit() == clean
     (tmp_path / "code.py").write_text("b\n")
     assert git_commit() == clean + "+dirty"
+
+
+def test_a_gpu_calibrated_checkpoint_is_scored_on_the_cpu_and_its_row_names_the_gpu(tmp_path, monkeypatch):
+    """The cache key leaves out the device (calibrate on a lent GPU, score where the test data is); the row says
+    which GPU calibrated it and that the CPU scored it. The benchmark's own clips are never read here."""
+    import numpy as np
+
+    import harness
+    from harness import Bench
+
+    from tests.test_quant_layers import _loaded, _synthetic_calib
+    from vsrq.config import QuantConfig
+    from vsrq.data.datasets import PairedClip
+    from vsrq.methods.pipeline import quantize_model
+
+    monkeypatch.setattr(harness, "CHECKPOINTS", tmp_path)
+    cpu, gpu = (Bench("t", "basicvsr-vimeo-bi", "no-such-dataset", "bi", True, device=d) for d in ("cpu", "cuda"))
+    config = QuantConfig(method="minmax", wbits=4, abits=4, scope="fq")
+    for b in (cpu, gpu):
+        b._calib = _synthetic_calib()
+    assert cpu.checkpoint_path(config) == gpu.checkpoint_path(config)
+
+    qm = quantize_model(_loaded(), config, _synthetic_calib(), log=lambda s: None, show_progress=False)
+    qm.manifest["notes"]["calibrated_on"] = "NVIDIA H200"
+    gt = np.random.default_rng(0).integers(0, 256, (2, 256, 256, 3), dtype=np.uint8)
+    cpu.clips = [PairedClip("c", gt, gt[:, ::4, ::4].copy())]
+    row = cpu.row(qm, "minmax", 4, 4, "fq", 1.0)
+    assert row.extra["device"] == "NVIDIA H200" and row.extra["scored_on"] == "cpu"
+    plain = quantize_model(_loaded(), config, _synthetic_calib(), log=lambda s: None, show_progress=False)
+    assert "device" not in cpu.row(plain, "minmax", 4, 4, "fq", 1.0).extra
