@@ -6,10 +6,12 @@ layers with the rest of the model in float:
 
 - ``stream``: the residual blocks' first convs, which read the trunks' residual stream;
 - ``inner``: the residual blocks' second convs, which read the ReLU output inside a block;
-- ``trunk-in``: each trunk's input conv (frame + warped features);
+- ``trunk-in``: each trunk's input conv (frame + warped features), and its two parts alone (``frame``,
+  ``trunk-features``);
 - ``tail``: fusion and the upsampler (upconv1, upconv2, conv_hr, conv_last).
 
-Then residual-stream equalization, a reparameterization with the float model's outputs unchanged
+Then W4A4 with the frame parts read at 8 bits (image CNN quantization keeps its first layer at 8 bits), and
+residual-stream equalization, a reparameterization with the float model's outputs unchanged
 (checked): each trunk's stream is divided channel by channel by ``s``, folded into the convs that write it
 (the input conv, whose LeakyReLU commutes with a positive scale, and every block's second conv) and
 multiplied back into the convs that read it (every block's first conv, the input slice of the trunk's own
@@ -39,23 +41,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH_CALIB, RESULTS, parse_args, wanted  # noqa: E402
 from harness import CHECKPOINTS, Bench  # noqa: E402
 
-from vsrq.config import QuantConfig  # noqa: E402
+from vsrq.config import LayerRule, QuantConfig  # noqa: E402
 
 GROUPS = {
     "stream": ("*_trunk.main.2.*.conv1",),
     "inner": ("*_trunk.main.2.*.conv2",),
     "trunk-in": ("*_trunk.main.0*",),  # with its split parts
+    "frame": ("*_trunk.main.0.parts.0",),  # the LR frame's part of the trunk input conv
+    "trunk-features": ("*_trunk.main.0.parts.1",),  # the warped features' part
     "tail": ("fusion*", "upconv1", "upconv2", "conv_hr", "conv_last"),
 }
 ALPHAS = (0.25, 0.5)
+FRAME_A8 = (LayerRule("*_trunk.main.0.parts.0", abits=8),)  # the LR frame read at 8 bits, as image CNNs keep their first layer
 
 
-def plan() -> list[tuple[str, int, int, tuple[str, ...], float | None, str]]:
-    """(label, wbits, abits, include globs (empty: every conv), equalization alpha, notes)."""
-    rows = [(f"w{w}a{a}", w, a, (), None, "split concat") for w, a in ((4, 8), (8, 4), (4, 4))]
-    rows += [(f"w8a4 {g}", 8, 4, globs, None, f"split concat; A4 on {g} only, rest float") for g, globs in GROUPS.items()]
-    rows += [(f"eq{a} {name}", w, a_, (), a, f"split concat; stream equalized, alpha {a}")
+def plan() -> list[tuple[str, int, int, tuple[str, ...], tuple[LayerRule, ...], float | None, str]]:
+    """(label, wbits, abits, include globs (empty: every conv), layer rules, equalization alpha, notes)."""
+    rows = [(f"w{w}a{a}", w, a, (), (), None, "split concat") for w, a in ((4, 8), (8, 4), (4, 4))]
+    rows += [(f"w8a4 {g}", 8, 4, globs, (), None, f"split concat; A4 on {g} only, rest float")
+             for g, globs in GROUPS.items()]
+    rows += [(f"eq{a} {name}", w, a_, (), (), a, f"split concat; stream equalized, alpha {a}")
              for a in ALPHAS for name, w, a_ in (("w4a4", 4, 4), ("w8a4", 8, 4), ("w4a8", 4, 8))]
+    rows.append(("w4a4 frame-a8", 4, 4, (), FRAME_A8, None, "split concat; frame parts at A8"))
     return rows
 
 
@@ -134,7 +141,7 @@ def main() -> int:
     example = bench.calib.clips[0][None]
     with torch.no_grad():
         reference = float_model(example)
-    for label, wbits, abits, include, alpha, notes in plan():
+    for label, wbits, abits, include, rules, alpha, notes in plan():
         if not wanted(args, label) or bench.has("omse", wbits, abits, "fq", notes):
             continue
         bench.alpha = alpha
@@ -144,7 +151,7 @@ def main() -> int:
         if gap > 1e-4:
             raise SystemExit(f"{label}: equalization changed the float model's output by {gap:.2e}")
         config = QuantConfig(method="omse", wbits=wbits, abits=abits, scope="fq", calib=BENCH_CALIB,
-                             split_concat=True, include=include)
+                             split_concat=True, include=include, rules=rules)
         row, _ = bench.quantized_row(config, "omse", notes)
         print(f"{label}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}  calib {row.calib_s:.0f} s", flush=True)
         bench.write(RESULTS)
