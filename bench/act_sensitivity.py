@@ -10,7 +10,8 @@ layers with the rest of the model in float:
   ``trunk-features``);
 - ``tail``: fusion and the upsampler (upconv1, upconv2, conv_hr, conv_last).
 
-Then W4A4 with the frame parts read at 8 bits (image CNN quantization keeps its first layer at 8 bits), and
+Then W4A4 with the frame parts read at 8 bits (image CNN quantization keeps its first layer at 8 bits), the
+same with the tail at 8 bits too (first and last layers), and
 residual-stream equalization, a reparameterization with the float model's outputs unchanged
 (checked): each trunk's stream is divided channel by channel by ``s``, folded into the convs that write it
 (the input conv, whose LeakyReLU commutes with a positive scale, and every block's second conv) and
@@ -53,6 +54,7 @@ GROUPS = {
 }
 ALPHAS = (0.25, 0.5)
 FRAME_A8 = (LayerRule("*_trunk.main.0.parts.0", abits=8),)  # the LR frame read at 8 bits, as image CNNs keep their first layer
+TAIL_A8 = tuple(LayerRule(g, abits=8) for g in GROUPS["tail"])  # and the layers that make the HR image
 
 
 def plan() -> list[tuple[str, int, int, tuple[str, ...], tuple[LayerRule, ...], float | None, str]]:
@@ -63,6 +65,7 @@ def plan() -> list[tuple[str, int, int, tuple[str, ...], tuple[LayerRule, ...], 
     rows += [(f"eq{a} {name}", w, a_, (), (), a, f"split concat; stream equalized, alpha {a}")
              for a in ALPHAS for name, w, a_ in (("w4a4", 4, 4), ("w8a4", 8, 4), ("w4a8", 4, 8))]
     rows.append(("w4a4 frame-a8", 4, 4, (), FRAME_A8, None, "split concat; frame parts at A8"))
+    rows.append(("w4a4 ends-a8", 4, 4, (), FRAME_A8 + TAIL_A8, None, "split concat; frame parts and tail at A8"))
     return rows
 
 
