@@ -16,7 +16,7 @@ residual-stream equalization, a reparameterization with the float model's output
 (checked): each trunk's stream is divided channel by channel by ``s``, folded into the convs that write it
 (the input conv, whose LeakyReLU commutes with a positive scale, and every block's second conv) and
 multiplied back into the convs that read it (every block's first conv, the input slice of the trunk's own
-input conv that reads the warped stream, the fusion's slice). ``s = a^alpha / w^(1-alpha)`` from the
+input conv that reads the warped stream, the fusion's slice, or upconv1 in the unidirectional variant). ``s = a^alpha / w^(1-alpha)`` from the
 stream's per-channel absolute maximum ``a`` on the calibration clips and the readers' per-input-channel
 weight maximum ``w`` (SmoothQuant's rule; cross-layer equalization over a residual stream). Nothing is
 added at run time, so an equalized model deploys as the plain one does.
@@ -103,9 +103,9 @@ def equalize(model: nn.Module, clips: list[torch.Tensor], alpha: float) -> nn.Mo
     with torch.no_grad():
         for name, trunk, offset in trunks(model):
             first, blocks = trunk.main[0], list(trunk.main[2])
-            readers = [first.weight[:, 3:], *(b.conv1.weight for b in blocks)]
-            if model.bidirectional:
-                readers.append(model.fusion.weight[:, offset:offset + nf])
+            # after the trunk the stream is read by the fusion's slice, or by upconv1 where there is no fusion
+            tail = model.fusion.weight[:, offset:offset + nf] if model.bidirectional else model.upconv1.weight
+            readers = [first.weight[:, 3:], *(b.conv1.weight for b in blocks), tail]
             w = torch.stack([r.abs().amax(dim=(0, 2, 3)) for r in readers]).amax(0)
             s = maxima[name].clamp_min(1e-5) ** alpha / w.clamp_min(1e-5) ** (1 - alpha)
             s = (s / s.log().mean().exp()).view(-1)  # geometric mean 1: the stream keeps its overall scale
@@ -116,8 +116,7 @@ def equalize(model: nn.Module, clips: list[torch.Tensor], alpha: float) -> nn.Mo
                 b.conv1.weight.mul_(s.view(1, -1, 1, 1))
                 b.conv2.weight.div_(s.view(-1, 1, 1, 1))
                 b.conv2.bias.div_(s)
-            if model.bidirectional:
-                model.fusion.weight[:, offset:offset + nf].mul_(s.view(1, -1, 1, 1))
+            tail.mul_(s.view(1, -1, 1, 1))
     return model
 
 
