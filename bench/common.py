@@ -39,9 +39,11 @@ def apply_threads(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
-def parse_args(description: str, per_token: bool = False, holdout: bool = False) -> argparse.Namespace:
+def parse_args(description: str, per_token: bool = False, holdout: bool = False,
+               calibrate_only: bool = False) -> argparse.Namespace:
     """The flags every benchmark takes; ``per_token`` adds ``--per-token`` and ``--act-clip`` (QuantVSR-family
-    methods), ``holdout`` adds ``--holdout K`` (methods that fine-tune)."""
+    methods), ``holdout`` adds ``--holdout K`` (methods that fine-tune), ``calibrate_only`` adds
+    ``--calibrate-only`` (benchmarks that keep their checkpoints and can score them later)."""
     parser = argparse.ArgumentParser(description=description)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="first 10 frames of each clip (default)")
@@ -51,9 +53,6 @@ def parse_args(description: str, per_token: bool = False, holdout: bool = False)
     parser.add_argument("--resume", action="store_true", help="keep the rows already in the results file and skip them")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--device", default="cpu", help="where calibration and scoring run: cpu (default) or cuda[:N]")
-    parser.add_argument("--calibrate-only", action="store_true",
-                        help="calibrate and keep each setting's checkpoint under bench/cache, score nothing (a "
-                             "machine without the test data, e.g. a lent GPU; a later run scores the checkpoints)")
     parser.add_argument("--calib", metavar="CLIPSxFRAMESxCROP", help="another calibration set, e.g. 32x12x96 (notes say so)")
     parser.add_argument("--split-concat", action="store_true",
                         help="one conv per concatenated source, each with its own activation range (notes say so)")
@@ -66,6 +65,10 @@ def parse_args(description: str, per_token: bool = False, holdout: bool = False)
         parser.add_argument("--act-clip", nargs="?", const=True, default=False, type=float, metavar="FLOOR",
                             help="a searched clip ratio per layer (1.00 down to FLOOR, default 0.35) scales the "
                                  "dynamic activation ranges (notes say so)")
+    if calibrate_only:
+        parser.add_argument("--calibrate-only", action="store_true",
+                            help="calibrate and keep each setting's checkpoint under bench/cache, score nothing (a "
+                                 "machine without the test data, e.g. a lent GPU; a later run scores the checkpoints)")
     if holdout:
         parser.add_argument("--holdout", type=int, default=0, metavar="K",
                             help="fine-tuning keeps K calibration windows out to judge each stage (notes say so)")

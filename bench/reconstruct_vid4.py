@@ -49,7 +49,7 @@ def plan() -> list[tuple[str, str, int, dict, str]]:
 
 
 def main() -> int:
-    args = parse_args(__doc__)
+    args = parse_args(__doc__, calibrate_only=True)
     calib, rules, suffix = variant(args)
     bench = Bench("reconstruct_vid4", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, calib, device=args.device)
     if args.resume:
