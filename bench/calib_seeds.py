@@ -118,10 +118,7 @@ def main() -> int:
         if set(args.seeds) != set(SEEDS):
             for seed in args.seeds:
                 if seed not in done:
-                    bench.use_seed(seed)
-                    row, _ = bench.quantized_row(replace(config, seed=seed), method, notes)
-                    bench.rows.remove(row)
-                    keep(seed, row)
+                    keep(seed, bench.seed_row(config, seed, method, notes))
             continue
         summary = "; ".join(n for n in (notes, f"{len(SEEDS)} calibration samples") if n)
         bench.rows = [r for r in bench.rows if (r.method, r.notes) != (method, summary)]

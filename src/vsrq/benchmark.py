@@ -170,7 +170,7 @@ class Bench:
             calib_s: float | None, notes: str = "", **extra: Any) -> Row:
         """Score ``model`` on the benchmark clips and record a row."""
         dev = check_device(self.device)
-        calibrated_on = model.manifest["notes"].get("calibrated_on") if isinstance(model, QuantizedModel) else None
+        calibrated_on = model.manifest.get("notes", {}).get("calibrated_on") if isinstance(model, QuantizedModel) else None
         if dev.type != "cpu" or calibrated_on:  # a GPU calibrated or scored the row
             extra = {"device": calibrated_on or torch.cuda.get_device_name(dev), **extra}
             if dev.type == "cpu":
@@ -231,15 +231,19 @@ class Bench:
         for seed in seeds:
             if seed in per_seed:
                 continue
-            self.use_seed(seed)
-            row, _ = self.quantized_row(replace(config, seed=seed), method_label, notes)
-            self.rows.remove(row)
-            per_seed[seed] = row
+            per_seed[seed] = self.seed_row(config, seed, method_label, notes)
             if on_seed is not None:
-                on_seed(seed, row)
+                on_seed(seed, per_seed[seed])
         rows = [per_seed[s] for s in seeds]
         row = seed_summary(rows, seeds, notes)
         self.rows.append(row)
+        return row
+
+    def seed_row(self, config: QuantConfig, seed: int, method_label: str | None = None, notes: str = "") -> Row:
+        """One calibration sample's row, kept out of ``rows`` (a summary row stands for the samples)."""
+        self.use_seed(seed)
+        row, _ = self.quantized_row(replace(config, seed=seed), method_label, notes)
+        self.rows.remove(row)
         return row
 
     def _example(self) -> torch.Tensor:
