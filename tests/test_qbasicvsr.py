@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 
 from tests.conftest import smooth_frames
 from tests.test_quant_layers import _loaded, _synthetic_calib
-from vsrq.config import QuantConfig
+from vsrq.config import LayerRule, QuantConfig
 from vsrq.errors import VsrqError
 from vsrq.methods.base import CalibContext
 from vsrq.methods.finetune import (
@@ -21,6 +22,7 @@ from vsrq.methods.finetune import (
     run_stages,
     split_holdout,
 )
+from vsrq.methods import get_method
 from vsrq.methods.pipeline import quantize_model
 from vsrq.methods.qbasicvsr import LayerSensitivity, assign_layer_bits, project_bit_budget
 from vsrq.models.basicvsr import BasicVSRHost
@@ -104,9 +106,22 @@ def test_video_bits_threshold_logic_and_surrogate_gradient():
 
 def test_project_bit_budget():
     offsets = [torch.nn.Parameter(torch.tensor(v)) for v in (0.9, 0.6, 1.2, -0.2)]
-    project_bit_budget(offsets, budget_sum=0.0, floor=-2)
+    project_bit_budget(offsets, budget_sum=0.0, floors=[-2.0] * 4)
     assert sum(round(float(p.detach())) for p in offsets) <= 0
     assert round(float(offsets[2].detach())) == 1  # the layer that wanted its bit most keeps it
+
+
+def test_project_bit_budget_breaks_ties_by_priority_and_keeps_each_floor():
+    """All offsets integral (the start): the lowest priority is lowered first; a layer at its own floor
+    (a base of 3 bits has floor -1 at MIN_BITS 2) is never lowered, so the others pay."""
+    offsets = [torch.nn.Parameter(torch.tensor(0.0)) for _ in range(4)]
+    project_bit_budget(offsets, budget_sum=-2.0, floors=[-2.0] * 4, priority=[3.0, 0.0, 2.0, 1.0])
+    assert [round(float(p.detach())) for p in offsets] == [0, -1, 0, -1]
+    offsets = [torch.nn.Parameter(torch.tensor(v)) for v in (-1.0, 0.0, 0.0)]
+    project_bit_budget(offsets, budget_sum=-4.0, floors=[-1.0, -2.0, -2.0], priority=[0.0, 1.0, 2.0])
+    assert [round(float(p.detach())) for p in offsets] == [-1, -2, -1]
+    with pytest.raises(VsrqError, match="FAB budget"):
+        project_bit_budget(offsets, budget_sum=-6.0, floors=[-1.0, -2.0, -2.0])
 
 
 # --- losses -------------------------------------------------------------------------------------------
@@ -336,6 +351,27 @@ def test_fab_budget_holds_for_every_video():
         with torch.no_grad():
             qm(video)
         assert accounting.count(qm).fab <= 4.0 + 1e-9
+
+
+def test_rule_pinned_layers_keep_their_bits_and_the_rest_pay_for_them_under_the_budget():
+    """A rule at A8 on the first trunk conv and the output conv: those stay at 8 bits through TS-LBA, the
+    projection and fine-tuning, the other layers go down so that FAB stays at or under 4.0."""
+    rules = (LayerRule("*_trunk.main.0", abits=8), LayerRule("conv_last", abits=8))
+    cfg = QuantConfig(method="qbasicvsr", wbits=4, abits=4, rules=rules,
+                      options={"fab_budget": 4.0, "batch": 2, "omse_refresh": False, "fg_vba": False})
+    qm = quantize_model(_loaded(), cfg, _synthetic_calib(3, 3), **QUIET)
+    bits = {n: l.input_quantizer.current_bits() for n, l in qm.layers().items()}
+    pinned = [n for n in bits if n.endswith("_trunk.main.0") or n == "conv_last"]
+    assert len(pinned) == 3 and all(bits[n] == 8 for n in pinned)
+    assert sum(bits.values()) <= 4 * len(bits)
+    assert sum(4 - b for n, b in bits.items() if n not in pinned) >= 12  # the 12 bits over 4.0, paid by the rest
+    assert qm.manifest["notes"]["pinned_abits"] == {"8": 3}
+    assert accounting.count(qm).fab <= 4.0 + 1e-9
+    # at 3 bits at least, the 8 other layers can pay 8 of the 12 bits: the budget says it cannot be met
+    with pytest.raises(VsrqError, match="cannot be met"):
+        quantize_model(_loaded(), replace(cfg, options={**cfg.options, "min_abits": 3}), _synthetic_calib(1, 3), **QUIET)
+    with pytest.raises(VsrqError, match="min_abits"):
+        get_method("qbasicvsr")(QuantConfig(method="qbasicvsr", wbits=4, abits=4, options={"min_abits": 1}))
 
 
 def test_auto_refresh_keeps_the_fine_tuned_candidate_with_the_lower_calibration_loss():

@@ -21,7 +21,11 @@ Calibration (Algorithm 1 of the paper):
 Activation bits per layer and video are b_base + b_v + b_L; weights stay at b_base. The FG-VBA
 thresholds train through a tanh surrogate of the step, in units where the initial thresholds are
 0 and 1. Beyond the paper, ``fab_budget`` caps the feature average bit-width of every video: +1
-video bits are disabled and sum(b_L) is projected after every step so that FAB <= budget.
+video bits are disabled and sum(b_L) is projected after every step so that FAB <= budget (the first
+projection lowers the layers TS-LBA ranks least sensitive; no layer goes below ``min_abits``). A
+per-layer rule that sets a layer's activation bits pins them: TS-LBA and the projection move only the
+other layers, which pay for the pinned layers' bits under the budget (e.g. the first and last layers at
+8 bits, the rest at FAB 4.0).
 The "+FT" baselines (minmax+ft, percentile+ft, dbdc+ft) run stages 1-2 on their own initialization.
 """
 
@@ -33,7 +37,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vsrq.config import MIN_BITS, QuantConfig, QuantizerSpec
+from vsrq.config import MAX_BITS, MIN_BITS, QuantConfig, QuantizerSpec
 from vsrq.errors import VsrqError
 from vsrq.memory import release_free_memory
 from vsrq.methods.base import (
@@ -51,7 +55,7 @@ from vsrq.quant.controller import InputController, VideoBitController, video_com
 from vsrq.quant.layers import QuantLayer, layer_modes
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.quant.quantizer import FakeQuantizer
-from vsrq.quant.swap import LayerChoice
+from vsrq.quant.swap import LayerChoice, rule_for
 
 # --- TS-LBA: per-layer temporal/spatial sensitivity ------------------------------------------------
 
@@ -106,25 +110,37 @@ def assign_layer_bits(stats: dict[str, tuple[float, float]], p_space: float, p_t
     return bits
 
 
-def project_bit_budget(offsets: list[nn.Parameter], budget_sum: float, floor: float) -> None:
-    """Make sum(round(b_L)) <= budget_sum, no b_L below ``floor``: lower the layers whose
-    continuous b_L sits lowest relative to its rounded value first (those wanted the bit least).
+def sensitivity_rank(stats: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Each layer's rank by s_space plus its rank by s_temp: low for the layers TS-LBA deems least sensitive."""
+    names = list(stats)
+    space = np.argsort(np.argsort([stats[n][0] for n in names], kind="stable"), kind="stable")
+    temp = np.argsort(np.argsort([stats[n][1] for n in names], kind="stable"), kind="stable")
+    return {n: float(s + t) for n, s, t in zip(names, space, temp)}
+
+
+def project_bit_budget(offsets: list[nn.Parameter], budget_sum: float, floors: list[float],
+                       priority: list[float] | None = None) -> None:
+    """Make sum(round(b_L)) <= budget_sum, no b_L below its layer's floor: lower first the layers whose
+    continuous b_L sits lowest relative to its rounded value (those wanted the bit least), ties (every
+    layer at the start, when all b_L are integers) broken by ``priority`` (lowest first), then by position.
 
     Runs after each optimizer step; a lowered layer's parameter is snapped to its new integer.
     """
-    values = torch.stack([p.detach() for p in offsets])
+    values = torch.stack([p.detach() for p in offsets]).cpu() if offsets else torch.zeros(0)
     rounded = torch.round(values)
     excess = int(rounded.sum().item() - np.floor(budget_sum + 1e-9))
-    order = [int(i) for i in torch.argsort(values - rounded)]
+    ties = np.zeros(len(offsets)) if priority is None else np.asarray(priority, dtype=np.float64)
+    order = [int(i) for i in np.lexsort((np.arange(len(offsets)), ties, (values - rounded).numpy()))]
     while excess > 0:
         lowered = False
         for i in order:
-            if excess > 0 and rounded[i] > floor:
+            if excess > 0 and rounded[i] > floors[i]:
                 rounded[i] -= 1
                 excess -= 1
                 lowered = True
         if not lowered:
-            raise VsrqError(f"a FAB budget this low cannot be met: every layer is at {MIN_BITS} bits")
+            raise VsrqError("a FAB budget this low cannot be met: every layer whose bits may move is at its lowest "
+                            "(option min_abits)")
     for p, v, r in zip(offsets, values, rounded):
         if torch.round(v) != r:
             p.data.fill_(float(r))
@@ -205,13 +221,15 @@ class QBasicVSR(Method):
     default_options = {
         "fg_vba": True, "ts_lba": True, "finetune": True, **_FT_OPTIONS,
         "gamma": 200.0, "lambda_video": 10.0, "p_video": 10.0, "p_space": 30.0, "p_temp": 30.0, "tau": 0.1,
-        "fab_budget": None, "omse_refresh": "auto",
+        "fab_budget": None, "min_abits": MIN_BITS, "omse_refresh": "auto",
     }
 
     def __init__(self, config: QuantConfig) -> None:
         super().__init__(config)
         if self.options["omse_refresh"] not in (True, False, "auto"):
             raise VsrqError(f"option omse_refresh must be true, false or auto, got {self.options['omse_refresh']!r}")
+        if self.options["min_abits"] not in range(MIN_BITS, MAX_BITS + 1):
+            raise VsrqError(f"option min_abits must be an integer {MIN_BITS}..{MAX_BITS}, got {self.options['min_abits']!r}")
 
     def layer_specs(self, choice: LayerChoice) -> tuple[QuantizerSpec, QuantizerSpec]:
         return _specs(choice, "omse", "ema" if self.options["omse_refresh"] is False else "ema_omse")
@@ -237,19 +255,25 @@ class QBasicVSR(Method):
         else:
             _observe(ctx, None)
         acts = {n: l.input_quantizer for n, l in ctx.layers.items() if l.input_quantizer is not None}
-        layer_bits = {n: 0 for n in acts}
+        # a rule that sets a layer's activation bits pins them: TS-LBA and the budget move only the others
+        movable = [n for n in acts if (rule := rule_for(n, self.config.rules)) is None or rule.abits is None]
+        layer_bits, priority = {n: 0 for n in movable}, None
         if sensitivity is not None:
-            layer_bits.update(assign_layer_bits(sensitivity.result(), o["p_space"], o["p_temp"]))
+            stats = {n: v for n, v in sensitivity.result().items() if n in layer_bits}
+            if stats:
+                layer_bits.update(assign_layer_bits(stats, o["p_space"], o["p_temp"]))
+                rank = sensitivity_rank(stats)
+                priority = [rank.get(n, 0.0) for n in movable]
         offsets = []
-        for name, q in acts.items():
+        for name in movable:
+            q = acts[name]
             q.bit_offset = nn.Parameter(torch.tensor(float(layer_bits[name]), device=ctx.device), requires_grad=False)
             offsets.append(q.bit_offset)
         budget_sum = None
         if budget is not None:
-            base_bits = np.mean([q.bits for q in acts.values()])
-            budget_sum = (float(budget) - base_bits) * len(acts)
-            floor = MIN_BITS - base_bits
-            project_bit_budget(offsets, budget_sum, floor)
+            budget_sum = float(budget) * len(acts) - sum(q.bits for q in acts.values())
+            floors = [min(0, int(o["min_abits"]) - acts[n].bits) for n in movable]
+            project_bit_budget(offsets, budget_sum, floors, priority)
         candidates = _activation_ranges(acts, o["omse_refresh"])
         ctx.notes["layer_bits_init"] = {str(k): int(v) for k, v in zip(*np.unique(list(layer_bits.values()), return_counts=True))}
         student = QuantizedModel(ctx.base, {}, ctx.host, controller)
@@ -258,15 +282,19 @@ class QBasicVSR(Method):
             stages = _range_stages(ctx, o)
             bit_params = (offsets if o["ts_lba"] else []) + ([controller.lower, controller.upper] if controller else [])
             if bit_params:
-                project = (lambda: project_bit_budget(offsets, budget_sum, floor)) if budget_sum is not None else None
+                project = ((lambda: project_bit_budget(offsets, budget_sum, floors, priority))
+                           if budget_sum is not None else None)
                 stages.append(Stage("bit-adaptation", bit_params, float(o["lr_bits"]), project))
         self._finetune_each(ctx, student, acts, candidates, stages)
+        final = [acts[n].layer_bits() - acts[n].bits for n in movable]
         for q in acts.values():  # b_L is fixed after calibration: fold it into the layer's bits
             q.bits = q.layer_bits()
             q.bit_offset = None
             q.shared_offset = None
-        final = [q.bits - self.config.abits for q in acts.values()]
         ctx.notes["layer_bits"] = {str(k): int(v) for k, v in zip(*np.unique(final, return_counts=True))}
+        if len(movable) < len(acts):
+            pinned = [q.bits for n, q in acts.items() if n not in layer_bits]
+            ctx.notes["pinned_abits"] = {str(k): int(v) for k, v in zip(*np.unique(pinned, return_counts=True))}
         if controller is not None:
             ctx.notes["video_thresholds"] = controller.state_manifest()
         if budget is not None:

@@ -42,6 +42,11 @@ def covers(pattern: str, name: str) -> bool:
     return any(fnmatchcase(n, pattern) for n in owners)
 
 
+def rule_for(name: str, rules: tuple[LayerRule, ...]) -> LayerRule | None:
+    """The rule that decides layer ``name``: the first that covers it (later rules never override)."""
+    return next((r for r in rules if covers(r.pattern, name)), None)
+
+
 def plan_layers(
     model: nn.Module,
     include: tuple[str, ...],
@@ -76,7 +81,7 @@ def plan_layers(
         if not _matches(name, include):
             choices.append(LayerChoice(name, kind, False, "outside scope"))
             continue
-        rule = next((r for r in rules if covers(r.pattern, name)), None)
+        rule = rule_for(name, rules)
         if rule is not None and rule.skip:
             choices.append(LayerChoice(name, kind, False, f"rule {rule.pattern}"))
             continue
