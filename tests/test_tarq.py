@@ -5,9 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
+from tests.conftest import tiny_basicvsr
 from tests.test_quant_layers import _loaded, _synthetic_calib
-from vsrq.config import QuantConfig
+from vsrq.config import LayerRule, QuantConfig
+from vsrq.errors import VsrqError
 from vsrq.methods.pipeline import quantize_model
+from vsrq.models.animesr import AnimeSR, AnimeSRHost
+from vsrq.models.basicvsr import BasicVSRHost
+from vsrq.quant.split import split_concat_inputs
 
 QUIET = dict(log=lambda s: None, show_progress=False)
 SMALL = {"epochs": 1, "batch": 2, "round_epochs": 2, "fg_vba": False}
@@ -38,3 +43,42 @@ def test_rounding_that_learns_nothing_is_round_to_nearest():
     x = torch.rand(1, 2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.equal(still(x), plain(x))
+
+
+def test_the_hosts_edge_layers_are_pinned_at_eight_bit_activations():
+    """BasicVSR's LR-frame parts of the trunk inputs and the tail read 8-bit activations, every other layer
+    stays at the config's 4 +- TS-LBA; the manifest's config holds the added rules (checkpoints rebuild the
+    same layers); a user's rule for one of them wins; edge_abits=null pins nothing."""
+    qm = _tarq(finetune=False, rounding=False)
+    bits = {n: l.input_quantizer.current_bits() for n, l in qm.layers().items()}
+    edges = {"backward_trunk.main.0.parts.0", "forward_trunk.main.0.parts.0", "fusion.parts.0", "fusion.parts.1",
+             "upconv1", "upconv2", "conv_hr", "conv_last"}
+    assert {n for n, b in bits.items() if b == 8} == edges
+    assert all(3 <= b <= 5 for n, b in bits.items() if n not in edges)
+    rules = [r["pattern"] for r in qm.manifest["config"]["rules"]]
+    assert rules == ["backward_trunk.main.0.parts.0", "forward_trunk.main.0.parts.0", "fusion", "upconv1",
+                     "upconv2", "conv_hr", "conv_last"]
+    config = QuantConfig(method="tarq", wbits=4, abits=4, rules=(LayerRule("conv_last", abits=6),),
+                         options={**SMALL, "finetune": False, "rounding": False})
+    mine = quantize_model(_loaded(), config, _synthetic_calib(2, 3), **QUIET)
+    assert mine.layers()["conv_last"].input_quantizer.current_bits() == 6
+    assert mine.layers()["conv_hr"].input_quantizer.current_bits() == 8
+    plain = _tarq(finetune=False, rounding=False, edge_abits=None)
+    assert max(l.input_quantizer.current_bits() for l in plain.layers().values()) <= 5
+    assert plain.manifest["config"]["rules"] == []
+    with pytest.raises(VsrqError, match="edge_abits"):
+        _tarq(edge_abits=9)
+
+
+def test_edge_layers_of_each_recurrent_family_name_real_modules():
+    """Split or not, every glob an edge rule uses names a module (plan_layers refuses one that matches none)."""
+    for host, make in ((BasicVSRHost(), lambda: tiny_basicvsr(0, num_feat=8)),
+                       (AnimeSRHost(), lambda: AnimeSR(num_feat=8, num_block=(2, 1, 1)))):
+        for split in (False, True):
+            model = make()
+            if split:
+                split_concat_inputs(model, host.concat_inputs(model))
+            names = dict(model.named_modules())
+            edges = host.edge_layers(model)
+            assert edges and all(e in names for e in edges), (host.name, split, edges)
+            assert any("parts" in e for e in edges) == split

@@ -13,7 +13,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import torch
 from torch import nn
 
-from vsrq.config import QuantConfig, QuantizerSpec
+from vsrq.config import LayerRule, QuantConfig, QuantizerSpec
 from vsrq.errors import VsrqError
 from vsrq.memory import release_free_memory
 from vsrq.models.host import ModelCall, ModelHost
@@ -81,6 +81,11 @@ class Method:
 
     def check_host(self, host: ModelHost, model: nn.Module) -> None:
         """Fail at once, by name, when the recipe as configured needs a fact the family's host lacks."""
+
+    def host_rules(self, host: ModelHost, model: nn.Module) -> tuple[LayerRule, ...]:
+        """Per-layer rules the recipe adds on this family, after the config's own (which win where both
+        apply). Default: none."""
+        return ()
 
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         raise NotImplementedError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import datetime
 import time
+from dataclasses import replace
 from typing import Any, Iterator
 
 import torch
@@ -38,9 +39,14 @@ def resolve_scope(host: ModelHost, model: nn.Module, config: QuantConfig) -> tup
 
 def swap_model(model: nn.Module, host: ModelHost, config: QuantConfig,
                method: Method) -> tuple[list[LayerChoice], dict[str, QuantLayer]]:
-    """Split concatenated inputs if asked, then swap the layers ``config`` selects in ``model`` itself."""
+    """Split concatenated inputs if asked, then swap the layers ``config`` selects in ``model`` itself. The
+    recipe's own rules for the family join the config's (``method.config`` then holds them all, so the
+    manifest rebuilds the same layers)."""
     if config.split_concat:
         split_concat_inputs(model, host.concat_inputs(model))
+    added = tuple(r for r in method.host_rules(host, model) if r not in config.rules)
+    if added:
+        config = method.config = replace(config, rules=config.rules + added)
     include, exclude = resolve_scope(host, model, config)
     choices = plan_layers(model, include, exclude, config.rules, config.wbits, config.abits)
     return choices, swap_layers(model, choices, method.layer_specs)
@@ -135,6 +141,7 @@ def quantize_model(
     for p in base.parameters():
         p.requires_grad_(False)
     choices, layers = swap_model(base, host, config, method)
+    config = method.config  # with the recipe's rules for this family
     base.to(dev)
     teacher = None if inplace else loaded.model if dev.type == "cpu" else copy.deepcopy(loaded.model).to(dev)
     log(summary(choices))

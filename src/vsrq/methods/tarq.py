@@ -20,6 +20,12 @@ What each part takes from where (issue 24; the ablation is in ``bench/reconstruc
    W4A4 on BasicVSR 4-bit activations cost more than 4-bit weights (W8A4 24.98 dB, W4A8 25.93, FP
    27.20 on Vid4 quick frames, OMSE with split concatenations).
 
+4. The network's ends at 8-bit activations (``edge_abits``; the host's ``edge_layers``: on BasicVSR each
+   trunk's LR-frame part and the fusion + upsampling tail), as image-CNN quantization keeps its first and
+   last layers: at W8A4 those two groups cost 1.2 and 1.15 dB alone, the residual stream 0.45
+   (bench/act_sensitivity.py). Under a FAB budget the other layers pay for them (TS-LBA's least sensitive
+   first, none below ``min_abits`` = 3 bits): at W4A4, FAB 4.0, Vid4 quick, 25.59 dB without, 26.05 with.
+
 Every conv stays quantized with static per-tensor activation ranges and per-channel weights: what the
 integer runtime runs (``vsrq info`` says "deployable").
 """
@@ -27,10 +33,14 @@ integer runtime runs (``vsrq info`` says "deployable").
 from __future__ import annotations
 
 import torch
+from torch import nn
 
+from vsrq.config import MAX_BITS, MIN_BITS, LayerRule, QuantConfig
+from vsrq.errors import VsrqError
 from vsrq.methods.base import CalibContext, register_method
 from vsrq.methods.finetune import Stage, run_stages
 from vsrq.methods.qbasicvsr import QBasicVSR, _feature_pattern, _finetune_cfg
+from vsrq.models.host import ModelHost
 from vsrq.quant.controller import InputController
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.quant.rounding import beta_schedule, rounding_regularizer
@@ -44,7 +54,19 @@ class TARQ(QBasicVSR):
     fixed = {"split_concat": True}
     default_options = {**QBasicVSR.default_options, "omse_refresh": False, "rounding": True, "round_epochs": 5,
                        "round_batch": 1, "lr_round": 1e-2, "lr_act_round": 1e-3, "round_weight": 1.0,
-                       "warmup": 0.2}
+                       "warmup": 0.2, "edge_abits": 8, "min_abits": 3}
+
+    def __init__(self, config: QuantConfig) -> None:
+        super().__init__(config)
+        bits = self.options["edge_abits"]
+        if bits is not None and bits not in range(MIN_BITS, MAX_BITS + 1):
+            raise VsrqError(f"option edge_abits must be null (no pinning) or an integer {MIN_BITS}..{MAX_BITS}, "
+                            f"got {bits!r}")
+
+    def host_rules(self, host: ModelHost, model: nn.Module) -> tuple[LayerRule, ...]:
+        """The host's edge layers pinned at ``edge_abits`` activation bits."""
+        bits = self.options["edge_abits"]
+        return () if bits is None else tuple(LayerRule(g, abits=int(bits)) for g in host.edge_layers(model))
 
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         controller = super().calibrate(ctx)

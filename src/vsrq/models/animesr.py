@@ -201,6 +201,13 @@ class AnimeSRHost(RecurrentHost):
         f = model.num_feat
         return {"recurrent_cell.conv_s1_first.0": (9, model.sr_channels, f), "recurrent_cell.fusion.0": (f, f, f)}
 
+    def edge_layers(self, model: nn.Module) -> tuple[str, ...]:
+        """The first conv (its parts that read the LR frames and the previous SR frame once the concatenation
+        is split) and the fusion that emits the SR frame and the next state."""
+        first = "recurrent_cell.conv_s1_first.0"
+        split = f"{first}.parts.0" in dict(model.named_modules())
+        return ((f"{first}.parts.0", f"{first}.parts.1") if split else (first,)) + ("recurrent_cell.fusion",)
+
     def feature_blocks(self, model: nn.Module) -> str:
         return r"^recurrent_cell\.body_s1_first\.\d+$"
 

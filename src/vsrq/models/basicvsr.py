@@ -260,6 +260,14 @@ class BasicVSRHost(RecurrentHost):
             splits["fusion"] = (model.num_feat, model.num_feat)
         return splits
 
+    def edge_layers(self, model: nn.Module) -> tuple[str, ...]:
+        """Each trunk's input conv (its LR frame's part once the concatenation is split) and the tail after
+        the trunks: fusion, the two upsampling convs and the two HR convs."""
+        names = dict(model.named_modules())
+        trunks = ("backward_trunk", "forward_trunk") if model.bidirectional else ("forward_trunk",)
+        frames = tuple(f"{t}.main.0.parts.0" if f"{t}.main.0.parts.0" in names else f"{t}.main.0" for t in trunks)
+        return frames + (("fusion",) if model.bidirectional else ()) + ("upconv1", "upconv2", "conv_hr", "conv_last")
+
     def feature_blocks(self, model: nn.Module) -> str:
         # QBasicVSR's normalized feature loss hooks every residual block of both propagation trunks
         return r"^(forward|backward)_trunk\.main\.2\.\d+$"

@@ -142,6 +142,12 @@ class ModelHost:
         """Convs whose input is a concatenation, with the channels of each source."""
         return {}
 
+    def edge_layers(self, model: nn.Module) -> tuple[str, ...]:
+        """Globs of the layers at the network's two ends: those that read the input frames (the frames' part
+        of a split concatenation) and those that build the output image. Image-CNN quantization keeps such
+        layers at 8 bits; recipes may pin their activations there (none declared: nothing is pinned)."""
+        return ()
+
     def check_calibration(self, model: nn.Module, calib: Any) -> None:
         """Fail at once, by name, on calibration data that cannot belong to ``model`` (before any work)."""
 
