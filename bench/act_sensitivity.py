@@ -11,8 +11,8 @@ layers with the rest of the model in float:
 - ``tail``: fusion and the upsampler (upconv1, upconv2, conv_hr, conv_last).
 
 Then W4A4 with the frame parts read at 8 bits (image CNN quantization keeps its first layer at 8 bits), the
-same with the tail at 8 bits too (first and last layers), and
-residual-stream equalization, a reparameterization with the float model's outputs unchanged
+same with the tail at 8 bits too (first and last layers), the same with those layers' weights at 8 bits
+as well, and residual-stream equalization, a reparameterization with the float model's outputs unchanged
 (checked): each trunk's stream is divided channel by channel by ``s``, folded into the convs that write it
 (the input conv, whose LeakyReLU commutes with a positive scale, and every block's second conv) and
 multiplied back into the convs that read it (every block's first conv, the input slice of the trunk's own
@@ -65,6 +65,8 @@ def plan() -> list[tuple[str, int, int, tuple[str, ...], tuple[LayerRule, ...], 
              for a in ALPHAS for name, w, a_ in (("w4a4", 4, 4), ("w8a4", 8, 4), ("w4a8", 4, 8))]
     rows.append(("w4a4 frame-a8", 4, 4, (), FRAME_A8, None, "split concat; frame parts at A8"))
     rows.append(("w4a4 ends-a8", 4, 4, (), ENDS_A8, None, "split concat; frame parts and tail at A8"))
+    ends_w8a8 = tuple(LayerRule(r.pattern, wbits=8, abits=8) for r in ENDS_A8)
+    rows.append(("w4a4 ends-w8a8", 4, 4, (), ends_w8a8, None, "split concat; frame parts and tail at W8A8"))
     return rows
 
 
