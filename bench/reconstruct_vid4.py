@@ -50,6 +50,8 @@ def plan() -> list[tuple[str, str, int, dict, tuple[LayerRule, ...], str]]:
     rows = [(f"tarq-w{b}a{b}", "tarq", b, {"fab_budget": float(b)}, (), f"FAB budget {b}.0") for b in (4, 6)]
     rows.append(("tarq-w4a4 ends-a8", "tarq", 4, {"fab_budget": 4.0, "min_abits": 3}, ENDS_A8,
                  "FAB budget 4.0; frame parts and tail at A8, paid by the other layers (A3 at least)"))
+    rows.append(("tarq-w4a4 edges-w8a8", "tarq", 4, {"fab_budget": 4.0, "edge_wbits": 8}, (),
+                 "FAB budget 4.0; the ends' weights at 8 bits too"))
     rows += [(f"{m}-w{b}a{b}", m, b, {}, (), "") for b in (4, 6) for m in ("brecq", "qdrop")]
     rows += [
         ("ablation tarq edges-a4", "tarq", 4, {"fab_budget": 4.0, "edge_abits": None}, (),

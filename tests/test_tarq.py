@@ -68,6 +68,9 @@ def test_the_hosts_edge_layers_are_pinned_at_eight_bit_activations():
     assert plain.manifest["config"]["rules"] == []
     with pytest.raises(VsrqError, match="edge_abits"):
         _tarq(edge_abits=9)
+    wide = _tarq(finetune=False, rounding=False, edge_wbits=8)
+    assert {n for n, l in wide.layers().items() if l.weight_quantizer.current_bits() == 8} == edges
+    assert {n for n, l in wide.layers().items() if l.input_quantizer.current_bits() == 8} == edges
 
 
 def test_edge_layers_of_each_recurrent_family_name_real_modules():

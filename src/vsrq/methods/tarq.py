@@ -25,6 +25,7 @@ What each part takes from where (issue 24; the ablation is in ``bench/reconstruc
    last layers: at W8A4 those two groups cost 1.2 and 1.15 dB alone, the residual stream 0.45
    (bench/act_sensitivity.py). Under a FAB budget the other layers pay for them (TS-LBA's least sensitive
    first, none below ``min_abits`` = 3 bits): at W4A4, FAB 4.0, Vid4 quick, 25.59 dB without, 26.05 with.
+   ``edge_wbits`` sets their weight bits too (null: the config's; the edges hold 8% of BasicVSR's weights).
 
 Every conv stays quantized with static per-tensor activation ranges and per-channel weights: what the
 integer runtime runs (``vsrq info`` says "deployable").
@@ -54,19 +55,23 @@ class TARQ(QBasicVSR):
     fixed = {"split_concat": True}
     default_options = {**QBasicVSR.default_options, "omse_refresh": False, "rounding": True, "round_epochs": 5,
                        "round_batch": 1, "lr_round": 1e-2, "lr_act_round": 1e-3, "round_weight": 1.0,
-                       "warmup": 0.2, "edge_abits": 8, "min_abits": 3}
+                       "warmup": 0.2, "edge_abits": 8, "edge_wbits": None, "min_abits": 3}
 
     def __init__(self, config: QuantConfig) -> None:
         super().__init__(config)
-        bits = self.options["edge_abits"]
-        if bits is not None and bits not in range(MIN_BITS, MAX_BITS + 1):
-            raise VsrqError(f"option edge_abits must be null (no pinning) or an integer {MIN_BITS}..{MAX_BITS}, "
-                            f"got {bits!r}")
+        for key in ("edge_abits", "edge_wbits"):
+            bits = self.options[key]
+            if bits is not None and bits not in range(MIN_BITS, MAX_BITS + 1):
+                raise VsrqError(f"option {key} must be null (the config's bits) or an integer {MIN_BITS}..{MAX_BITS}, "
+                                f"got {bits!r}")
 
     def host_rules(self, host: ModelHost, model: nn.Module) -> tuple[LayerRule, ...]:
-        """The host's edge layers pinned at ``edge_abits`` activation bits."""
-        bits = self.options["edge_abits"]
-        return () if bits is None else tuple(LayerRule(g, abits=int(bits)) for g in host.edge_layers(model))
+        """The host's edge layers with ``edge_abits`` activation bits (pinned) and ``edge_wbits`` weight bits."""
+        wbits, abits = self.options["edge_wbits"], self.options["edge_abits"]
+        if wbits is None and abits is None:
+            return ()
+        return tuple(LayerRule(g, wbits=None if wbits is None else int(wbits), abits=None if abits is None else int(abits))
+                     for g in host.edge_layers(model))
 
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         controller = super().calibrate(ctx)
