@@ -184,6 +184,18 @@ def test_cli_quantize_upscale_with_checkpoint(tmp_path: Path, capsys):
     assert "W6A6 x4" in capsys.readouterr().out
 
 
+def test_cli_budget_is_the_methods_fab_budget(tmp_path: Path):
+    torch.save({"params": tiny_basicvsr().state_dict()}, tmp_path / "tiny.pth")
+    write_clip(tmp_path / "calib" / "a", smooth_frames(4, 64, 64, seed=1))
+    out = tmp_path / "q.vsrq"
+    assert main(["--quiet", "quantize", "--model", str(tmp_path / "tiny.pth"), "--calib", str(tmp_path / "calib"),
+                 "--calib-clips", "1", "--calib-frames", "3", "--method", "qbasicvsr", "--wbits", "4", "--abits", "4",
+                 "--budget", "3.5", "--option", "finetune=false", "--option", "fg_vba=false", "-o", str(out)]) == 0
+    qm = checkpoint.load(out)
+    assert qm.manifest["config"]["options"]["fab_budget"] == 3.5
+    assert accounting.count(qm).fab <= 3.5
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
@@ -192,6 +204,8 @@ def test_cli_quantize_upscale_with_checkpoint(tmp_path: Path, capsys):
         (["--include", "nope.*"], "matches no module"),
         (["--calib-crop", "96"], "smaller than the 96px crop"),
         (["--option", "foo=1"], "has no option"),
+        (["--budget", "4"], "takes none"),
+        (["--method", "qbasicvsr", "--budget", "4", "--option", "fab_budget=5"], "disagree"),
     ],
 )
 @pytest.mark.fault

@@ -11,7 +11,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from vsrq import api
 from vsrq.atomic import os_error_line
@@ -122,6 +122,20 @@ def _parse_rule(text: str) -> LayerRule:
     return LayerRule(pattern, wbits=int(m.group(1)) if m.group(1) else None, abits=int(m.group(2)) if m.group(2) else None)
 
 
+def _budget_option(method: str, options: dict[str, Any], budget: float | None) -> dict[str, Any]:
+    """``--budget B`` is ``--option fab_budget=B`` for the methods that take a FAB budget."""
+    from vsrq.methods import METHODS
+
+    if budget is None or method not in METHODS:  # an unknown method gets its own error
+        return options
+    takers = sorted(name for name, cls in METHODS.items() if "fab_budget" in cls.default_options)
+    if method not in takers:
+        raise VsrqError(f"--budget caps the feature average bit-width of {', '.join(takers)}; {method} takes none")
+    if options.get("fab_budget", budget) != budget:
+        raise VsrqError(f"--budget {budget} and --option fab_budget={options['fab_budget']} disagree")
+    return {**options, "fab_budget": budget}
+
+
 def _cmd_quantize(args: argparse.Namespace) -> int:
     config = QuantConfig(
         method=args.method,
@@ -135,7 +149,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         split_concat=args.split_concat,
         calib=CalibConfig(args.calib, args.calib_clips, args.calib_frames, args.calib_crop, args.calib_degrade),
         seed=args.seed,
-        options=_parse_options(args.option),
+        options=_budget_option(args.method, _parse_options(args.option), args.budget),
     )
     output = Path(args.output)
     if output.exists() and not args.overwrite:
@@ -428,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "each with its own activation range")
     p.add_argument("--option", action="append", default=[],
                    help="method option key=value (repeatable; `vsrq methods NAME` lists them)")
+    p.add_argument("--budget", type=float, metavar="FAB",
+                   help="cap the feature average bit-width of every video (methods qbasicvsr, tarq: "
+                        "--option fab_budget=FAB)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="where calibration computes: cpu (default) or cuda[:N]")
     p.add_argument("--low-memory", action="store_true",
