@@ -76,11 +76,14 @@ def main() -> int:
     for source, methods in BORROWED.items():
         borrow_rows(bench, source, lambda r, m=methods: r["method"] in m and r["wbits"] in (4, 6, 32)
                     and r["scope"] in ("fq", None) and not r["notes"])
+    if args.bikes and args.full:
+        raise SystemExit("--bikes scores three fixed 10-frame windows (quick frames): run it without --full")
     bikes = bikes_clips() if args.bikes and not args.calibrate_only else None
     if bikes is not None:
         with on_dataset(bench, "bikes", bikes):
             if not bench.has("fp", 32, 32, None):
                 print(f"fp on bikes: {bench.fp_row().psnr_y:.3f} dB", flush=True)
+                bench.write(RESULTS)
     for label, method, bits, options, row_rules, notes in plan():
         block_wise = method in ("brecq", "qdrop")  # the CPU shortcuts of the recording passes
         notes = with_variant(with_variant(notes, suffix), CPU_NOTE if block_wise else "")
@@ -107,7 +110,6 @@ def main() -> int:
                                 method_notes=qm.manifest["notes"], peak_rss_mb=bench.last_peak_rss_mb)
             print(f"{label} on bikes: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}", flush=True)
         bench.write(RESULTS)
-    bench.write(RESULTS)
     return 0
 
 

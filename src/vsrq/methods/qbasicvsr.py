@@ -130,7 +130,7 @@ def project_bit_budget(offsets: list[nn.Parameter], budget_sum: float, floors: l
     rounded = torch.round(values)
     excess = int(rounded.sum().item() - np.floor(budget_sum + 1e-9))
     ties = np.zeros(len(offsets)) if priority is None else np.asarray(priority, dtype=np.float64)
-    order = [int(i) for i in np.lexsort((np.arange(len(offsets)), ties, (values - rounded).numpy()))]
+    order = [int(i) for i in np.lexsort((ties, (values - rounded).numpy()))]  # stable: then by position
     while excess > 0:
         lowered = False
         for i in order:
