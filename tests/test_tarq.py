@@ -45,16 +45,19 @@ def test_rounding_that_learns_nothing_is_round_to_nearest():
         assert torch.equal(still(x), plain(x))
 
 
-def test_the_hosts_edge_layers_are_pinned_at_eight_bit_activations():
-    """BasicVSR's LR-frame parts of the trunk inputs and the tail read 8-bit activations, every other layer
-    stays at the config's 4 +- TS-LBA; the manifest's config holds the added rules (checkpoints rebuild the
-    same layers); a user's rule for one of them wins; edge_abits=null pins nothing."""
+def test_the_hosts_edge_layers_are_pinned_at_w8a8():
+    """BasicVSR's LR-frame parts of the trunk inputs and the tail hold 8-bit weights and read 8-bit
+    activations, every other layer stays at the config's 4 (activations 4 +- TS-LBA); the manifest's config
+    holds the added rules (checkpoints rebuild the same layers); a user's rule for one of them wins;
+    edge_wbits=null keeps the config's weight bits; both null pin nothing."""
     qm = _tarq(finetune=False, rounding=False)
     bits = {n: l.input_quantizer.current_bits() for n, l in qm.layers().items()}
     edges = {"backward_trunk.main.0.parts.0", "forward_trunk.main.0.parts.0", "fusion.parts.0", "fusion.parts.1",
              "upconv1", "upconv2", "conv_hr", "conv_last"}
     assert {n for n, b in bits.items() if b == 8} == edges
     assert all(3 <= b <= 5 for n, b in bits.items() if n not in edges)
+    assert {n for n, l in qm.layers().items() if l.weight_quantizer.current_bits() == 8} == edges
+    assert all(l.weight_quantizer.current_bits() == 4 for n, l in qm.layers().items() if n not in edges)
     rules = [r["pattern"] for r in qm.manifest["config"]["rules"]]
     assert rules == ["backward_trunk.main.0.parts.0", "forward_trunk.main.0.parts.0", "fusion", "upconv1",
                      "upconv2", "conv_hr", "conv_last"]
@@ -63,14 +66,14 @@ def test_the_hosts_edge_layers_are_pinned_at_eight_bit_activations():
     mine = quantize_model(_loaded(), config, _synthetic_calib(2, 3), **QUIET)
     assert mine.layers()["conv_last"].input_quantizer.current_bits() == 6
     assert mine.layers()["conv_hr"].input_quantizer.current_bits() == 8
-    plain = _tarq(finetune=False, rounding=False, edge_abits=None)
+    plain = _tarq(finetune=False, rounding=False, edge_abits=None, edge_wbits=None)
     assert max(l.input_quantizer.current_bits() for l in plain.layers().values()) <= 5
     assert plain.manifest["config"]["rules"] == []
     with pytest.raises(VsrqError, match="edge_abits"):
         _tarq(edge_abits=9)
-    wide = _tarq(finetune=False, rounding=False, edge_wbits=8)
-    assert {n for n, l in wide.layers().items() if l.weight_quantizer.current_bits() == 8} == edges
-    assert {n for n, l in wide.layers().items() if l.input_quantizer.current_bits() == 8} == edges
+    narrow = _tarq(finetune=False, rounding=False, edge_wbits=None)
+    assert max(l.weight_quantizer.current_bits() for l in narrow.layers().values()) == 4
+    assert {n for n, l in narrow.layers().items() if l.input_quantizer.current_bits() == 8} == edges
 
 
 def test_edge_layers_of_each_recurrent_family_name_real_modules():
