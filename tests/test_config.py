@@ -32,6 +32,8 @@ def test_configs_are_frozen_and_validated():
         LayerRule("x", wbits=16)
     with pytest.raises(VsrqError, match="unknown observer"):
         QuantizerSpec(observer="magic")
+    with pytest.raises(VsrqError, match="calibration degrade"):
+        CalibConfig(degrade="jpeg")
 
 
 def test_bench_write_merges_with_rows_written_meanwhile(tmp_path):

