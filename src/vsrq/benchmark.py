@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from vsrq.config import CalibConfig, QuantConfig
-from vsrq.data.clips import CalibrationSet, load_calibration
+from vsrq.data.clips import CalibrationSet, calibration_for, load_calibration
 from vsrq.data.datasets import PairedClip, load_paired
 from vsrq.devices import check_device
 from vsrq.memory import peak_rss_mb, reset_peak_rss
@@ -127,6 +127,8 @@ class Bench:
 
     def __post_init__(self) -> None:
         self.loaded = load_model(self.model_name)
+        if self.calib_config is not None:  # a BD model's default clips are degraded by BD (calibration_for)
+            self.calib_config = calibration_for(self.calib_config, self.loaded.degradation)
         self._clips: list[PairedClip] | None = None
         self.commit, self.date = self.stamp(), today()
         self._calib: CalibrationSet | None = None

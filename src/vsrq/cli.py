@@ -319,7 +319,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
     for scope in args.scopes.split(","):
         for bits in (int(b) for b in args.bits.split(",")):
             for method in args.methods.split(","):
-                config = QuantConfig(method=method, wbits=bits, abits=bits, scope=scope, calib=calib, seed=args.seed)
+                config = QuantConfig(method=method, wbits=bits, abits=bits, scope=scope, calib=bench.calib_config,
+                                     seed=args.seed)
                 if args.seeds > 1:
                     seeds = list(range(args.seed, args.seed + args.seeds))
                     row = bench.seeded_row(config, seeds, notes=f"{args.seeds} calibration samples")

