@@ -20,7 +20,7 @@ from vsrq.quant.grid import int_range
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.quantizer import FakeQuantizer
 from vsrq.quant.rounding import (GAMMA, ZETA, beta_schedule, initial_rounding, rectified_sigmoid,
-                                 rounding_regularizer)
+                                 rounding_at_nearest, rounding_regularizer)
 
 W4 = QuantizerSpec(bits=4, symmetric=True, granularity="channel", observer="minmax")
 
@@ -64,6 +64,18 @@ def test_soft_rounding_starts_at_the_float_weight():
         assert torch.allclose(q(w), w, atol=1e-6)  # h(V) = frac(w/S): inside the grid nothing moves yet
 
 
+def test_the_starting_hard_choice_is_round_to_nearest_at_ties_too():
+    """V >= 0 exactly where torch.round (ties to even) rounds up: at exact halves, one float step either side of
+    them, and elsewhere; h(V) stays the fractional part."""
+    half = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, 7.5], dtype=torch.float32)
+    near = torch.cat([torch.nextafter(half, half + 1), torch.nextafter(half, half - 1)])
+    x = torch.cat([half, near, torch.randn(1000, generator=torch.Generator().manual_seed(3)) * 5])
+    v = rounding_at_nearest(x)
+    assert torch.equal(v >= 0, torch.round(x) > torch.floor(x))
+    assert torch.equal(torch.floor(x) + (v >= 0).float(), torch.round(x))
+    assert torch.allclose(rectified_sigmoid(v), x - torch.floor(x), atol=2e-6)
+
+
 def test_regularizer_alone_converges_to_round_to_nearest():
     """With a zero reconstruction loss, the regularizer pulls each h(V) to the nearer of 0 and 1: the
     learned codes become round-to-nearest (ties aside)."""
@@ -98,7 +110,7 @@ def test_baked_rounding_is_on_the_grid_and_only_floor_or_ceiling():
     v = layer.start_learned_rounding()
     with torch.no_grad():
         v.copy_(torch.randn_like(v) * 3)  # an arbitrary learned choice
-    x = layer.weight_quantizer.to_rows(layer.weight.detach()) / scale.view(-1, 1)
+    x = layer.weight_quantizer.to_rows(layer.weight.detach()) * (1.0 / scale.view(-1, 1))
     up = (v >= 0).float()
     want = torch.clamp(torch.floor(x) + up, *int_range(4, True))
     bias = layer.bias.detach().clone()

@@ -21,7 +21,7 @@ from vsrq.config import MAX_BITS, MIN_BITS, QuantizerSpec
 from vsrq.errors import VsrqError
 from vsrq.quant.grid import Bits, fake_quantize, int_range, round_ste, scale_zero_point
 from vsrq.quant.observers import Observer, make_observer
-from vsrq.quant.rounding import initial_rounding, rectified_sigmoid
+from vsrq.quant.rounding import rectified_sigmoid, rounding_at_nearest
 
 
 class FakeQuantizer(nn.Module):
@@ -194,12 +194,13 @@ class FakeQuantizer(nn.Module):
 
     # --- learned rounding (AdaRound) -------------------------------------------------------------
     def start_learned_rounding(self, w: torch.Tensor) -> nn.Parameter:
-        """AdaRound variables for weight ``w`` on the current grid, starting at ``w`` itself (h(V) = frac(w/S))."""
+        """AdaRound variables for weight ``w`` on the current grid, starting at ``w`` itself (h(V) = frac(w/S)), with
+        the hard choice (V >= 0: up) round-to-nearest's exactly, ties and the last bit of w/S included."""
         if self.role != "weight" or self.spec.dynamic:
             raise VsrqError("learned rounding applies to static weight quantizers")
         scale, _ = self.scale_and_zero_point()
-        rows = self.to_rows(w.detach()) / scale.reshape(-1, 1)
-        self.rounding = nn.Parameter(initial_rounding(rows - torch.floor(rows)))
+        rows = self.to_rows(w.detach()) * (1.0 / scale.reshape(-1, 1))  # w/S as round-to-nearest computes it
+        self.rounding = nn.Parameter(rounding_at_nearest(rows))
         self.hard_rounding = False
         return self.rounding
 
@@ -213,7 +214,7 @@ class FakeQuantizer(nn.Module):
         lower, upper = (t.detach().reshape(-1, 1) for t in self._static_range())
         scale, zp = scale_zero_point(lower, upper, bits, self.spec.symmetric)
         up = (self.rounding >= 0).to(x.dtype) if self.hard_rounding else rectified_sigmoid(self.rounding)
-        q = torch.clamp(torch.floor(self.to_rows(x.detach()) / scale) + zp + up, qmin, qmax)
+        q = torch.clamp(torch.floor(self.to_rows(x.detach()) * (1.0 / scale)) + zp + up, qmin, qmax)
         return self.from_rows((q - zp) * scale, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

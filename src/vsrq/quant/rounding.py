@@ -31,6 +31,15 @@ def initial_rounding(rest: torch.Tensor) -> torch.Tensor:
     return torch.log(p) - torch.log1p(-p)
 
 
+def rounding_at_nearest(x: torch.Tensor) -> torch.Tensor:
+    """The V that start values ``x`` (w/S): h(V) = frac(x), and V >= 0 exactly where round-to-nearest (ties to
+    even) rounds up. Near a tie h(V) is 1/2 to float precision and the sign of V would be noise: it is set
+    to nearest's choice, moving h by under 1e-6."""
+    down = torch.floor(x)
+    v = initial_rounding(x - down)
+    return torch.where(torch.round(x) > down, v.clamp(min=0.0), v.clamp(max=-1e-6))
+
+
 def rounding_regularizer(v: torch.Tensor, beta: float) -> torch.Tensor:
     """sum over weights of 1 - |2 h(V) - 1|^beta: zero exactly when every h is 0 or 1."""
     return (1.0 - (2.0 * rectified_sigmoid(v) - 1.0).abs().pow(beta)).sum()
