@@ -6,7 +6,8 @@ torch-fp32, torch-bf16 (autocast), ort-fp32 (float ONNX), ort-w8a8 (int8 QDQ ONN
 W8A8 checkpoint), ort-w4a8 (OMSE W4A8: 4-bit weight codes on the same int8 kernels; no CPU runtime has
 an int4 conv), ort-qbasicvsr-w4a4 (QBasicVSR W4A4 FQ, vsrq's defaults: per-layer and per-video
 activation bits on int8 kernels, the checkpoint qbasicvsr_vid4.py scores) and its fake-quant simulation
-timed too (sim-qbasicvsr-w4a4), ort-quantvsr-w4a4 (QuantVSR's layer W4A4 FQ: rotation and rank-32 SVD branch as
+timed too (sim-qbasicvsr-w4a4), ort-qbasicvsr-w6a6 (the same at W6A6), ort-tarq-w4a4 (TARQ's deployable
+W4A4 at FAB 4.0, reconstruct_vid4.py's checkpoint: split concatenations as two integer convs), ort-quantvsr-w4a4 (QuantVSR's layer W4A4 FQ: rotation and rank-32 SVD branch as
 float ops, dynamic activation ranges, low-bit convs as QLinearConv) and its simulation. Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend,
 plus the PyTorch simulation of each quantized checkpoint. Sizes: the FP32 .pth and the .vsrq checkpoints
 at W8A8, W6A6, W4A4 (SPyNet weights stored at 8 bits, its activations float). One more row times
@@ -47,6 +48,10 @@ BACKENDS = {
     "ort-w4a8": ("omse", 4, 8, "w4a8"),
     "ort-qbasicvsr-w4a4": ("qbasicvsr", 4, 4, "qbasicvsr-w4"),
     "sim-qbasicvsr-w4a4": ("qbasicvsr", 4, 4, "qbasicvsr-w4"),
+    "ort-qbasicvsr-w6a6": ("qbasicvsr", 6, 6, "qbasicvsr-w6"),
+    "sim-qbasicvsr-w6a6": ("qbasicvsr", 6, 6, "qbasicvsr-w6"),
+    "ort-tarq-w4a4": ("tarq", 4, 4, "tarq-w4"),
+    "sim-tarq-w4a4": ("tarq", 4, 4, "tarq-w4"),
     "ort-quantvsr-w4a4": ("quantvsr", 4, 4, "quantvsr-w4"),
     "sim-quantvsr-w4a4": ("quantvsr", 4, 4, "quantvsr-w4"),
     "ort-fp32-unrolled": ("fp", 32, 32, None),
@@ -54,8 +59,8 @@ BACKENDS = {
     "sim-w4a8": ("omse", 4, 8, "w4a8"),
 }
 TIMED = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-w8a8", "ort-w4a8", "ort-qbasicvsr-w4a4", "sim-qbasicvsr-w4a4",
-         "ort-quantvsr-w4a4", "sim-quantvsr-w4a4")
-SIMULATED = ("sim-w8a8", "sim-w4a8", "sim-qbasicvsr-w4a4", "sim-quantvsr-w4a4")
+         "ort-qbasicvsr-w6a6", "ort-tarq-w4a4", "ort-quantvsr-w4a4", "sim-quantvsr-w4a4")
+SIMULATED = ("sim-w8a8", "sim-w4a8", "sim-qbasicvsr-w4a4", "sim-qbasicvsr-w6a6", "sim-tarq-w4a4", "sim-quantvsr-w4a4")
 # QuantVSR's layer at W4A4 FQ with a rank-32 SVD branch (the best recipe's structure: its refinement and clip
 # search change values, not ops), activations dynamic per tensor; no LBA (it folds into the bias anyway)
 QUANTVSR_OPTIONS = {"branch": "svd", "lba": False}
@@ -90,9 +95,16 @@ def artifacts() -> dict[str, Path]:
         cfg = QuantConfig(method="quantvsr", wbits=4, abits=4, scope="fq", calib=BENCH_CALIB, options=QUANTVSR_OPTIONS)
         api.save(api.quantize("basicvsr-vimeo-bi", cfg, log=lambda s: None, show_progress=False), out["quantvsr-w4"])
     bench = Bench("qbasicvsr_vid4", "basicvsr-vimeo-bi", "vid4", "bi", True, BENCH_CALIB, show_progress=False)
-    out["qbasicvsr-w4"] = bench.checkpoint_path(qbasicvsr_config(4))
-    if not out["qbasicvsr-w4"].exists():
-        bench.quantize(qbasicvsr_config(4))
+    for bits in (4, 6):
+        out[f"qbasicvsr-w{bits}"] = bench.checkpoint_path(qbasicvsr_config(bits))
+        if not out[f"qbasicvsr-w{bits}"].exists():
+            bench.quantize(qbasicvsr_config(bits))
+    # TARQ's deployable W4A4 at FAB 4.0: the checkpoint reconstruct_vid4.py scores (its default row)
+    tarq = QuantConfig(method="tarq", wbits=4, abits=4, scope="fq", calib=BENCH_CALIB, options={"fab_budget": 4.0})
+    bench = Bench("reconstruct_vid4", "basicvsr-vimeo-bi", "vid4", "bi", True, BENCH_CALIB, show_progress=False)
+    out["tarq-w4"] = bench.checkpoint_path(tarq)
+    if not out["tarq-w4"].exists():
+        bench.quantize(tarq)
     return out
 
 

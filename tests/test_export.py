@@ -288,6 +288,38 @@ def test_qbasicvsr_runs_on_integer_graphs_at_the_video_bits_the_simulation_picks
     assert offsets == {-1, 1}
 
 
+@pytest.mark.slow
+def test_tarq_runs_on_integer_graphs_like_its_simulation(tmp_path: Path):
+    """TARQ's deployable model (split concatenations, edges at W8A8, learned codes baked into the weights) exports to
+    integer graphs only: no float conv where a conv was quantized, and ORT agrees with the simulation."""
+    from vsrq.runtime.deployable import deployability
+
+    calib = _synthetic_calib(2, 3)
+    options = {"epochs": 1, "batch": 2, "round_epochs": 1, "fg_vba": False}
+    qm = quantize_model(_loaded(num_feat=16), QuantConfig(method="tarq", wbits=4, abits=4, options=options), calib,
+                        **QUIET)
+    assert deployability(qm.manifest)["deployable"]
+    files = export_basicvsr(qm, tmp_path / "t.onnx", (64, 64), calibrate_outputs(qm, calib.clips), qm.manifest)
+    seen, floats = set(), set()
+    for f in files:
+        graph = onnx.load(str(f)).graph
+        producers = {o: n for n in graph.node for o in n.output}
+        inits = {i.name for i in graph.initializer}
+        for node in (n for n in graph.node if n.op_type == "Conv"):
+            w = node.input[1]
+            if w in inits:
+                floats.add(w)
+            else:  # an integer conv: its weight comes dequantized from 8-bit storage
+                seen.add(producers[w].input[0].rsplit(".weight_q", 1)[0])
+    assert seen == set(qm.layers()) and all(w.startswith("base.spynet.") for w in floats), floats
+    runner = OrtBasicVSR(files[0], threads=1)
+    x = _clip()
+    with torch.no_grad():
+        sim = tensor_to_uint8(qm(x)[0])
+    out = tensor_to_uint8(runner(x, range(x.shape[1]))[0])
+    assert min(psnr(a, b) for a, b in zip(out, sim)) > 45  # only 8-bit output rounding differs
+
+
 def _codes_of(graph_file: Path, tensor: str, feeds: dict[str, np.ndarray], elem: int = onnx.TensorProto.UINT8) -> np.ndarray:
     """An intermediate tensor of a graph, computed op by op (no fusion)."""
     import onnxruntime as ort
