@@ -42,11 +42,18 @@ def release_free_memory() -> None:
         trim(0)
 
 
-def bound_heap() -> bool:
-    """From now on, serve allocations of 1 MB or more from their own mappings (glibc's M_MMAP_THRESHOLD); the
-    process's resident size then follows its live tensors. False where the C library has no such switch."""
+def set_mmap_threshold(nbytes: int) -> bool:
+    """From now on, serve allocations of ``nbytes`` or more from their own mappings, returned to the system when
+    freed (glibc's M_MMAP_THRESHOLD, fixed: no longer raised as big blocks are freed). False where the C
+    library has no such switch."""
     mallopt = _glibc("mallopt")
-    return bool(mallopt is not None and mallopt(_M_MMAP_THRESHOLD, 1 << 20))
+    return bool(mallopt is not None and mallopt(_M_MMAP_THRESHOLD, nbytes))
+
+
+def bound_heap() -> bool:
+    """Allocations of 1 MB or more in their own mappings (:func:`set_mmap_threshold`): the process's resident
+    size then follows its live tensors."""
+    return set_mmap_threshold(1 << 20)
 
 
 def _status_mb(field: str) -> float | None:
