@@ -8,7 +8,9 @@ an int4 conv), ort-qbasicvsr-w4a4 (QBasicVSR W4A4 FQ, vsrq's defaults: per-layer
 activation bits on int8 kernels, the checkpoint qbasicvsr_vid4.py scores) and its fake-quant simulation
 timed too (sim-qbasicvsr-w4a4), ort-qbasicvsr-w6a6 (the same at W6A6), ort-tarq-w4a4 (TARQ's deployable
 W4A4 at FAB 4.0, reconstruct_vid4.py's checkpoint: split concatenations as two integer convs), ort-quantvsr-w4a4 (QuantVSR's layer W4A4 FQ: rotation and rank-32 SVD branch as
-float ops, dynamic activation ranges, low-bit convs as QLinearConv) and its simulation. Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend,
+float ops, dynamic activation ranges, low-bit convs as QLinearConv) and its simulation; pt-int8-* (the same
+W8A8, W4A8, QBasicVSR W4A4 and TARQ W4A4 checkpoints on `--runtime torch-int8`: oneDNN int8 convs compiled by
+Inductor, start-up with compilation reported apart); torch-fp32-cl (FP32 with channels-last tensors). Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend,
 plus the PyTorch simulation of each quantized checkpoint. Sizes: the FP32 .pth and the .vsrq checkpoints
 at W8A8, W6A6, W4A4 (SPyNet weights stored at 8 bits, its activations float). One more row times
 the design not taken: the whole recurrence unrolled into one float graph for exactly 8 frames.
@@ -55,11 +57,17 @@ BACKENDS = {
     "ort-quantvsr-w4a4": ("quantvsr", 4, 4, "quantvsr-w4"),
     "sim-quantvsr-w4a4": ("quantvsr", 4, 4, "quantvsr-w4"),
     "ort-fp32-unrolled": ("fp", 32, 32, None),
+    "torch-fp32-cl": ("fp", 32, 32, None),
+    "pt-int8-w8a8": ("omse", 8, 8, "w8"),
+    "pt-int8-w4a8": ("omse", 4, 8, "w4a8"),
+    "pt-int8-qbasicvsr-w4a4": ("qbasicvsr", 4, 4, "qbasicvsr-w4"),
+    "pt-int8-tarq-w4a4": ("tarq", 4, 4, "tarq-w4"),
     "sim-w8a8": ("omse", 8, 8, "w8"),
     "sim-w4a8": ("omse", 4, 8, "w4a8"),
 }
-TIMED = ("torch-fp32", "torch-bf16", "ort-fp32", "ort-w8a8", "ort-w4a8", "ort-qbasicvsr-w4a4", "sim-qbasicvsr-w4a4",
-         "ort-qbasicvsr-w6a6", "ort-tarq-w4a4", "ort-quantvsr-w4a4", "sim-quantvsr-w4a4")
+TIMED = ("torch-fp32", "torch-bf16", "torch-fp32-cl", "ort-fp32", "ort-w8a8", "ort-w4a8", "ort-qbasicvsr-w4a4",
+         "sim-qbasicvsr-w4a4", "ort-qbasicvsr-w6a6", "ort-tarq-w4a4", "ort-quantvsr-w4a4", "sim-quantvsr-w4a4",
+         "pt-int8-w8a8", "pt-int8-w4a8", "pt-int8-qbasicvsr-w4a4", "pt-int8-tarq-w4a4")
 SIMULATED = ("sim-w8a8", "sim-w4a8", "sim-qbasicvsr-w4a4", "sim-qbasicvsr-w6a6", "sim-tarq-w4a4", "sim-quantvsr-w4a4")
 # QuantVSR's layer at W4A4 FQ with a rank-32 SVD branch (the best recipe's structure: its refinement and clip
 # search change values, not ops), activations dynamic per tensor; no LBA (it folds into the bias anyway)
@@ -157,9 +165,15 @@ def runner_for(backend: str, size: tuple[int, int], art: dict[str, Path]):
     from vsrq.runtime.ort import OrtBasicVSR
 
     key = BACKENDS[backend][3]
-    if backend.startswith(("torch", "sim")):
+    if backend.startswith(("torch", "sim", "pt-int8")):
         model = api.load(art[key] if key else "basicvsr-vimeo-bi")
+        if backend.startswith("pt-int8"):  # what `vsrq upscale --runtime torch-int8` runs
+            from vsrq.runtime.torch_int8 import lower
+
+            model = lower(model)
         bf16 = backend == "torch-bf16"
+        layout = torch.channels_last if backend == "torch-fp32-cl" else torch.contiguous_format
+        model = model.to(memory_format=layout)
 
         def run(x: torch.Tensor) -> torch.Tensor:
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -201,13 +215,17 @@ def unrolled_runner(size: tuple[int, int]):
 def worker(backend: str, size: str, checkpoint: str) -> None:
     """Time one backend at one size in this process (its checkpoint file, or ``-``); print JSON."""
     key = BACKENDS[backend][3]
+    start = time.perf_counter()
     run = runner_for(backend, SIZES[size], {key: Path(checkpoint)} if key else {})
     x = frames_for(size)
-    run(x[:, :3])  # warm-up: allocations, ORT graph optimization
+    # warm-up: allocations, ORT graph optimization, Inductor's compilation; on the whole clip where the video bits
+    # (FG-VBA) pick what gets loaded or compiled, so the timed run meets nothing new
+    run(x if backend.startswith("pt-int8") or "qbasicvsr" in backend else x[:, :3])
+    warm = time.perf_counter() - start
     start = time.perf_counter()
     run(x)
     ms = (time.perf_counter() - start) * 1000 / x.shape[1]
-    print(json.dumps({"ms_per_frame": round(ms, 1), "peak_rss_mb": peak_rss_mb()}))
+    print(json.dumps({"ms_per_frame": round(ms, 1), "peak_rss_mb": peak_rss_mb(), "startup_s": round(warm, 1)}))
 
 
 def lr_video(frames: int) -> Path:
@@ -288,6 +306,10 @@ def quality(backend: str, art: dict[str, Path]) -> float:
 
     key = BACKENDS[backend][3]
     model = api.load(art[key] if key else "basicvsr-vimeo-bi") if not backend.startswith("ort") else None
+    if backend.startswith("pt-int8"):
+        from vsrq.runtime.torch_int8 import lower
+
+        model = lower(model)
     scores = []
     for clip in load_paired("vid4", "bi", QUICK_FRAMES):
         x = torch.from_numpy(clip.lr).float().div(255).permute(0, 3, 1, 2)[None]
@@ -424,19 +446,21 @@ def markdown(rows: list[dict]) -> str:
     for commit, date in sorted(runs, key=lambda k: k[1], reverse=True):  # stable: same-day runs newest first
         run = [r for r in speed_rows if (r["commit"], r["date"]) == (commit, date)]
         lines += [f"**Run of {date}, commit {commit}, {run[0]['threads']} threads**", "",
-                  "| backend | LR size | ms/frame | x torch-fp32 | x torch-bf16 | peak RSS (MB) | Vid4 Y-PSNR (quick) |",
-                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+                  "| backend | LR size | ms/frame | x torch-fp32 | x torch-bf16 | peak RSS (MB) | start-up (s) | "
+                  "Vid4 Y-PSNR (quick) |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
         ref = {(r["backend"], r["lr_size"]): r["ms_per_frame"] for r in run if r["backend"].startswith("torch")}
         for r in run:
             p = "-" if r.get("psnr_y") is None else f"{r['psnr_y']:.2f}"
             if r["ms_per_frame"] is None:
-                lines.append(f"| {r['backend']} ({r.get('notes', '')}) | {r['lr_size']} | - | - | - | - | {p} |")
+                lines.append(f"| {r['backend']} ({r.get('notes', '')}) | {r['lr_size']} | - | - | - | - | - | {p} |")
                 continue
             fp, bf = ref.get(("torch-fp32", r["lr_size"])), ref.get(("torch-bf16", r["lr_size"]))
             x_fp = f"{fp / r['ms_per_frame']:.2f}" if fp else "-"
             x_bf = f"{bf / r['ms_per_frame']:.2f}" if bf else "-"
+            warm = "-" if r.get("startup_s") is None else f"{r['startup_s']:.0f}"
             lines.append(f"| {r['backend']} | {r['lr_size']} | {r['ms_per_frame']:.0f} | {x_fp} | {x_bf} | "
-                         f"{r['peak_rss_mb']:.0f} | {p} |")
+                         f"{r['peak_rss_mb']:.0f} | {warm} | {p} |")
         lines.append("")
     whole = [r for r in rows if "video_frames" in r]
     if whole:

@@ -30,6 +30,7 @@ from vsrq.models.catalog import host_for, load_model, loaded_module
 from vsrq.models.host import ModelHost
 from vsrq.progress import progress, say
 from vsrq.quant.qmodel import QuantizedModel
+from vsrq.runtime import RUNTIMES, torch_int8
 from vsrq.runtime.onnx_export import calibrate_outputs, check_exportable, export_graphs
 from vsrq.runtime.ort import OrtFromModel, graph_cache, open_graphs
 from vsrq.runtime.upscale import StreamConfig, WindowRunner, upscale_path
@@ -93,14 +94,16 @@ def open_runner(
     """A model made ready to upscale: the window runner and its window geometry (see :func:`upscale`), for
     callers that upscale many inputs with one load (the batch job's workers); ``threads`` caps
     onnxruntime's threads (torch's are the caller's to set)."""
-    if runtime not in ("torch", "onnxruntime"):
-        raise VsrqError(f"unknown runtime {runtime!r}; use torch or onnxruntime")
+    if runtime not in RUNTIMES:
+        raise VsrqError(f"unknown runtime {runtime!r}; use one of {', '.join(RUNTIMES)}")
     dev = check_device(device)
     if runtime != "torch" and dev.type != "cpu":
-        raise VsrqError("the onnxruntime runtime runs on the CPU; use --device cpu or the torch runtime")
+        raise VsrqError(f"the {runtime} runtime runs on the CPU; use --device cpu or the torch runtime")
     onnx_file = runtime == "onnxruntime" and isinstance(model, (str, Path)) and str(model).endswith(".onnx")
     net = load(model) if isinstance(model, (str, Path)) and not onnx_file else model
-    if isinstance(net, nn.Module) and runtime == "torch":
+    if isinstance(net, nn.Module) and runtime == "torch-int8":
+        net = torch_int8.lower(net)
+    if isinstance(net, nn.Module) and runtime != "onnxruntime":
         net = net.to(dev)
         yield host_for(net).stream(net, device, chunk, overlap, seed, flow)
         return
@@ -133,7 +136,9 @@ def upscale(
 
     ``runtime="onnxruntime"`` runs integer graphs: ``model`` may be an exported ``.onnx``, or a model
     / ``.vsrq`` that is exported on the fly for each LR size met (a ``.vsrq`` file's graphs are kept in
-    ``$VSRQ_CACHE``, default ``~/.cache/vsrq``, so later runs start at once). Diffusion models (MGLD-VSR) run
+    ``$VSRQ_CACHE``, default ``~/.cache/vsrq``, so later runs start at once). ``runtime="torch-int8"`` runs a
+    quantized model's convs on PyTorch's oneDNN int8 kernels, compiled by Inductor (static activation ranges;
+    see :mod:`vsrq.runtime.torch_int8`). Diffusion models (MGLD-VSR) run
     in chunks of their own frame count, ``chunk`` and ``overlap`` aside, each chunk sampled with ``seed``,
     their temporal guidance aligned by the ``flow`` estimator (``spynet`` or ``raft``). ``device``
     (``cpu``, ``cuda``) is where the torch runtime computes; frames stream through host memory.

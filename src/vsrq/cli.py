@@ -19,6 +19,7 @@ from vsrq.config import CalibConfig, LayerRule, QuantConfig
 from vsrq.errors import VsrqError
 from vsrq.memory import bound_heap
 from vsrq.progress import say, set_quiet
+from vsrq.runtime import RUNTIMES
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -366,8 +367,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=16, help="output frames per window (default 16)")
     p.add_argument("--overlap", type=int, default=8, help="context frames either side of a window (default 8)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
-    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch",
-                   help="torch (float or fake-quant simulation) or onnxruntime (integer kernels)")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch",
+                   help="torch (float or fake-quant simulation), onnxruntime (integer graphs) or torch-int8 "
+                        "(oneDNN int8 convs compiled by Inductor; static activation ranges)")
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed of diffusion models (MGLD-VSR): same seed, same output")
     p.add_argument("--flow", choices=("spynet", "raft"), default="spynet",
@@ -379,7 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("library", help="folder of videos and frame folders (any depth)")
     p.add_argument("output", help="output folder: the library's layout, PNG folders and .mp4 files")
     p.add_argument("--model", required=True, help="model name, .pth, .vsrq, or .onnx (with --runtime onnxruntime)")
-    p.add_argument("--runtime", choices=("torch", "onnxruntime"), default="torch")
+    p.add_argument("--runtime", choices=RUNTIMES, default="torch")
     p.add_argument("--address", help="a running Ray cluster (auto, ray://head:10001); default: a local instance")
     p.add_argument("--workers", type=int, default=1, help="actors, each loading the model once (default 1)")
     p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker (default 1)")
