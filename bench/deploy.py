@@ -265,15 +265,16 @@ def upscale_worker(model: str, runtime: str, source: str) -> None:
 
 def whole_runs(backends: tuple[str, ...], lengths: list[int], art: dict[str, Path]) -> list[dict]:
     """Whole `vsrq upscale` processes at LR 180x320 over videos of each length: torch-fp32 and, for each integer
-    backend, the checkpoint run with ``--runtime onnxruntime`` after one run that fills the graph cache (so every
-    measured run is a warm start, as every run after a user's first)."""
+    backend, the checkpoint run with ``--runtime onnxruntime`` (or ``torch-int8``) after one run that fills the
+    graph cache (so every measured run is a warm start, as every run after a user's first)."""
     rows = []
     for backend in dict.fromkeys(("torch-fp32", *backends)):
         key = BACKENDS[backend][3]
-        if backend != "torch-fp32" and not (backend.startswith("ort-") and key):  # torch-fp32, integer graphs
+        if backend != "torch-fp32" and not (backend.startswith(("ort-", "pt-int8")) and key):  # FP32, integer runs
             continue
-        model, runtime = (str(art[key]), "onnxruntime") if key else ("basicvsr-vimeo-bi", "torch")
-        if key:  # the first run exports the graphs into $VSRQ_CACHE
+        runtime = "torch-int8" if backend.startswith("pt-int8") else "onnxruntime" if key else "torch"
+        model = str(art[key]) if key else "basicvsr-vimeo-bi"
+        if key:  # the first run exports the graphs into $VSRQ_CACHE (Inductor's kernels into its own disk cache)
             subprocess.run([sys.executable, __file__, "--upscale-worker", model, runtime, str(lr_video(2))], check=True,
                            capture_output=True)
         for n in lengths if key else [n for n in lengths if n <= 50]:  # FP32's memory is flat by construction
@@ -283,7 +284,7 @@ def whole_runs(backends: tuple[str, ...], lengths: list[int], art: dict[str, Pat
                 raise SystemExit(f"{backend} {n} frames failed:\n{out.stderr[-2000:]}")
             timing = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append({"backend": backend, "lr_size": "180x320", "video_frames": n, **timing, **identity(backend),
-                         "notes": "whole `vsrq upscale` process, warm graph cache" if key else "whole `vsrq upscale` process"})
+                         "notes": f"whole `vsrq upscale --runtime {runtime}` process" + (", warm cache" if key else "")})
             print(rows[-1], flush=True)
     return rows
 

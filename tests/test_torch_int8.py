@@ -98,13 +98,18 @@ def test_compiled_model_runs_onednn_int8_convs_and_the_cli_upscales(qbasicvsr_w4
     from vsrq import api, checkpoint
     from vsrq.data.frames import list_frames, read_frame
 
-    int8 = lower(qbasicvsr_w4a4)
+    int8, eager = lower(qbasicvsr_w4a4), lower(qbasicvsr_w4a4, compile=False)
     x = _clip()
     with torch.no_grad():
         out, code = run_and_get_code(int8, x)
-        eager = lower(qbasicvsr_w4a4, compile=False)(x)
-    assert "onednn.qconv" in "\n".join(code)  # integer kernels, not a float conv on dequantized values
-    assert min(psnr(a, b) for a, b in zip(tensor_to_uint8(out[0]), tensor_to_uint8(eager[0]))) > 40
+        assert "onednn.qconv" in "\n".join(code)  # integer kernels, not a float conv on dequantized values
+        offsets = set()
+        for clip in (x, torch.full((1, 4, 3, 64, 64), 0.5), torch.rand(1, 3, 3, 64, 80)):  # other bit offsets, size
+            out = int8(clip)
+            offsets.add(int8.int8_convs()[0].offset)
+            ref = eager(clip)
+            assert min(psnr(a, b) for a, b in zip(tensor_to_uint8(out[0]), tensor_to_uint8(ref[0]))) > 40
+    assert len(offsets) > 1
     ckpt = checkpoint.save(qbasicvsr_w4a4, tmp_path / "q.vsrq")
     frames = smooth_frames(5, 64, 64, seed=4)
     write_clip(tmp_path / "lr", frames)

@@ -20,6 +20,7 @@ import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers torch.ops.quantized_decomposed)
 import torch.nn.functional as F
 from torch import nn
+from torch._dynamo import config as dynamo_config
 from torch._inductor import config as inductor_config
 
 from vsrq.checkpoint import layer_manifest
@@ -32,6 +33,7 @@ from vsrq.runtime.deployable import layer_integer_problems
 from vsrq.runtime.onnx_export import LayerQuant, integer_layers, video_bit_offsets
 
 _QD = torch.ops.quantized_decomposed
+RECOMPILE_LIMIT = 64
 
 
 class Int8Conv(nn.Module):
@@ -73,7 +75,9 @@ class Int8Model(QuantizedModel):
             offset = offsets.pop()
             for conv in self.int8_convs():
                 conv.offset = offset
-        with inductor_config.patch(freezing=True):  # compilation happens in the first call (and per bit offset)
+        # compilation happens in the first call, and again per frame size and bit offset: every conv compiled on
+        # its own shares Int8Conv.forward's code, so the per-code limit of 8 variants is raised with it
+        with inductor_config.patch(freezing=True), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
             return self.host.forward(self.base, *args, **kwargs, **extra)
 
     def int8_convs(self) -> list[Int8Conv]:

@@ -1,0 +1,100 @@
+"""Where the time goes, module by module: the official BasicVSR at LR 180x320 on torch-fp32 and on the
+torch-int8 runtime (a deploy checkpoint), wall time of each child of the network per output frame, the rest
+being the Python loop's own ops (flow warping, concatenation, pixel shuffle, the bilinear base).
+
+Steady state: each model runs the clip once to compile and warm up, then once timed. Uses the checkpoints of
+`bench/deploy.py` (the same cache). Writes ``bench/results/profile_int8.{json,md}``.
+
+    python bench/profile_int8.py --backends torch-fp32 pt-int8-w8a8
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS  # noqa: E402
+from deploy import BACKENDS, artifacts, frames_for, identity  # noqa: E402
+
+NAME = "profile_int8"
+
+
+class Timed(nn.Module):
+    """A child of the network whose calls add their wall time to ``spent[name]``."""
+
+    def __init__(self, name: str, inner: nn.Module, spent: dict[str, float]) -> None:
+        super().__init__()
+        self.name, self.inner, self.spent = name, inner, spent
+
+    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        out = self.inner(*args, **kwargs)
+        self.spent[self.name] = self.spent.get(self.name, 0.0) + time.perf_counter() - start
+        return out
+
+
+def profile(backend: str, art: dict[str, Path]) -> dict:
+    from vsrq import api
+    from vsrq.runtime.torch_int8 import lower
+
+    key = BACKENDS[backend][3]
+    model = api.load(art[key] if key else "basicvsr-vimeo-bi")
+    if backend.startswith("pt-int8"):
+        model = lower(model)
+    base = model.base if hasattr(model, "base") else model
+    spent: dict[str, float] = {}
+    for name, child in list(base.named_children()):
+        if next(child.parameters(), None) is not None or next(child.buffers(), None) is not None:
+            setattr(base, name, Timed(name, child, spent))
+    x = frames_for("180x320")
+    with torch.inference_mode():
+        model(x)  # compile, warm up
+        spent.clear()
+        start = time.perf_counter()
+        model(x)
+        total = time.perf_counter() - start
+    per_frame = {k: round(v * 1000 / x.shape[1], 1) for k, v in sorted(spent.items(), key=lambda kv: -kv[1])}
+    rest = round(total * 1000 / x.shape[1] - sum(per_frame.values()), 1)
+    return {"backend": backend, **identity(backend), "lr_size": "180x320", "ms_per_frame": round(total * 1000 / x.shape[1], 1),
+            "modules_ms": per_frame, "rest_ms": rest, "threads": torch.get_num_threads()}
+
+
+def main() -> int:
+    from harness import git_commit
+    from vsrq.benchmark import today
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--backends", nargs="+", default=["torch-fp32", "pt-int8-w8a8"],
+                        choices=[b for b in BACKENDS if b.startswith(("torch-fp32", "pt-int8"))])
+    args = parser.parse_args()
+    art = artifacts()
+    rows = []
+    for backend in args.backends:
+        rows.append({**profile(backend, art), "commit": git_commit(), "date": today()})
+        print(json.dumps(rows[-1]), flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{NAME}.json").write_text(json.dumps(rows, indent=1) + "\n")
+    names = list(dict.fromkeys(k for r in rows for k in r["modules_ms"]))
+    lines = [f"# {NAME}", "", "BasicVSR at LR 180x320, ms per output frame by child module (steady state, "
+             f"{rows[0]['threads']} threads, {rows[0]['date']}, commit {rows[0]['commit']}); *rest*: the Python loop's own "
+             "ops (warping, concatenation, pixel shuffle, bilinear base).", "",
+             "| module | " + " | ".join(r["backend"] for r in rows) + " |", "| --- |" + " ---: |" * len(rows)]
+    for name in names:
+        lines.append(f"| {name} | " + " | ".join(f"{r['modules_ms'].get(name, 0):.0f}" for r in rows) + " |")
+    lines.append("| *rest* | " + " | ".join(f"{r['rest_ms']:.0f}" for r in rows) + " |")
+    lines.append("| **total** | " + " | ".join(f"{r['ms_per_frame']:.0f}" for r in rows) + " |")
+    (RESULTS / f"{NAME}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
