@@ -63,7 +63,7 @@ class Int8Conv(nn.Module):
 
 class Int8Model(QuantizedModel):
     """A quantized model whose integer convs are :class:`Int8Conv`; runs like the simulation (same host,
-    same controller), outputs from integer kernels once :meth:`compile` d."""
+    same controller), on integer kernels once compiled (:meth:`compile`)."""
 
     def forward(self, *args, **kwargs) -> torch.Tensor:  # type: ignore[no-untyped-def]
         extra = self.controller.prepare(ModelCall(args, kwargs, 0)) if self.controller is not None else {}
