@@ -12,7 +12,6 @@ simulation. Needs a C++ compiler (Inductor builds its kernels; they are cached o
 
 from __future__ import annotations
 
-import copy
 import os
 import shutil
 
@@ -28,9 +27,8 @@ from vsrq.errors import VsrqError
 from vsrq.models.host import ModelCall
 from vsrq.quant.controller import controller_from_manifest
 from vsrq.quant.qmodel import QuantizedModel
-from vsrq.quant.swap import quant_layers
 from vsrq.runtime.deployable import layer_integer_problems
-from vsrq.runtime.onnx_export import LayerQuant, integer_layers, video_bit_offsets
+from vsrq.runtime.onnx_export import LayerQuant, float_copy, integer_layers, video_bit_offsets
 
 _QD = torch.ops.quantized_decomposed
 RECOMPILE_LIMIT = 64
@@ -121,22 +119,13 @@ def lower(model: nn.Module, compile: bool = True) -> Int8Model:
                             "use --runtime onnxruntime")
     offsets = video_bit_offsets(model)
     quant = {o: integer_layers(model, o) for o in offsets}
-    base = copy.deepcopy(model.base)
-    for name, layer in quant_layers(base).items():
-        bias = None if layer.bias is None else layer.bias.detach()
-        if layer.bias_align is not None:
-            bias = layer.bias_align.detach() + (0 if bias is None else bias)
-        if name in quant[0]:
-            conv: nn.Module = Int8Conv({o: quant[o][name] for o in offsets}, bias, layer.geometry)
-        else:  # weight-only: a float conv on the dequantized weight
-            conv = nn.Conv2d(layer.in_channels, layer.out_channels, tuple(layer.quantized_weight().shape[2:]),
-                             **layer.geometry, bias=bias is not None)
-            with torch.no_grad():
-                conv.weight.copy_(layer.quantized_weight())
-                if bias is not None:
-                    conv.bias.copy_(bias)
+    base = float_copy(model)  # every quantized layer a float conv on its dequantized weight, bias alignment folded
+    for name in quant[0]:  # those with an integer input become integer convs; weight-only ones stay float
+        conv = base.get_submodule(name)
+        geometry = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
         parent, _, child = name.rpartition(".")
-        setattr(base.get_submodule(parent) if parent else base, child, conv)
+        setattr(base.get_submodule(parent) if parent else base, child,
+                Int8Conv({o: quant[o][name] for o in offsets}, conv.bias, geometry))
     base.eval()
     controller = None
     if model.controller is not None:  # rebuilt on the new network: it reads the motion of the same SPyNet
