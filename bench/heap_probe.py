@@ -11,7 +11,9 @@ the calibration alone:
 - ``mmap-2mb`` / ``mmap-4mb``: the same switch at 2 and 4 MB;
 - ``arena-1``: one malloc arena (``MALLOC_ARENA_MAX=1``);
 - ``thp``: PyTorch's 2 MB-aligned transparent-huge-page allocations (``THP_MEM_ALLOC_ENABLE=1``);
-- ``jemalloc``: jemalloc preloaded, where the system has it (``libjemalloc.so.2``).
+- ``jemalloc``: jemalloc preloaded, where the system has it (``libjemalloc.so.2``);
+- ``trim-0.1`` / ``trim-0.5``: glibc as it comes, with a thread returning free heap pages every 0.1 / 0.5 s
+  (``vsrq.memory.trimming_heap``).
 
     python bench/heap_probe.py                       # every setting, one process each (~3-7 min each on 2 cores)
     python bench/heap_probe.py --only default jemalloc
@@ -20,6 +22,7 @@ the calibration alone:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes.util
 import json
 import os
@@ -35,15 +38,17 @@ from common import BENCH_CALIB, RESULTS  # noqa: E402
 NAME = "heap_probe"
 STEPS_NOTE = "fine-tuning skipped, 1 rounding epoch (12 steps)"
 JEMALLOC = "libjemalloc.so.2"
-# setting -> (environment added, mmap threshold in MB set from inside the process or None)
-SETTINGS: dict[str, tuple[dict[str, str], int | None]] = {
-    "default": ({}, None),
-    "bound_heap": ({}, 1),
-    "mmap-2mb": ({}, 2),
-    "mmap-4mb": ({}, 4),
-    "arena-1": ({"MALLOC_ARENA_MAX": "1"}, None),
-    "thp": ({"THP_MEM_ALLOC_ENABLE": "1"}, None),
-    "jemalloc": ({"LD_PRELOAD": JEMALLOC}, None),
+# setting -> (environment added, mmap threshold in MB set from inside the process, trim interval in s)
+SETTINGS: dict[str, tuple[dict[str, str], int | None, float | None]] = {
+    "default": ({}, None, None),
+    "bound_heap": ({}, 1, None),
+    "mmap-2mb": ({}, 2, None),
+    "mmap-4mb": ({}, 4, None),
+    "arena-1": ({"MALLOC_ARENA_MAX": "1"}, None, None),
+    "thp": ({"THP_MEM_ALLOC_ENABLE": "1"}, None, None),
+    "jemalloc": ({"LD_PRELOAD": JEMALLOC}, None, None),
+    "trim-0.1": ({}, None, 0.1),
+    "trim-0.5": ({}, None, 0.5),
 }
 
 
@@ -52,14 +57,15 @@ def jemalloc_present() -> bool:
         Path(d, JEMALLOC).exists() for d in ("/usr/lib/x86_64-linux-gnu", "/usr/lib64", "/usr/lib", "/usr/local/lib"))
 
 
-def worker(threshold_mb: int | None) -> None:
-    """Run the probe in this process and print its peak RSS and calibration time as JSON."""
+def worker(setting: str) -> None:
+    """Run the probe in this process under ``setting`` and print its peak RSS and calibration time as JSON."""
     from vsrq import memory
     from vsrq.config import QuantConfig
     from vsrq.data.clips import load_calibration
     from vsrq.methods.pipeline import quantize_model
     from vsrq.models.catalog import load_model
 
+    _, threshold_mb, trim_s = SETTINGS[setting]
     if threshold_mb is not None and not memory.set_mmap_threshold(threshold_mb << 20):
         raise SystemExit("this C library has no glibc mmap threshold")
     loaded = load_model("basicvsr-vimeo-bi")
@@ -67,17 +73,18 @@ def worker(threshold_mb: int | None) -> None:
     config = QuantConfig(method="tarq", wbits=4, abits=4, calib=BENCH_CALIB,
                          options={"fab_budget": 4.0, "finetune": False, "round_epochs": 1})
     start = time.perf_counter()
-    quantize_model(loaded, config, calib, log=lambda s: None, show_progress=False)
+    with memory.trimming_heap(trim_s) if trim_s is not None else contextlib.nullcontext():
+        quantize_model(loaded, config, calib, log=lambda s: None, show_progress=False)
     print(json.dumps({"peak_rss_mb": round(memory.peak_rss_mb() or 0), "calib_s": round(time.perf_counter() - start, 1)}))
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--only", nargs="+", choices=tuple(SETTINGS), default=tuple(SETTINGS))
-    parser.add_argument("--worker", type=int, nargs="?", const=-1, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker", choices=tuple(SETTINGS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
-        worker(None if args.worker < 0 else args.worker)
+        worker(args.worker)
         return 0
     from harness import git_commit
 
@@ -87,11 +94,11 @@ def main() -> int:
     rows = [r for r in (json.loads(path.read_text()) if path.exists() else []) if r["setting"] not in args.only]
     commit, date = git_commit(), today()
     for setting in args.only:
-        env, threshold = SETTINGS[setting]
+        env = SETTINGS[setting][0]
         if setting == "jemalloc" and not jemalloc_present():
             print(f"{setting}: skipped, {JEMALLOC} is not installed (Debian: apt install libjemalloc2)", flush=True)
             continue
-        command = [sys.executable, __file__, "--worker"] + ([] if threshold is None else [str(threshold)])
+        command = [sys.executable, __file__, "--worker", setting]
         out = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
         if out.returncode != 0:
             raise SystemExit(f"{setting} failed:\n{out.stderr[-2000:]}")
