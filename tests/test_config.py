@@ -116,6 +116,17 @@ def test_markdown_table_shows_the_calibration_loss_when_rows_carry_it():
     assert "| calib loss |" in lines[4] and lines[-2].endswith("| - | 1 |  |") and lines[-1].endswith("| 8.8258 | 1 | n |")
 
 
+def test_markdown_table_shows_calibration_peak_rss_when_rows_carry_it():
+    from vsrq.benchmark import markdown_table
+
+    row = dict(model="m", method="tarq", wbits=4, abits=4, scope="fq", dataset="vid4", degradation="bi",
+               frames="quick", psnr_y=20.0, ssim_y=0.5, fab=4.0, size_mb=1.0, calib_s=1.0, notes="", commit="a", date="d")
+    assert "peak RSS" not in markdown_table([row], "t")
+    lines = markdown_table([row, dict(row, peak_rss_mb=2035.4, notes="n")], "t").splitlines()
+    assert "| calib peak RSS (MB) | calib (s) |" in lines[4]
+    assert lines[-2].endswith("| - | 1 |  |") and lines[-1].endswith("| 2035 | 1 | n |")
+
+
 def test_every_frame_rows_get_their_own_table_and_survive_a_run_of_the_other_mode(tmp_path):
     """A results file holding quick and full rows shows one table each (full first); a full run's write keeps the
     quick rows, those copied from another benchmark included (it replaces only its own mode's copies)."""

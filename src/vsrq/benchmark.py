@@ -379,6 +379,7 @@ def _frames_table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append("")
     ranks = any("average_rank" in r for r in rows)
     losses = any("calibration_loss" in r for r in rows)
+    rss = any(r.get("peak_rss_mb") is not None for r in rows)  # calibration's peak, where the harness measured it
     macs = any("gmacs_effective_per_frame" in r for r in rows)
     head = "| method | W/A | scope | PSNR-Y | SSIM-Y | FAB | size (MB) |"
     rule = "| --- | --- | --- | ---: | ---: | ---: | ---: |"
@@ -390,6 +391,8 @@ def _frames_table(rows: list[dict[str, Any]]) -> list[str]:
         head, rule = head + " GMAC/frame (FP32-eq.) |", rule + " ---: |"
     if losses:
         head, rule = head + " calib loss |", rule + " ---: |"
+    if rss:
+        head, rule = head + " calib peak RSS (MB) |", rule + " ---: |"
     lines += [head + " calib (s) | notes |", rule + " ---: | --- |"]
     for r in rows:
         scope = (r["scope"] or "-").upper()
@@ -403,6 +406,8 @@ def _frames_table(rows: list[dict[str, Any]]) -> list[str]:
             cells.append("-" if eff is None else f"{eff:.1f} of {r['gmacs_per_frame']:.1f}")
         if losses:
             cells.append(f"{r['calibration_loss']:.4f}" if "calibration_loss" in r else "-")
+        if rss:
+            cells.append("-" if r.get("peak_rss_mb") is None else f"{r['peak_rss_mb']:.0f}")
         calib = "-" if r["calib_s"] is None else f"{r['calib_s']:.0f}" + (" (GPU)" if r.get("device") else "")
         cells += [calib, r["notes"]]
         lines.append("| " + " | ".join(cells) + " |")
