@@ -6,14 +6,16 @@ to 3.5-4.3 GB while its live tensors stay under 2 GB. Each setting runs in its o
 allocator is chosen at start-up) and reports the process's peak resident size (VmHWM) and the time of
 the calibration alone:
 
-- ``default``: glibc malloc as it comes (its mmap threshold grows up to 32 MB as big blocks are freed);
+- ``default``: glibc malloc as it comes (its mmap threshold grows up to 32 MB as big blocks are freed), the
+  calibration's own heap trimming switched off;
 - ``bound_heap``: a fixed 1 MB mmap threshold (what ``vsrq quantize --low-memory`` switches on);
 - ``mmap-2mb`` / ``mmap-4mb``: the same switch at 2 and 4 MB;
 - ``arena-1``: one malloc arena (``MALLOC_ARENA_MAX=1``);
 - ``thp``: PyTorch's 2 MB-aligned transparent-huge-page allocations (``THP_MEM_ALLOC_ENABLE=1``);
 - ``jemalloc``: jemalloc preloaded, where the system has it (``libjemalloc.so.2``);
 - ``trim-0.1`` / ``trim-0.5``: glibc as it comes, with a thread returning free heap pages every 0.1 / 0.5 s
-  (``vsrq.memory.trimming_heap``).
+  (``vsrq.memory.trimming_heap``; 0.5 s is what every calibration now runs with). The other settings run
+  with that trimming off.
 
     python bench/heap_probe.py                       # every setting, one process each (~3-7 min each on 2 cores)
     python bench/heap_probe.py --only default jemalloc
@@ -62,7 +64,7 @@ def worker(setting: str) -> None:
     from vsrq import memory
     from vsrq.config import QuantConfig
     from vsrq.data.clips import load_calibration
-    from vsrq.methods.pipeline import quantize_model
+    from vsrq.methods import pipeline
     from vsrq.models.catalog import load_model
 
     _, threshold_mb, trim_s = SETTINGS[setting]
@@ -72,9 +74,10 @@ def worker(setting: str) -> None:
     calib = load_calibration(BENCH_CALIB, 0)
     config = QuantConfig(method="tarq", wbits=4, abits=4, calib=BENCH_CALIB,
                          options={"fab_budget": 4.0, "finetune": False, "round_epochs": 1})
+    # calibration trims every 0.5 s by default: the probe puts the setting's own trimming (or none) in its place
+    pipeline.trimming_heap = (lambda: memory.trimming_heap(trim_s)) if trim_s is not None else contextlib.nullcontext
     start = time.perf_counter()
-    with memory.trimming_heap(trim_s) if trim_s is not None else contextlib.nullcontext():
-        quantize_model(loaded, config, calib, log=lambda s: None, show_progress=False)
+    pipeline.quantize_model(loaded, config, calib, log=lambda s: None, show_progress=False)
     print(json.dumps({"peak_rss_mb": round(memory.peak_rss_mb() or 0), "calib_s": round(time.perf_counter() - start, 1)}))
 
 
