@@ -453,8 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="where calibration computes: cpu (default) or cuda[:N]")
     p.add_argument("--low-memory", action="store_true",
                    help="serve every allocation of 1 MB or more from its own mapping: resident memory at what "
-                        "calibration holds, at about twice the CPU time; the default's heap trimming comes within "
-                        "about 5%% of it at 1.2x (Linux/glibc)")
+                        "calibration holds, at about twice the CPU time (the default already hands freed heap pages "
+                        "back every 0.5 s; Linux/glibc)")
     p.add_argument("-o", "--output", required=True, help="the .vsrq checkpoint to write")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_quantize)
