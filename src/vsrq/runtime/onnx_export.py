@@ -542,7 +542,7 @@ def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int]
     with staged_files(path, replace) as stage:
         for role, offset, graph in graphs:
             target = graph_name(path, role, offset)
-            if quants[offset] and role != "flow":
+            if quants[offset]:  # the flow graph too: a quantized SPyNet (quantize_auxiliary) runs on integer convs
                 graph, layers = insert_qdq(graph, quants[offset], out_ranges or {}, "base.", weights)
                 handled[offset] |= layers
             graph.ir_version = IR_VERSION
