@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from tests.conftest import smooth_frames, write_clip
 from tests.test_quant_layers import _loaded, _synthetic_calib
 from vsrq.cli import main
-from vsrq.config import QuantConfig
+from vsrq.config import LayerRule, QuantConfig
 from vsrq.errors import VsrqError
 from vsrq.methods.pipeline import quantize_model
 from vsrq.metrics.psnr_ssim import psnr, tensor_to_uint8
@@ -63,6 +63,23 @@ def test_split_concat_exports_as_one_integer_conv_per_source(tmp_path: Path):
     with torch.no_grad():
         sim = tensor_to_uint8(qm(x)[0])
     assert min(psnr(a, b) for a, b in zip(ort_out, sim)) > 45
+
+
+def test_a_quantized_spynet_runs_on_integer_convs_in_the_flow_graph(tmp_path: Path):
+    """The demo's W4A8 setting: SPyNet quantized too (8 bits); its graph carries integer convs, not float ones."""
+    calib = _synthetic_calib(2, 3)
+    cfg = QuantConfig(method="ema", wbits=4, abits=8, quantize_auxiliary=True,
+                      rules=(LayerRule("spynet.*", wbits=8, abits=8),))
+    qm = quantize_model(_loaded(num_feat=16), cfg, calib, **QUIET)
+    files = export_basicvsr(qm, tmp_path / "m.onnx", (64, 64), calibrate_outputs(qm, calib.clips), qm.manifest)
+    flow = next(onnx.load(str(f)) for f in files if "flow" in f.name)
+    convs = [n for n in flow.graph.node if n.op_type == "Conv"]  # QDQ form: onnxruntime fuses each into QLinearConv
+    assert len(convs) == 30 and all(n.input[1].endswith(".weight_dq") for n in convs)  # 6 levels x 5 convs
+    x = _clip()
+    ort_out = tensor_to_uint8(OrtBasicVSR(tmp_path / "m.onnx", threads=1)(x, range(4))[0])
+    with torch.no_grad():
+        sim = tensor_to_uint8(qm(x)[0])
+    assert min(psnr(a, b) for a, b in zip(ort_out, sim)) > 40
 
 
 def test_qdq_structure(w8a8, tmp_path: Path):

@@ -34,10 +34,11 @@ from vsrq.runtime.onnx_export import calibrate_outputs, export_basicvsr
 from vsrq.runtime.ort import OrtBasicVSR
 
 DEMO_CLIP = "bikes.mp4"
-# (label, method, weight bits, activation bits, flow network at 8 bits): W8A8 MinMax keeps SpyNet float; the
-# 4-bit-weight model takes MSE-optimal weight ranges (OMSE) with EMA activation ranges (QBasicVSR's calibration)
-# and quantizes SpyNet too, at 8 bits, so that its file is a sixth of the FP32 one
-SETTINGS = (("W8A8", "minmax", 8, 8, False), ("W4A8", "ema", 4, 8, True))
+# (label, method, weight bits, activation bits, flow network at 8 bits): both take QBasicVSR's EMA activation
+# ranges (W8A8 on this clip, simulated: EMA 43.64 dB, percentile 43.49, OMSE 42.90, MinMax 42.86, FP 43.14);
+# W8A8 keeps SpyNet float; the 4-bit-weight model takes MSE-optimal weight ranges and quantizes SpyNet too, at
+# 8 bits, so that its file is a sixth of the FP32 one
+SETTINGS = (("W8A8", "ema", 8, 8, False), ("W4A8", "ema", 4, 8, True))
 
 
 def demo_clip(frames: int) -> tuple[np.ndarray, np.ndarray]:
