@@ -3,7 +3,8 @@
 Backends, each timed in its own process (for a clean peak RSS) on the same frames, per frame at
 LR 180x320 (frames cut from bigbuckbunny.mp4) and 144x180 (Vid4 calendar):
 torch-fp32, torch-bf16 (autocast), ort-fp32 (float ONNX), ort-w8a8 (int8 QDQ ONNX of the OMSE
-W8A8 checkpoint), ort-w4a8 (OMSE W4A8: 4-bit weight codes on the same int8 kernels; no CPU runtime has
+W8A8 checkpoint, SpyNet's convs float), ort-w8a8-flow8 (the same with SpyNet at W8A8 too, on integer convs in
+the flow graph) and its simulation, ort-w4a8 (OMSE W4A8: 4-bit weight codes on the same int8 kernels; no CPU runtime has
 an int4 conv), ort-qbasicvsr-w4a4 (QBasicVSR W4A4 FQ, vsrq's defaults: per-layer and per-video
 activation bits on int8 kernels, the checkpoint qbasicvsr_vid4.py scores) and its fake-quant simulation
 timed too (sim-qbasicvsr-w4a4), ort-qbasicvsr-w6a6 (the same at W6A6), ort-tarq-w4a4 (TARQ's deployable
@@ -63,12 +64,14 @@ BACKENDS = {
     "pt-int8-qbasicvsr-w4a4": ("qbasicvsr", 4, 4, "qbasicvsr-w4"),
     "pt-int8-tarq-w4a4": ("tarq", 4, 4, "tarq-w4"),
     "sim-w8a8": ("omse", 8, 8, "w8"),
+    "ort-w8a8-flow8": ("omse", 8, 8, "w8-flow8"),
+    "sim-w8a8-flow8": ("omse", 8, 8, "w8-flow8"),
     "sim-w4a8": ("omse", 4, 8, "w4a8"),
 }
-TIMED = ("torch-fp32", "torch-bf16", "torch-fp32-cl", "ort-fp32", "ort-w8a8", "ort-w4a8", "ort-qbasicvsr-w4a4",
+TIMED = ("torch-fp32", "torch-bf16", "torch-fp32-cl", "ort-fp32", "ort-w8a8", "ort-w8a8-flow8", "ort-w4a8", "ort-qbasicvsr-w4a4",
          "sim-qbasicvsr-w4a4", "ort-qbasicvsr-w6a6", "ort-tarq-w4a4", "ort-quantvsr-w4a4", "sim-quantvsr-w4a4",
          "pt-int8-w8a8", "pt-int8-w4a8", "pt-int8-qbasicvsr-w4a4", "pt-int8-tarq-w4a4")
-SIMULATED = ("sim-w8a8", "sim-w4a8", "sim-qbasicvsr-w4a4", "sim-qbasicvsr-w6a6", "sim-tarq-w4a4", "sim-quantvsr-w4a4")
+SIMULATED = ("sim-w8a8", "sim-w8a8-flow8", "sim-w4a8", "sim-qbasicvsr-w4a4", "sim-qbasicvsr-w6a6", "sim-tarq-w4a4", "sim-quantvsr-w4a4")
 # QuantVSR's layer at W4A4 FQ with a rank-32 SVD branch (the best recipe's structure: its refinement and clip
 # search change values, not ops), activations dynamic per tensor; no LBA (it folds into the bias anyway)
 QUANTVSR_OPTIONS = {"branch": "svd", "lba": False}
@@ -98,6 +101,11 @@ def artifacts() -> dict[str, Path]:
                               quantize_auxiliary=True, rules=(LayerRule("spynet*", wbits=8, abits=32),))
             api.save(api.quantize("basicvsr-vimeo-bi", cfg, log=lambda s: None, show_progress=False), path)
         out[f"w{wbits}" if wbits == abits else f"w{wbits}a{abits}"] = path
+    out["w8-flow8"] = CACHE / "omse_w8a8_flow8.vsrq"  # SpyNet's activations quantized too: integer flow convs
+    if not out["w8-flow8"].exists():
+        cfg = QuantConfig(method="omse", wbits=8, abits=8, scope="fq", calib=BENCH_CALIB, quantize_auxiliary=True,
+                          rules=(LayerRule("spynet*", wbits=8, abits=8),))
+        api.save(api.quantize("basicvsr-vimeo-bi", cfg, log=lambda s: None, show_progress=False), out["w8-flow8"])
     out["quantvsr-w4"] = CACHE / "quantvsr_w4a4_svd.vsrq"
     if not out["quantvsr-w4"].exists():
         cfg = QuantConfig(method="quantvsr", wbits=4, abits=4, scope="fq", calib=BENCH_CALIB, options=QUANTVSR_OPTIONS)
