@@ -51,6 +51,9 @@ def plan() -> list[tuple[str, str, int, dict, tuple[LayerRule, ...], str]]:
     rows = [(f"tarq-w{b}a{b}", "tarq", b, {"fab_budget": float(b)}, (), f"FAB budget {b}.0") for b in (4, 6)]
     rows += [(f"ablation tarq-w{b}a{b} edges-w{b}a8", "tarq", b, {"fab_budget": float(b), "edge_wbits": None}, (),
               f"FAB budget {b}.0; ablation: the ends' weights at {b} bits (edge_wbits null)") for b in (4, 6)]
+    # ours: does a longer rounding stage close W6A6's last 0.03 dB (5 epochs of 12 one-window steps by default)?
+    rows.append(("ablation tarq-w6a6 rounding-10", "tarq", 6, {"fab_budget": 6.0, "round_epochs": 10}, (),
+                 "FAB budget 6.0; ablation: 10 rounding epochs (round_epochs 10)"))
     rows.append(("tarq-w4a4 ends-a8", "tarq", 4, {"fab_budget": 4.0, "edge_abits": None, "edge_wbits": None},
                  ENDS_A8, "FAB budget 4.0; frame parts and tail at A8, paid by the other layers (A3 at least)"))
     rows += [(f"{m}-w{b}a{b}", m, b, {}, (), "") for b in (4, 6) for m in ("brecq", "qdrop")]
