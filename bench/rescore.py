@@ -22,6 +22,19 @@ from common import RESULTS  # noqa: E402
 from harness import Bench  # noqa: E402
 
 from vsrq import checkpoint  # noqa: E402
+from vsrq.benchmark import Row  # noqa: E402
+
+
+def rescore(bench: Bench, path: Path) -> Row:
+    """``bench``'s row of the checkpoint at ``path`` on its clips, with the calibration time and commit of the
+    ``.json`` kept beside it (if any)."""
+    manifest = checkpoint.read_manifest(path)
+    facts_path = path.with_suffix(".json")
+    facts = json.loads(facts_path.read_text()) if facts_path.is_file() else {}
+    config = manifest["config"]
+    notes = f"checkpoint {path.name}, calibrated at {facts.get('commit', 'unknown commit')}"
+    return bench.row(checkpoint.load(path), manifest["method"], config["wbits"], config["abits"], config["scope"],
+                     facts.get("calib_s"), notes, options=config["options"], created=manifest["created"])
 
 
 def main() -> int:
@@ -33,16 +46,10 @@ def main() -> int:
         if path.suffix != ".vsrq" or not path.is_file():
             raise SystemExit(f"{path}: not a .vsrq checkpoint file")
     for path in args.checkpoints:
-        manifest = checkpoint.read_manifest(path)
-        facts_path = path.with_suffix(".json")
-        facts = json.loads(facts_path.read_text()) if facts_path.is_file() else {}
-        model = manifest["model"]
+        model = checkpoint.read_manifest(path)["model"]
         bench = Bench("rescore", model["name"], "vid4", model["degradation"], not args.full)
         bench.resume(RESULTS)
-        config = manifest["config"]
-        notes = f"checkpoint {path.name}, calibrated at {facts.get('commit', 'unknown commit')}"
-        row = bench.row(checkpoint.load(path), manifest["method"], config["wbits"], config["abits"], config["scope"],
-                        facts.get("calib_s"), notes, options=config["options"], created=manifest["created"])
+        row = rescore(bench, path)
         bench.write(RESULTS)
         print(f"{path.name}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f} on {bench.frames} frames", flush=True)
     return 0

@@ -116,3 +116,34 @@ def test_residual_stream_equalization_keeps_the_float_output(bidirectional: bool
     spread = {name: float(m.max() / m.min()) for name, m in stream_maxima(model, clips).items()}
     after = {name: float(m.max() / m.min()) for name, m in stream_maxima(equalized, clips).items()}
     assert after["forward_trunk"] < 0.5 * spread["forward_trunk"]
+
+
+def test_rescoring_a_kept_checkpoint_scores_it_as_loaded_and_names_its_calibration(tmp_path):
+    """bench/rescore.py: the row is the saved model's score on the benchmark's clips (computed here directly),
+    with the calibration time and commit of the facts file kept beside the checkpoint."""
+    import json
+
+    import numpy as np
+    from harness import Bench
+    from rescore import rescore
+
+    from tests.test_quant_layers import _loaded, _synthetic_calib
+    from vsrq import checkpoint
+    from vsrq.benchmark import super_resolve
+    from vsrq.config import QuantConfig
+    from vsrq.data.datasets import PairedClip
+    from vsrq.methods.pipeline import quantize_model
+    from vsrq.metrics.report import score_clip
+
+    qm = quantize_model(_loaded(), QuantConfig(method="minmax", wbits=4, abits=4, scope="fq"), _synthetic_calib(),
+                        log=lambda s: None, show_progress=False)
+    path = checkpoint.save(qm, tmp_path / "m.vsrq")
+    path.with_suffix(".json").write_text(json.dumps({"calib_s": 12.5, "commit": "abc1234", "peak_rss_mb": 1}))
+    gt = np.random.default_rng(1).integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
+    clip = PairedClip("c", gt, gt[:, ::4, ::4].copy())
+    bench = Bench("t", "basicvsr-vimeo-bi", "no-such-dataset", "bi", True)
+    bench.clips = [clip]
+    row = rescore(bench, path)
+    direct = score_clip("c", list(super_resolve(checkpoint.load(path), clip.lr)), list(gt), y=True, crop=0)
+    assert row.psnr_y == round(direct.mean_psnr, 4) and (row.wbits, row.abits, row.method) == (4, 4, "minmax")
+    assert row.calib_s == 12.5 and "m.vsrq" in row.notes and "abc1234" in row.notes
