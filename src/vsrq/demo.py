@@ -35,10 +35,10 @@ from vsrq.runtime.ort import OrtBasicVSR
 
 DEMO_CLIP = "bikes.mp4"
 # (label, method, weight bits, activation bits, flow network at 8 bits): both take QBasicVSR's EMA activation
-# ranges (W8A8 on this clip, simulated: EMA 43.64 dB, percentile 43.49, OMSE 42.90, MinMax 42.86, FP 43.14) and
-# run SpyNet at W8A8 on integer convs too (bench/deploy.py: 3.3x FP32 against 3.0x with it float, the same Vid4
-# quality), so that the 4-bit-weight file is a sixth of the FP32 one
-SETTINGS = (("W8A8", "ema", 8, 8, True), ("W4A8", "ema", 4, 8, True))
+# ranges (W8A8 on this clip, simulated: EMA 43.64 dB, percentile 43.49, OMSE 42.90, MinMax 42.86, FP 43.14).
+# W8A8 keeps SpyNet float: at W8A8 too it ran 2.37x FP32 instead of 1.98x but lost 0.21 dB here (42.97), past
+# the 0.15 the demo promises; the 4-bit-weight model quantizes it (8 bits), so its file is a sixth of FP32's
+SETTINGS = (("W8A8", "ema", 8, 8, False), ("W4A8", "ema", 4, 8, True))
 
 
 def demo_clip(frames: int) -> tuple[np.ndarray, np.ndarray]:
