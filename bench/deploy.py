@@ -69,8 +69,8 @@ BACKENDS = {
     "sim-w4a8": ("omse", 4, 8, "w4a8"),
 }
 TIMED = ("torch-fp32", "torch-bf16", "torch-fp32-cl", "ort-fp32", "ort-w8a8", "ort-w8a8-flow8", "ort-w4a8",
-         "ort-qbasicvsr-w4a4", "sim-qbasicvsr-w4a4", "ort-qbasicvsr-w6a6", "ort-tarq-w4a4", "ort-quantvsr-w4a4", "sim-quantvsr-w4a4",
-         "pt-int8-w8a8", "pt-int8-w4a8", "pt-int8-qbasicvsr-w4a4", "pt-int8-tarq-w4a4")
+         "ort-qbasicvsr-w4a4", "sim-qbasicvsr-w4a4", "ort-qbasicvsr-w6a6", "ort-tarq-w4a4", "ort-quantvsr-w4a4",
+         "sim-quantvsr-w4a4", "pt-int8-w8a8", "pt-int8-w4a8", "pt-int8-qbasicvsr-w4a4", "pt-int8-tarq-w4a4")
 SIMULATED = ("sim-w8a8", "sim-w8a8-flow8", "sim-w4a8", "sim-qbasicvsr-w4a4", "sim-qbasicvsr-w6a6", "sim-tarq-w4a4",
              "sim-quantvsr-w4a4")
 # QuantVSR's layer at W4A4 FQ with a rank-32 SVD branch (the best recipe's structure: its refinement and clip
