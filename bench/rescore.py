@@ -23,6 +23,7 @@ from harness import Bench  # noqa: E402
 
 from vsrq import checkpoint  # noqa: E402
 from vsrq.benchmark import Row  # noqa: E402
+from vsrq.errors import VsrqError  # noqa: E402
 
 
 def rescore(bench: Bench, path: Path) -> Row:
@@ -42,11 +43,16 @@ def main() -> int:
     parser.add_argument("checkpoints", nargs="+", type=Path, help=".vsrq files (their .json beside them, if kept)")
     parser.add_argument("--full", action="store_true", help="every frame of every clip (default: first 10 of each)")
     args = parser.parse_args()
-    for path in args.checkpoints:
+    manifests = {}
+    for path in args.checkpoints:  # every file checked before any scoring
         if path.suffix != ".vsrq" or not path.is_file():
             raise SystemExit(f"{path}: not a .vsrq checkpoint file")
-    for path in args.checkpoints:
-        model = checkpoint.read_manifest(path)["model"]
+        try:
+            manifests[path] = checkpoint.read_manifest(path)
+        except VsrqError as exc:
+            raise SystemExit(str(exc)) from None
+    for path, manifest in manifests.items():
+        model = manifest["model"]
         bench = Bench("rescore", model["name"], "vid4", model["degradation"], not args.full)
         bench.resume(RESULTS)
         row = rescore(bench, path)

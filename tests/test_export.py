@@ -82,6 +82,26 @@ def test_a_quantized_spynet_runs_on_integer_convs_in_the_flow_graph(tmp_path: Pa
     assert min(psnr(a, b) for a, b in zip(ort_out, sim)) > 40
 
 
+def test_per_video_bits_with_a_quantized_flow_network_are_refused_in_one_line(tmp_path: Path):
+    """FG-VBA picks the bits from the flows, so a flow graph whose bits it would change has no integer path: one
+    clear error before anything is written (the same controller with SPyNet float still exports)."""
+    from vsrq.quant.controller import VideoBitController
+
+    calib = _synthetic_calib(2, 3)
+    for aux in (True, False):
+        cfg = QuantConfig(method="ema", wbits=8, abits=8, quantize_auxiliary=aux)
+        qm = quantize_model(_loaded(), cfg, calib, **QUIET)
+        qm.controller = VideoBitController(0.0, 1.0).attach(qm.base, qm.host)
+        target = tmp_path / f"aux{aux}" / "m.onnx"
+        target.parent.mkdir()
+        if aux:
+            with pytest.raises(VsrqError, match="quantized flow network"):
+                export_basicvsr(qm, target, (64, 64), calibrate_outputs(qm, calib.clips))
+            assert not any(target.parent.iterdir())
+        else:
+            assert export_basicvsr(qm, target, (64, 64), calibrate_outputs(qm, calib.clips))[0] == target
+
+
 def test_qdq_structure(w8a8, tmp_path: Path):
     qm, calib = w8a8
     files = export_basicvsr(qm, tmp_path / "m.onnx", (64, 64), calibrate_outputs(qm, calib.clips))

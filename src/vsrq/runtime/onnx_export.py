@@ -3,7 +3,7 @@
 The recurrence is driven from Python with per-time-step graphs (chosen over an unrolled graph,
 whose size and memory grow with the number of frames and which fixes the clip length):
 
-- ``<name>.flow.onnx``: (x_ref, x_supp) -> SPyNet flow, float;
+- ``<name>.flow.onnx``: (x_ref, x_supp) -> SPyNet flow (integer convs where the checkpoint quantized SPyNet);
 - ``<name>.backward.onnx``: (x_t, flow, h_t+1) -> h_t, warp, backward trunk;
 - ``<name>.onnx``: (x_t, flow, g_t-1, h_t) -> (g_t, y_t), warp, forward trunk, upsampler.
 
@@ -14,7 +14,8 @@ model with such per-video bits gets one pair of step graphs per bit offset (``<n
 constant quantization parameters); the runner computes the window's complexity from the flows and
 runs that pair, so the choice costs no second SPyNet pass and no re-export.
 
-SPyNet and the warp (GridSample) stay float. Every quantized conv becomes the QDQ pattern
+The warp (GridSample) stays float, SPyNet too unless the checkpoint quantized it (``quantize_auxiliary``; not
+with per-video bits, which are chosen from its flows). Every quantized conv becomes the QDQ pattern
 onnxruntime fuses into ``QLinearConv``: ``DequantizeLinear(int8 weights, per-channel scales)``
 and ``QuantizeLinear -> DequantizeLinear`` on its input with the calibrated uint8 scale and
 zero-point (written in; nothing is recalibrated in the runtime). onnxruntime runs a conv in
@@ -75,7 +76,7 @@ from vsrq.models.spynet import flow_warp
 from vsrq.quant.controller import VideoBitController
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.qmodel import QuantizedModel
-from vsrq.quant.swap import quant_layers
+from vsrq.quant.swap import covers, quant_layers
 from vsrq.runtime.deployable import layer_integer_problems
 
 OPSET = 17
@@ -150,6 +151,12 @@ def check_exportable(model: nn.Module) -> None:
     if video_bit_offsets(model) != (0,) and isinstance(base, AnimeSR):
         raise VsrqError("per-video bits (FG-VBA) on AnimeSR have no integer path yet: its complexity needs "
                         "SpyNet's flows, which AnimeSR's graphs do not compute")
+    if video_bit_offsets(model) != (0,) and isinstance(model, QuantizedModel):
+        flow_layers = [name for name, layer in quant_layers(base).items() if layer.input_quantizer is not None
+                       and any(covers(g, name) for g in model.host.auxiliary(base))]
+        if flow_layers:  # the runner needs the flows to pick the bits, so the flow graph cannot depend on them
+            raise VsrqError(f"per-video bits (FG-VBA) with a quantized flow network ({flow_layers[0]}, ...) have no "
+                            "integer path: quantize without --quantize-auxiliary, or without FG-VBA")
     for name, layer in quant_layers(base).items():
         problems = layer_integer_problems(layer_manifest(layer))
         if problems:
