@@ -35,7 +35,8 @@ from vsrq.runtime.ort import OrtBasicVSR
 
 DEMO_CLIP = "bikes.mp4"
 # (label, method, weight bits, activation bits, flow network at 8 bits): both take QBasicVSR's EMA activation
-# ranges (W8A8 on this clip, simulated: EMA 43.64 dB, percentile 43.49, OMSE 42.90, MinMax 42.86, FP 43.14).
+# ranges (W8A8 on this clip, simulated, bench/demo_w8a8.py: EMA 43.64 dB, Percentile 43.49, OMSE 42.90, MinMax
+# 42.86, FP 43.14).
 # W8A8 keeps SpyNet float: at W8A8 too it ran 2.37x FP32 instead of 1.98x but lost 0.21 dB here (42.97), past
 # the 0.15 the demo promises; the 4-bit-weight model quantizes it (8 bits), so its file is a sixth of FP32's
 SETTINGS = (("W8A8", "ema", 8, 8, False), ("W4A8", "ema", 4, 8, True))
