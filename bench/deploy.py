@@ -85,44 +85,54 @@ def qbasicvsr_config(bits: int):  # type: ignore[no-untyped-def]
     return QuantConfig(method="qbasicvsr", wbits=bits, abits=bits, scope="fq", calib=BENCH_CALIB)
 
 
-def artifacts() -> dict[str, Path]:
-    """The W8/W6/W4 OMSE and QuantVSR W4A4 checkpoints (bench/cache) and QBasicVSR W4A4 (bench/cache/checkpoints, the quality
-    benchmark's cache), quantized once (not committed)."""
+def artifacts(keys: set[str] | None = None) -> dict[str, Path]:
+    """The checkpoints of ``keys`` (default: all): the W8/W6/W4 OMSE and QuantVSR W4A4 ones (bench/cache) and QBasicVSR
+    and TARQ's (bench/cache/checkpoints, the quality benchmarks' cache), each quantized once (not committed), only
+    when asked for: a run of a few backends does not calibrate the others."""
     from harness import Bench
 
     from vsrq import api
     from vsrq.config import LayerRule, QuantConfig
 
     CACHE.mkdir(exist_ok=True)
-    out = {}
+    configs: dict[str, tuple[Path, QuantConfig]] = {}
     for wbits, abits in ((8, 8), (6, 6), (4, 4), (4, 8)):
-        path = CACHE / f"omse_w{wbits}a{abits}.vsrq"
-        if not path.exists():
-            cfg = QuantConfig(method="omse", wbits=wbits, abits=abits, scope="fq", calib=BENCH_CALIB,
-                              quantize_auxiliary=True, rules=(LayerRule("spynet*", wbits=8, abits=32),))
-            api.save(api.quantize("basicvsr-vimeo-bi", cfg, log=lambda s: None, show_progress=False), path)
-        out[f"w{wbits}" if wbits == abits else f"w{wbits}a{abits}"] = path
-    out["w8-flow8"] = CACHE / "omse_w8a8_flow8.vsrq"  # SpyNet's activations quantized too: integer flow convs
-    if not out["w8-flow8"].exists():
-        cfg = QuantConfig(method="omse", wbits=8, abits=8, scope="fq", calib=BENCH_CALIB, quantize_auxiliary=True,
-                          rules=(LayerRule("spynet*", wbits=8, abits=8),))
-        api.save(api.quantize("basicvsr-vimeo-bi", cfg, log=lambda s: None, show_progress=False), out["w8-flow8"])
-    out["quantvsr-w4"] = CACHE / "quantvsr_w4a4_svd.vsrq"
-    if not out["quantvsr-w4"].exists():
-        cfg = QuantConfig(method="quantvsr", wbits=4, abits=4, scope="fq", calib=BENCH_CALIB, options=QUANTVSR_OPTIONS)
-        api.save(api.quantize("basicvsr-vimeo-bi", cfg, log=lambda s: None, show_progress=False), out["quantvsr-w4"])
-    bench = Bench("qbasicvsr_vid4", "basicvsr-vimeo-bi", "vid4", "bi", True, BENCH_CALIB, show_progress=False)
+        key = f"w{wbits}" if wbits == abits else f"w{wbits}a{abits}"
+        configs[key] = (CACHE / f"omse_w{wbits}a{abits}.vsrq", QuantConfig(
+            method="omse", wbits=wbits, abits=abits, scope="fq", calib=BENCH_CALIB, quantize_auxiliary=True,
+            rules=(LayerRule("spynet*", wbits=8, abits=32),)))
+    # SpyNet's activations quantized too: integer flow convs
+    configs["w8-flow8"] = (CACHE / "omse_w8a8_flow8.vsrq", QuantConfig(
+        method="omse", wbits=8, abits=8, scope="fq", calib=BENCH_CALIB, quantize_auxiliary=True,
+        rules=(LayerRule("spynet*", wbits=8, abits=8),)))
+    configs["quantvsr-w4"] = (CACHE / "quantvsr_w4a4_svd.vsrq", QuantConfig(
+        method="quantvsr", wbits=4, abits=4, scope="fq", calib=BENCH_CALIB, options=QUANTVSR_OPTIONS))
+    benches = {}
+    qbasicvsr = Bench("qbasicvsr_vid4", "basicvsr-vimeo-bi", "vid4", "bi", True, BENCH_CALIB, show_progress=False)
     for bits in (4, 6):
-        out[f"qbasicvsr-w{bits}"] = bench.checkpoint_path(qbasicvsr_config(bits))
-        if not out[f"qbasicvsr-w{bits}"].exists():
-            bench.quantize(qbasicvsr_config(bits))
+        benches[f"qbasicvsr-w{bits}"] = (qbasicvsr, qbasicvsr_config(bits))
     # TARQ's deployable W4A4 at FAB 4.0: the checkpoint reconstruct_vid4.py scores (its default row)
     tarq = QuantConfig(method="tarq", wbits=4, abits=4, scope="fq", calib=BENCH_CALIB, options={"fab_budget": 4.0})
-    bench = Bench("reconstruct_vid4", "basicvsr-vimeo-bi", "vid4", "bi", True, BENCH_CALIB, show_progress=False)
-    out["tarq-w4"] = bench.checkpoint_path(tarq)
-    if not out["tarq-w4"].exists():
-        bench.quantize(tarq)
+    benches["tarq-w4"] = (Bench("reconstruct_vid4", "basicvsr-vimeo-bi", "vid4", "bi", True, BENCH_CALIB,
+                                show_progress=False), tarq)
+    out = {}
+    for key in [k for k in (*configs, *benches) if keys is None or k in keys]:
+        if key in configs:
+            path, cfg = configs[key]
+            if not path.exists():
+                api.save(api.quantize("basicvsr-vimeo-bi", cfg, log=lambda s: None, show_progress=False), path)
+        else:
+            bench, cfg = benches[key]
+            path = bench.checkpoint_path(cfg)
+            if not path.exists():
+                bench.quantize(cfg)
+        out[key] = path
     return out
+
+
+def needed(backends) -> set[str]:  # type: ignore[no-untyped-def]
+    """The checkpoint keys of these backends."""
+    return {BACKENDS[b][3] for b in backends if BACKENDS[b][3]}
 
 
 def frames_for(size: str) -> torch.Tensor:
@@ -359,7 +369,9 @@ def main() -> int:
     from vsrq.benchmark import today
     from vsrq.models.catalog import NAMED_MODELS
 
-    art = artifacts()
+    backends = tuple(dict.fromkeys(("torch-fp32", *args.backends)))
+    sims = tuple(b.replace("ort-", "sim-") for b in backends if b.replace("ort-", "sim-") in SIMULATED)
+    art = artifacts(None if args.sizes_only else needed(backends + sims))
     old = json.loads((RESULTS / "deploy.json").read_text()) if (RESULTS / "deploy.json").exists() else []
     rows: list[dict] = []
     pth = NAMED_MODELS["basicvsr-vimeo-bi"][0].weights()
@@ -367,19 +379,16 @@ def main() -> int:
     for key, path in art.items():
         rows.append({"artifact": key, "bytes": path.stat().st_size})
     commit, date = git_commit(), today()
+    stamp = {"commit": commit, "date": date, "threads": torch.get_num_threads()}
+    rows += [r for r in old if "artifact" in r and r["artifact"] not in art and r["artifact"] != "fp32-pth"]
     if args.sizes_only:
-        for r in rows:
-            r.update(commit=commit, date=date, threads=torch.get_num_threads())
-        return write(rows + [r for r in old if "artifact" not in r])
-    backends = tuple(dict.fromkeys(("torch-fp32", *args.backends)))
+        return write([{**stamp, **r} for r in rows] + [r for r in old if "artifact" not in r])
     if args.lengths:
         new = whole_runs(backends, sorted(args.lengths), art)
-        for r in new:
-            r.update(commit=commit, date=date, threads=torch.get_num_threads())
+        new = [{**r, **stamp} for r in new]
         measured = {(r["backend"], r["video_frames"]) for r in new}
         return write([r for r in old if "video_frames" not in r or (r["backend"], r["video_frames"]) not in measured]
                      + new)
-    sims = tuple(b.replace("ort-", "sim-") for b in backends if b.replace("ort-", "sim-") in SIMULATED)
     for size in args.sizes:
         for backend in backends:
             if backend.startswith("ort"):
@@ -417,8 +426,7 @@ def main() -> int:
                          **identity(b), "psnr_y": psnr[b],
                          "notes": ("PyTorch fake-quant simulation" if b.startswith("sim") else "quality only")
                          + (f"; Y-PSNR from the run of {reused[b]}" if b in reused else "")})
-    for r in rows:
-        r.update(commit=commit, date=date, threads=torch.get_num_threads())
+    rows = [{**stamp, **r} for r in rows]  # sizes kept from an earlier run keep their stamp
     return write(rows + earlier_runs(old, rows))
 
 
@@ -482,12 +490,11 @@ def markdown(rows: list[dict]) -> str:
                          f"{r['wall_s']:.1f} | {r['wall_s'] / r['video_frames']:.2f} | {r['peak_rss_mb']:.0f} | "
                          f"{r['date']} {r['commit']} |")
         lines.append("")
-    sizes = {r["artifact"]: r["bytes"] for r in rows if "artifact" in r}
-    first = next(r for r in rows if "artifact" in r)
-    lines += [f"Checkpoint sizes (commit {first['commit']}, {first['date']}):", "",
-              "| artifact | bytes | / FP32 .pth |", "| --- | ---: | ---: |"]
-    for name, b in sizes.items():
-        lines.append(f"| {name} | {b:,} | {b / sizes['fp32-pth']:.3f} |")
+    sizes = {r["artifact"]: r for r in rows if "artifact" in r}
+    lines += ["Checkpoint sizes:", "", "| artifact | bytes | / FP32 .pth | measured |", "| --- | ---: | ---: | --- |"]
+    for name, r in sizes.items():
+        lines.append(f"| {name} | {r['bytes']:,} | {r['bytes'] / sizes['fp32-pth']['bytes']:.3f} | "
+                     f"{r['date']} {r['commit']} |")
     return "\n".join(lines)
 
 

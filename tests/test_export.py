@@ -21,7 +21,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from vsrq import checkpoint  # noqa: E402
-from vsrq.runtime.onnx_export import IR_VERSION, calibrate_outputs, export_basicvsr  # noqa: E402
+from vsrq.runtime.onnx_export import IR_VERSION, calibrate_outputs, export_basicvsr, tail_stripes  # noqa: E402
 from vsrq.runtime.ort import OrtBasicVSR  # noqa: E402
 
 QUIET = dict(log=lambda s: None, show_progress=False)
@@ -132,13 +132,49 @@ def test_qdq_structure(w8a8, tmp_path: Path):
                 q = consumers[node.output[0]]
                 dq = consumers[q.output[0]]
                 assert consumers[dq.output[0]].op_type == "Slice"
-        for node in model.graph.node:  # each pixel shuffle moves uint8 codes: Q/DQ on both sides, same scale
-            if node.op_type == "DepthToSpace":
-                before = producers[node.input[0]]
-                after = next(n for n in model.graph.node if node.output[0] in n.input)
-                assert before.op_type == "DequantizeLinear" and after.op_type == "QuantizeLinear"
-                assert before.input[1:] == after.input[1:]
+        # each pixel shuffle after an integer conv is channels-last Transpose/Reshape ops between Q/DQ of that
+        # conv's output scale, so it moves uint8 codes; no DepthToSpace is left
+        assert not any(node.op_type == "DepthToSpace" for node in model.graph.node)
+        users = {i: n for n in model.graph.node for i in n.input}
+        shuffles = [n for n in model.graph.node if n.op_type == "Transpose" and n.name.endswith(".nhwc2")]
+        assert len(shuffles) == (2 * tail_stripes((64, 64)) if f == files[0] else 0)
+        for node in shuffles:
+            before, after = node, node
+            for _ in range(2):
+                before, after = producers[before.input[0]], users[after.output[0]]
+            assert [before.op_type, after.op_type] == ["Transpose", "Transpose"]
+            before, after = producers[before.input[0]], users[after.output[0]]
+            assert before.op_type == "DequantizeLinear" and after.op_type == "QuantizeLinear"
+            assert before.input[1:] == after.input[1:]
     assert seen == quantized
+
+
+@pytest.mark.parametrize("blocks", [2, 4])
+def test_channels_last_shuffle_is_pixel_shuffle(blocks: int):
+    """The exported shuffle of DCR-ordered channels equals PyTorch's pixel shuffle of the conv's own order."""
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vsrq.runtime.onnx_export import _channels_last_shuffle, _dcr_order
+
+    x = torch.randn(1, 3 * blocks**2, 5, 7)
+    consts: dict[str, np.ndarray] = {}
+
+    def const(name: str, value: np.ndarray) -> str:
+        consts[name] = value
+        return name
+
+    node = helper.make_node("DepthToSpace", ["x"], ["y"], name="shuffle", blocksize=blocks, mode="CRD")
+    chain = _channels_last_shuffle(node, list(x.shape), const)
+    graph = helper.make_graph(chain, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                              [helper.make_tensor_value_info(chain[-1].output[0], TensorProto.FLOAT, None)],
+                              [numpy_helper.from_array(v, k) for k, v in consts.items()])
+    graph_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    graph_model.ir_version = IR_VERSION
+    session = ort.InferenceSession(graph_model.SerializeToString(), providers=["CPUExecutionProvider"])
+    dcr = x[:, torch.from_numpy(_dcr_order(x.shape[1], blocks))]
+    out = session.run(None, {"x": dcr.numpy()})[0]
+    assert np.array_equal(out, F.pixel_shuffle(x, blocks).numpy())
 
 
 @pytest.mark.parametrize("bidirectional", [True, False])

@@ -52,12 +52,12 @@ one per frame in the simulation, and a stripe would find its own.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import io
 import json
 import math
 import warnings
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
@@ -128,7 +128,7 @@ def tail_stripes(lr_size: tuple[int, int]) -> int:
     return max(1, min(h // (4 * UPSAMPLE_HALO), math.ceil(h * w / STRIPE_LR_PIXELS)))
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class LayerQuant:
     """What the graph needs of one quantized conv."""
 
@@ -433,19 +433,32 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
 
     copies: dict[str, int] = {}  # a layer traced more than once (the HR tail's stripes): tensor names get #k
     shuffles: dict[str, tuple[str, str]] = {}  # DepthToSpace node -> its input's output scale, zero-point
+    shapes = _static_shapes(graph_model)
     for node in list(g.node):
         layer = conv_layer.get(node.name)
         if layer is None:
-            new_nodes.append(node)
-            if node.name in shuffles:
-                s, z = shuffles[node.name]
-                shuffled, node.output[0] = node.output[0], f"{node.name}.float"
-                new_nodes.append(helper.make_node("QuantizeLinear", [node.output[0], s, z], [f"{node.name}.q"]))
-                new_nodes.append(helper.make_node("DequantizeLinear", [f"{node.name}.q", s, z], [shuffled]))
+            if node.name not in shuffles:
+                new_nodes.append(node)
+                continue
+            s, z = shuffles[node.name]
+            chain = _channels_last_shuffle(node, shapes[node.input[0]], const)
+            chain[-1].output[0] = f"{node.name}.float"
+            new_nodes.extend(chain)
+            new_nodes.append(helper.make_node("QuantizeLinear", [f"{node.name}.float", s, z], [f"{node.name}.q"]))
+            new_nodes.append(helper.make_node("DequantizeLinear", [f"{node.name}.q", s, z], [node.output[0]]))
             continue
         k = copies[layer] = copies.get(layer, -1) + 1
         tag = layer if k == 0 else f"{layer}#{k}"
         lq = quant[layer]
+        users = consumers.get(node.output[0], [])
+        blocks = _shuffle_blocks(users) if len(lq.weight_scale) >= MIN_QCONV_CHANNELS else 0  # 0: not padded
+        if blocks:  # output channels in DCR order: the shuffle then moves whole pixels
+            order = _dcr_order(len(lq.weight_scale), blocks)
+            lq = dataclasses.replace(lq, weight_codes=lq.weight_codes[order], weight_scale=lq.weight_scale[order])
+            if len(node.input) > 2:
+                if f"{layer}.bias_dcr" not in extra_inits:
+                    const(f"{layer}.bias_dcr", numpy_helper.to_array(inits.pop(node.input[2]))[order])
+                node.input[2] = f"{layer}.bias_dcr"
         codes, w_scale, pad = _pad_output_channels(lq)
         w_s = const(f"{layer}.weight_scale", w_scale)
         if weight_storage(codes, weights) == "int8":
@@ -460,7 +473,6 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
                 bias = numpy_helper.to_array(inits.pop(node.input[2]))
                 const(f"{layer}.bias_padded", np.concatenate([bias, np.zeros(pad, bias.dtype)]))
             node.input[2] = f"{layer}.bias_padded"
-        users = consumers.get(node.output[0], [])
         relu_to_qconv = (not pad and not lq.dynamic and len(users) == 1 and users[0].op_type == "Relu"
                          and all(conv_layer.get(c.name) and not quant[conv_layer[c.name]].dynamic
                                  for c in consumers.get(users[0].output[0], [])))
@@ -489,13 +501,66 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
                 "Slice", [dq_out, const(f"{layer}.keep.starts", np.array([0])),
                           const(f"{layer}.keep.ends", np.array([keep])), const(f"{layer}.keep.axes", np.array([1]))],
                 [out], name=f"{tag}/DropPadding"))
-        else:  # a pixel shuffle is a permutation: requantized alike, it moves the uint8 codes, not floats
-            shuffles.update({user.name: (s, z) for user in users if user.op_type == "DepthToSpace"})
+        elif blocks:  # a permutation: requantized alike, it moves the uint8 codes, not floats
+            shuffles.update({user.name: (s, z) for user in users})
     del g.node[:]
     g.node.extend(new_nodes)
     del g.initializer[:]
     g.initializer.extend(list(inits.values()) + list(extra_inits.values()))
     return graph_model, set(conv_layer.values())
+
+
+def _static_shapes(graph_model) -> dict[str, list[int]]:  # type: ignore[no-untyped-def]
+    """Every tensor's static shape, by onnx's shape inference (the graphs are traced at one input size)."""
+    from onnx import shape_inference
+
+    inferred = shape_inference.infer_shapes(graph_model).graph
+    return {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in (*inferred.value_info, *inferred.input, *inferred.output)}
+
+
+def _shuffle_blocks(users: list) -> int:  # type: ignore[type-arg]
+    """The block size where a conv's output feeds only pixel shuffles (DepthToSpace, CRD) of one size, else 0."""
+    from onnx import helper
+
+    sizes = {helper.get_attribute_value(a) for u in users for a in u.attribute if a.name == "blocksize"}
+    modes = {helper.get_attribute_value(a) for u in users for a in u.attribute if a.name == "mode"}
+    if not users or any(u.op_type != "DepthToSpace" for u in users) or len(sizes) != 1 or modes != {b"CRD"}:
+        return 0
+    return int(sizes.pop())
+
+
+def _dcr_order(channels: int, blocks: int) -> np.ndarray:
+    """The output-channel order of a conv before a pixel shuffle that turns PyTorch's CRD layout (channel
+    ``c*b*b + k`` goes to block position ``k``) into DCR's (``k*C + c``): entry n is the old index of channel n."""
+    return np.arange(channels).reshape(channels // blocks**2, blocks**2).T.reshape(-1)
+
+
+def _channels_last_shuffle(node, shape: list[int], const: Callable[[str, np.ndarray], str]) -> list:  # type: ignore[type-arg]
+    """A pixel shuffle of DCR-ordered channels as Transpose/Reshape ops in channels-last order.
+
+    onnxruntime runs integer convs channels-last: its DepthToSpace is channels-first and single-threaded, so
+    each shuffle cost two layout transposes and a per-element copy (12% of a W8A8 forward step at 2 threads).
+    Written channels-last, onnxruntime cancels the layout transposes against its own, and with DCR's channel
+    order the one transpose left copies whole pixels (C contiguous codes): a block of 64->256 conv, shuffle,
+    LeakyReLU and 64->64 conv ran 30% faster (12.9 -> 9.1 ms)."""
+    from onnx import helper
+
+    n, channels, h, w = shape
+    b = next(int(helper.get_attribute_value(a)) for a in node.attribute if a.name == "blocksize")
+    c = channels // b**2
+    steps = [("Transpose", [0, 2, 3, 1]), ("Reshape", [n, h, w, b, b, c]), ("Transpose", [0, 1, 3, 2, 4, 5]),
+             ("Reshape", [n, h * b, w * b, c]), ("Transpose", [0, 3, 1, 2])]
+    nodes, x = [], node.input[0]
+    for k, (op, arg) in enumerate(steps):
+        out = f"{node.name}.nhwc{k}"
+        if op == "Reshape":
+            shape_name = const(f"{node.name}.shape{k}", np.array(arg, dtype=np.int64))
+            nodes.append(helper.make_node(op, [x, shape_name], [out], name=out))
+        else:
+            nodes.append(helper.make_node(op, [x], [out], name=out, perm=arg))
+        x = out
+    return nodes
 
 
 def graph_name(path: Path, role: str, offset: int = 0) -> Path:
