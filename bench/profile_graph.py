@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS  # noqa: E402
-from deploy import BACKENDS, SIZES, artifacts, graphs_for  # noqa: E402
+from deploy import BACKENDS, SIZES, artifacts, graphs_for, needed  # noqa: E402
 
 NAME = "profile_graph"
 
@@ -58,7 +58,7 @@ def main() -> int:
     from harness import git_commit
     from vsrq.benchmark import today
 
-    graph = args.graph or graphs_for(args.backend, SIZES["180x320"], artifacts())
+    graph = args.graph or graphs_for(args.backend, SIZES["180x320"], artifacts(needed([args.backend])))
     by_op, by_node = profile(graph)
     total = sum(by_op.values())
     row = {"backend": args.backend, "graph": str(graph.relative_to(RESULTS.parents[1])) if graph.is_absolute() else str(graph), "lr_size": "180x320", "threads": 1,

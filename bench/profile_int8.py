@@ -22,7 +22,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS  # noqa: E402
-from deploy import BACKENDS, artifacts, frames_for, identity  # noqa: E402
+from deploy import BACKENDS, artifacts, frames_for, identity, needed  # noqa: E402
 
 NAME = "profile_int8"
 
@@ -75,7 +75,7 @@ def main() -> int:
     parser.add_argument("--backends", nargs="+", default=["torch-fp32", "pt-int8-w8a8"],
                         choices=[b for b in BACKENDS if b.startswith(("torch-fp32", "pt-int8"))])
     args = parser.parse_args()
-    art = artifacts()
+    art = artifacts(needed(args.backends))
     rows = []
     for backend in args.backends:
         rows.append({**profile(backend, art), "commit": git_commit(), "date": today()})
