@@ -133,7 +133,7 @@ def test_qdq_structure(w8a8, tmp_path: Path):
                 dq = consumers[q.output[0]]
                 assert consumers[dq.output[0]].op_type == "Slice"
         # each pixel shuffle after an integer conv is channels-last Transpose/Reshape ops between Q/DQ of that
-        # conv's output scale, so it moves uint8 codes; no DepthToSpace is left
+        # conv's output scale (a row Slice between in stripes), so it moves uint8 codes; no DepthToSpace is left
         assert not any(node.op_type == "DepthToSpace" for node in model.graph.node)
         users = {i: n for n in model.graph.node for i in n.input}
         shuffles = [n for n in model.graph.node if n.op_type == "Transpose" and n.name.endswith(".nhwc2")]
@@ -144,6 +144,8 @@ def test_qdq_structure(w8a8, tmp_path: Path):
                 before, after = producers[before.input[0]], users[after.output[0]]
             assert [before.op_type, after.op_type] == ["Transpose", "Transpose"]
             before, after = producers[before.input[0]], users[after.output[0]]
+            if before.op_type == "Slice":  # a stripe of the tail: upconv's rows cut before the shuffle
+                before = producers[before.input[0]]
             assert before.op_type == "DequantizeLinear" and after.op_type == "QuantizeLinear"
             assert before.input[1:] == after.input[1:]
     assert seen == quantized
@@ -465,8 +467,12 @@ def test_an_integer_graph_with_a_striped_tail_gives_the_same_bytes(w8a8, tmp_pat
     monkeypatch.setattr(onnx_export, "STRIPE_LR_PIXELS", 64 * 64 // 3 + 1)
     assert onnx_export.tail_stripes((64, 64)) == 3
     export_basicvsr(qm, tmp_path / "striped.onnx", (64, 64), ranges)
-    convs = [n for n in onnx.load(str(tmp_path / "striped.onnx")).graph.node if n.op_type == "Conv"]
+    nodes = onnx.load(str(tmp_path / "striped.onnx")).graph.node
+    convs = [n for n in nodes if n.op_type == "Conv"]
     assert sum(n.input[1].startswith("conv_hr") for n in convs) == 3  # the tail's convs, once per stripe
+    # each stripe's upconvs are cut to the rows the next stage reads, then shuffled channels-last
+    assert not any(n.op_type == "DepthToSpace" for n in nodes)
+    assert sum(n.op_type == "Transpose" and n.name.endswith(".nhwc2") for n in nodes) == 6
     x = _clip()
     whole = OrtBasicVSR(tmp_path / "whole.onnx", threads=1)(x, range(4))
     striped = OrtBasicVSR(tmp_path / "striped.onnx", threads=1)(x, range(4))

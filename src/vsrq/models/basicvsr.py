@@ -156,13 +156,25 @@ class BasicVSR(nn.Module):
         fused = self.lrelu(self.fusion(torch.cat((backward_feat, feat), dim=1))) if backward_feat is not None else feat
         h = int(fused.shape[-2])  # a constant in a traced graph, which is exported for one size
         bounds = [round(i * h / stripes) for i in range(stripes + 1)] if 1 < stripes <= h else [0, h]
-        parts = []
-        for a, b in zip(bounds, bounds[1:]):
-            lo, hi = max(a - UPSAMPLE_HALO, 0), min(b + UPSAMPLE_HALO, h)
-            out = self.upsample(fused[..., lo:hi, :])
-            parts.append(out if (lo, hi) == (0, h) else out[..., SCALE * (a - lo) : SCALE * (b - lo), :])
+        parts = [self.upsample(fused) if (a, b) == (0, h) else self.upsample_rows(fused, a, b)
+                 for a, b in zip(bounds, bounds[1:])]
         out = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-2)
         return out + F.interpolate(x_i, scale_factor=SCALE, mode="bilinear", align_corners=False)
+
+    def upsample_rows(self, fused: torch.Tensor, a: int, b: int) -> torch.Tensor:
+        """HR rows [4a, 4b) of the tail from the fused LR features, each conv run only on the rows the next stage
+        reads: upconv1 on ``UPSAMPLE_HALO`` LR rows of context either side, then each upconv's output cut to one
+        row of context at its own resolution before its pixel shuffle (a 3x3 conv reaches one row), so a stripe
+        recomputes 2 rows either side at each resolution rather than 2 LR rows' worth (8 HR rows) at 4x."""
+        h = int(fused.shape[-2])
+        lo = max(a - UPSAMPLE_HALO, 0)
+        out = fused[..., lo : min(b + UPSAMPLE_HALO, h), :]
+        for conv, scale in ((self.upconv1, 1), (self.upconv2, 2)):  # scale: the conv's rows per LR row
+            out = conv(out)
+            keep = max(scale * a - 1, 0)
+            out = self.lrelu(self.pixel_shuffle(out[..., keep - lo : min(scale * b + 1, scale * h) - lo, :]))
+            lo = 2 * keep
+        return self.conv_last(self.lrelu(self.conv_hr(out)))[..., SCALE * a - lo : SCALE * b - lo, :]
 
     def upsample(self, fused: torch.Tensor) -> torch.Tensor:
         """The HR tail: x4 by two pixel shuffles, then two HR convs (the residual over the bilinear base)."""

@@ -434,6 +434,9 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
     copies: dict[str, int] = {}  # a layer traced more than once (the HR tail's stripes): tensor names get #k
     shuffles: dict[str, tuple[str, str]] = {}  # DepthToSpace node -> its input's output scale, zero-point
     shapes = _static_shapes(graph_model)
+    values = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    values.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node
+                   if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
     for node in list(g.node):
         layer = conv_layer.get(node.name)
         if layer is None:
@@ -451,8 +454,9 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
         tag = layer if k == 0 else f"{layer}#{k}"
         lq = quant[layer]
         users = consumers.get(node.output[0], [])
-        blocks = _shuffle_blocks(users) if len(lq.weight_scale) >= MIN_QCONV_CHANNELS else 0  # 0: not padded
-        if blocks:  # output channels in DCR order: the shuffle then moves whole pixels
+        shuffles_after = _shuffles_after(users, consumers, values) if len(lq.weight_scale) >= MIN_QCONV_CHANNELS else []
+        if shuffles_after:  # output channels in DCR order: the shuffle then moves whole pixels
+            blocks = next(helper.get_attribute_value(a) for a in shuffles_after[0].attribute if a.name == "blocksize")
             order = _dcr_order(len(lq.weight_scale), blocks)
             lq = dataclasses.replace(lq, weight_codes=lq.weight_codes[order], weight_scale=lq.weight_scale[order])
             if len(node.input) > 2:
@@ -501,8 +505,8 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
                 "Slice", [dq_out, const(f"{layer}.keep.starts", np.array([0])),
                           const(f"{layer}.keep.ends", np.array([keep])), const(f"{layer}.keep.axes", np.array([1]))],
                 [out], name=f"{tag}/DropPadding"))
-        elif blocks:  # a permutation: requantized alike, it moves the uint8 codes, not floats
-            shuffles.update({user.name: (s, z) for user in users})
+        elif shuffles_after:  # a permutation: requantized alike, it moves the uint8 codes, not floats
+            shuffles.update({shuffle.name: (s, z) for shuffle in shuffles_after})
     del g.node[:]
     g.node.extend(new_nodes)
     del g.initializer[:]
@@ -519,15 +523,26 @@ def _static_shapes(graph_model) -> dict[str, list[int]]:  # type: ignore[no-unty
             for v in (*inferred.value_info, *inferred.input, *inferred.output)}
 
 
-def _shuffle_blocks(users: list) -> int:  # type: ignore[type-arg]
-    """The block size where a conv's output feeds only pixel shuffles (DepthToSpace, CRD) of one size, else 0."""
+def _shuffles_after(users: list, consumers: dict[str, list], values: dict[str, np.ndarray]) -> list:  # type: ignore[type-arg]
+    """The pixel shuffles (DepthToSpace, CRD, one block size) that a conv's output feeds and nothing else, each
+    directly or through one Slice of rows (the striped HR tail's); empty if anything else reads the output."""
     from onnx import helper
 
-    sizes = {helper.get_attribute_value(a) for u in users for a in u.attribute if a.name == "blocksize"}
-    modes = {helper.get_attribute_value(a) for u in users for a in u.attribute if a.name == "mode"}
-    if not users or any(u.op_type != "DepthToSpace" for u in users) or len(sizes) != 1 or modes != {b"CRD"}:
-        return 0
-    return int(sizes.pop())
+    shuffles = []
+    for user in users:
+        if user.op_type == "Slice":
+            axes = values.get(user.input[3]) if len(user.input) > 3 else None
+            steps = values.get(user.input[4]) if len(user.input) > 4 else np.ones(1)
+            after = consumers.get(user.output[0], [])
+            if axes is None or steps is None or set(axes.tolist()) - {2, -2} or np.any(steps != 1) or len(after) != 1:
+                return []
+            user = after[0]
+        shuffles.append(user)
+    sizes = {helper.get_attribute_value(a) for u in shuffles for a in u.attribute if a.name == "blocksize"}
+    modes = {helper.get_attribute_value(a) for u in shuffles for a in u.attribute if a.name == "mode"}
+    if not shuffles or any(u.op_type != "DepthToSpace" for u in shuffles) or len(sizes) != 1 or modes != {b"CRD"}:
+        return []
+    return shuffles
 
 
 def _dcr_order(channels: int, blocks: int) -> np.ndarray:
