@@ -25,11 +25,13 @@ next quantized conv, that conv's input quantizer serves (bit-exact with the simu
 measured by vsrq on the calibration clips of the checkpoint's manifest. These output roundings and
 int32 accumulation are the only differences from the PyTorch simulation.
 
-Two rewrites cut the HR tail's time by half (measured, bench/deploy.py): a pixel shuffle after a
-quantized conv is requantized with that conv's output scale, so onnxruntime moves uint8 codes
-instead of floats and fuses the LeakyReLU after it into ``QLinearLeakyRelu`` (a permutation commutes
-with quantization, so only LeakyReLU's table rounding can differ); and a quantized conv with fewer
-than 16 output channels (``conv_last``) runs padded with zero channels, sliced off afterwards.
+Rewrites for the HR tail's speed (measured, bench/deploy.py): a pixel shuffle after a quantized conv is
+requantized with that conv's output scale, so onnxruntime moves uint8 codes instead of floats and fuses
+the LeakyReLU after it into ``QLinearLeakyRelu`` (a permutation commutes with quantization, so only
+LeakyReLU's table rounding can differ), and it is written channels-last on DCR-ordered channels
+(:func:`_channels_last_shuffle`) rather than as onnxruntime's single-threaded, channels-first
+DepthToSpace; a quantized conv with fewer than 16 output channels (``conv_last``) runs padded with
+zero channels, sliced off afterwards.
 
 Bit-widths below 8 keep their grids exactly. Weight codes of b bits are exact in int8. A b-bit
 activation runs on uint8 with its own scale and zero point, and a ``Clip`` on the uint8 codes
