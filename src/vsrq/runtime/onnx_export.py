@@ -557,10 +557,9 @@ def _channels_last_shuffle(node, shape: list[int], const: Callable[[str, np.ndar
     """A pixel shuffle of DCR-ordered channels as Transpose/Reshape ops in channels-last order.
 
     onnxruntime runs integer convs channels-last: its DepthToSpace is channels-first and single-threaded, so
-    each shuffle cost two layout transposes and a per-element copy (12% of a W8A8 forward step at 2 threads).
-    Written channels-last, onnxruntime cancels the layout transposes against its own, and with DCR's channel
-    order the one transpose left copies whole pixels (C contiguous codes): a block of 64->256 conv, shuffle,
-    LeakyReLU and 64->64 conv ran 30% faster (12.9 -> 9.1 ms)."""
+    each shuffle cost two layout transposes and a per-element copy. Written channels-last, onnxruntime cancels
+    the layout transposes against its own, and with DCR's channel order the one transpose left copies whole
+    pixels (C contiguous codes); bench/deploy.py measures the effect (docs/findings.md)."""
     from onnx import helper
 
     n, channels, h, w = shape
