@@ -9,8 +9,7 @@ an int4 conv), ort-qbasicvsr-w4a4 (QBasicVSR W4A4 FQ, vsrq's defaults: per-layer
 activation bits on int8 kernels, the checkpoint qbasicvsr_vid4.py scores) and its fake-quant simulation
 timed too (sim-qbasicvsr-w4a4), ort-qbasicvsr-w6a6 (the same at W6A6), ort-tarq-w4a4 (TARQ's deployable
 W4A4 at FAB 4.0, reconstruct_vid4.py's checkpoint: split concatenations as two integer convs), ort-quantvsr-w4a4 (QuantVSR's layer W4A4 FQ: rotation and rank-32 SVD branch as
-float ops, dynamic activation ranges, low-bit convs as QLinearConv) and its simulation, ort-quantvsr-w4a4-b8 (the same
-checkpoint exported with ``branch="int8"``: the branch's first conv on int8 kernels, its input at 8 bits); pt-int8-* (the same
+float ops, dynamic activation ranges, low-bit convs as QLinearConv) and its simulation; pt-int8-* (the same
 W8A8, W4A8, QBasicVSR W4A4 and TARQ W4A4 checkpoints on `--runtime torch-int8`: oneDNN int8 convs compiled by
 Inductor, start-up with compilation reported apart); torch-fp32-cl (FP32 with channels-last tensors). Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend,
 plus the PyTorch simulation of each quantized checkpoint. Sizes: the FP32 .pth and the .vsrq checkpoints
@@ -57,7 +56,6 @@ BACKENDS = {
     "ort-tarq-w4a4": ("tarq", 4, 4, "tarq-w4"),
     "sim-tarq-w4a4": ("tarq", 4, 4, "tarq-w4"),
     "ort-quantvsr-w4a4": ("quantvsr", 4, 4, "quantvsr-w4"),
-    "ort-quantvsr-w4a4-b8": ("quantvsr", 4, 4, "quantvsr-w4"),
     "sim-quantvsr-w4a4": ("quantvsr", 4, 4, "quantvsr-w4"),
     "ort-fp32-unrolled": ("fp", 32, 32, None),
     "torch-fp32-cl": ("fp", 32, 32, None),
@@ -72,7 +70,7 @@ BACKENDS = {
 }
 TIMED = ("torch-fp32", "torch-bf16", "torch-fp32-cl", "ort-fp32", "ort-w8a8", "ort-w8a8-flow8", "ort-w4a8",
          "ort-qbasicvsr-w4a4", "sim-qbasicvsr-w4a4", "ort-qbasicvsr-w6a6", "ort-tarq-w4a4", "ort-quantvsr-w4a4",
-         "ort-quantvsr-w4a4-b8", "sim-quantvsr-w4a4", "pt-int8-w8a8", "pt-int8-w4a8", "pt-int8-qbasicvsr-w4a4", "pt-int8-tarq-w4a4")
+         "sim-quantvsr-w4a4", "pt-int8-w8a8", "pt-int8-w4a8", "pt-int8-qbasicvsr-w4a4", "pt-int8-tarq-w4a4")
 SIMULATED = ("sim-w8a8", "sim-w8a8-flow8", "sim-w4a8", "sim-qbasicvsr-w4a4", "sim-qbasicvsr-w6a6", "sim-tarq-w4a4",
              "sim-quantvsr-w4a4")
 # QuantVSR's layer at W4A4 FQ with a rank-32 SVD branch (the best recipe's structure: its refinement and clip
@@ -166,7 +164,7 @@ def graphs_for(backend: str, size: tuple[int, int], art: dict[str, Path]) -> Pat
         from vsrq.runtime.onnx_export import export_basicvsr
 
         model, ranges = quantized_with_ranges(art[key])
-        export_basicvsr(model, path, size, ranges, model.manifest, branch="int8" if backend.endswith("-b8") else "float")
+        export_basicvsr(model, path, size, ranges, model.manifest)
     elif not path.exists():
         api.export("basicvsr-vimeo-bi", path, size)
     return path
@@ -479,7 +477,8 @@ def markdown(rows: list[dict]) -> str:
             x_fp = f"{fp / r['ms_per_frame']:.2f}" if fp else "-"
             x_bf = f"{bf / r['ms_per_frame']:.2f}" if bf else "-"
             warm = "-" if r.get("startup_s") is None else f"{r['startup_s']:.0f}"
-            lines.append(f"| {r['backend']} | {r['lr_size']} | {r['ms_per_frame']:.0f} | {x_fp} | {x_bf} | "
+            name = f"{r['backend']} ({r['notes']})" if r.get("notes") else r["backend"]
+            lines.append(f"| {name} | {r['lr_size']} | {r['ms_per_frame']:.0f} | {x_fp} | {x_bf} | "
                          f"{r['peak_rss_mb']:.0f} | {warm} | {p} |")
         lines.append("")
     whole = [r for r in rows if "video_frames" in r]

@@ -573,64 +573,6 @@ def test_dynamic_input_codes_in_the_graph_equal_the_simulations(branched_w4a4, t
     assert np.mean(codes == expected.numpy().astype(np.uint8)) > 0.999  # x/S against x*(1/S): ties may differ
 
 
-def test_int8_branch_quant_is_absmax_per_channel():
-    """Closed form: each row's largest magnitude maps to code 127 and every weight is within half a step."""
-    from vsrq.runtime.onnx_export import int8_branch_quant
-
-    rng = np.random.default_rng(0)
-    down = rng.standard_normal((6, 4, 3, 3)).astype(np.float32) * np.arange(1, 7).reshape(-1, 1, 1, 1)
-    down[5] = 0.0  # a zero row keeps a finite scale
-    lq = int8_branch_quant(down)
-    assert lq.dynamic and lq.input_bits == 8 and lq.clip_ratio == 1.0
-    assert np.array_equal(np.abs(lq.weight_codes[:5]).reshape(5, -1).max(axis=1), np.full(5, 127))
-    assert not lq.weight_codes[5].any() and np.isfinite(lq.weight_scale).all()
-    err = np.abs(lq.weight_codes * lq.weight_scale.reshape(-1, 1, 1, 1) - down)
-    assert (err <= lq.weight_scale.reshape(-1, 1, 1, 1) / 2 + 1e-7).all()
-
-
-def test_an_int8_branch_reads_the_rotated_input_and_runs_on_integer_kernels(branched_w4a4, tmp_path: Path):
-    """``branch="int8"``: the branch's first conv, moved onto the rotated input (D x = (D Q^T)(Q x)), is the same
-    float function; in the graph it becomes a QLinearConv on 8-bit codes, its second conv stays float, and the
-    output stays near the simulation's (the branch's inputs, weights and outputs now rounded to 8 bits)."""
-    from vsrq.runtime.onnx_export import BranchedConv
-
-    qm, calib = branched_w4a4
-    torch.manual_seed(5)
-    for name, layer in qm.layers().items():
-        if not layer.rank:
-            continue
-        w = layer.quantized_weight().detach()
-        x = torch.randn(1, layer.in_channels, 9, 11)
-        moved = BranchedConv(layer, w, None, "int8")
-        assert moved.branch_rotated == (layer.rotation is not None), name
-        with torch.no_grad():
-            assert torch.allclose(BranchedConv(layer, w, None)(x), moved(x), atol=1e-4), name
-    files = export_basicvsr(qm, tmp_path / "q.onnx", (64, 64), calibrate_outputs(qm, calib.clips), qm.manifest,
-                            branch="int8")
-    x = _clip()
-    with torch.no_grad():
-        sim = tensor_to_uint8(qm(x)[0])
-    out = tensor_to_uint8(OrtBasicVSR(files[0], threads=1)(x, range(4))[0])
-    assert min(psnr(a, b) for a, b in zip(out, sim)) > 40
-    branches = 0
-    for f in files:
-        graph = onnx.load(str(f)).graph
-        assert any(p.key == "vsrq_branch" and p.value == "int8" for p in onnx.load(str(f)).metadata_props)
-        float_weights = {n.input[1] for n in graph.node if n.op_type == "Conv"}
-        qconvs = {n.name.split("/")[0] for n in graph.node if n.op_type == "QLinearConv"}
-        inits = {i.name for i in graph.initializer}
-        for name, layer in qm.layers().items():
-            if not layer.rank or f"{name}.weight_q" not in inits:
-                continue
-            branches += 1
-            assert f"base.{name}.lowrank_down" not in float_weights and f"{name}.lowrank_down" in qconvs, name
-            assert f"base.{name}.lowrank_up" in float_weights, name
-    assert bool(branches) == (qm.manifest["method"] in ("quantvsr", "svdquant"))
-    with pytest.raises(VsrqError, match="branch must be one of float, int8"):
-        export_basicvsr(qm, tmp_path / "b.onnx", (64, 64), calibrate_outputs(qm, calib.clips), branch="bf16")
-    assert not (tmp_path / "b.onnx").exists()
-
-
 def test_info_says_whether_a_checkpoint_is_deployable(branched_w4a4, w8a8, tmp_path: Path, capsys):
     """Deployable: every conv but SpyNet integer with static ranges, nothing float beside it. A QuantVSR-layer
     checkpoint exports to integer graphs but is not deployable in that sense; a PQ checkpoint keeps convs

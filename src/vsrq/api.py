@@ -165,14 +165,11 @@ def export_ranges(model: nn.Module, calib: CalibrationSet | None = None) -> dict
 
 
 def export(model: nn.Module | str | Path, path: str | Path, lr_size: tuple[int, int] = (180, 320),
-           calib: CalibrationSet | None = None, weights: str = "auto", branch: str = "float") -> list[Path]:
+           calib: CalibrationSet | None = None, weights: str = "auto") -> list[Path]:
     """Write ONNX step graphs (8-bit QDQ for a quantized model) for LR frames of ``lr_size`` (h, w);
-    ``weights``: the weight storage (``auto`` fits this CPU, see :func:`~vsrq.runtime.onnx_export.weight_storage`);
-    ``branch``: a low-rank branch (QuantVSR, SVDQuant) as float convs, as simulated, or ``int8`` (faster, its
-    first conv on 8-bit codes; see :func:`~vsrq.runtime.onnx_export.insert_qdq`)."""
+    ``weights``: the weight storage (``auto`` fits this CPU, see :func:`~vsrq.runtime.onnx_export.weight_storage`)."""
     net = load(model) if isinstance(model, (str, Path)) else model
-    return export_graphs(net, path, lr_size, export_ranges(net, calib), getattr(net, "manifest", None), weights,
-                         branch=branch)
+    return export_graphs(net, path, lr_size, export_ranges(net, calib), getattr(net, "manifest", None), weights)
 
 
 def evaluate(pred: str | Path, gt: str | Path | None = None, y: bool = False, crop: int = 0,

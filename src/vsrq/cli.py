@@ -188,7 +188,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     out = Path(args.output)
     if out.exists() and not args.overwrite:
         raise VsrqError(f"{out} exists; pass --overwrite to replace it")
-    files = api.export(args.model, out, _parse_size(args.size), calib, args.weights, args.branch)
+    files = api.export(args.model, out, _parse_size(args.size), calib, args.weights)
     for f in files:
         print(f"wrote {f} ({f.stat().st_size / 1e6:.2f} MB)")
     return 0
@@ -480,9 +480,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", choices=("auto", "int8", "uint8"), default="auto",
                    help="8-bit weight storage: auto fits this CPU (int8 where exact, uint8 for 8-bit codes on CPUs "
                         "without VNNI, whose int8 kernels saturate); int8 for a VNNI machine")
-    p.add_argument("--branch", choices=("float", "int8"), default="float",
-                   help="a low-rank branch (QuantVSR, SVDQuant): float convs as simulated (default), or its first "
-                        "conv on int8 kernels with 8-bit inputs (faster; docs/results.md measures the quality)")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=_cmd_export)
 

@@ -251,20 +251,15 @@ class QuantLayer(nn.Module):
 
     def lowrank_branch(self, x: torch.Tensor) -> torch.Tensor:
         """X L1 L2 in full precision: L2 with the layer's geometry, then L1 as a 1x1 map."""
-        return self.lowrank_parts(x)[1]
-
-    def lowrank_parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The branch's rank-r intermediate (after L2) and its output."""
         r = self.rank
         if self.kind == "linear":
-            mid = F.linear(x, self.lowrank_down)
-            return mid, F.linear(mid, self.lowrank_up)
+            return F.linear(F.linear(x, self.lowrank_down), self.lowrank_up)
         kernel = self._weight_shape()[2:]
         down = self.lowrank_down.reshape(r, self.in_channels, *kernel)
         up = self.lowrank_up.reshape(self.out_channels, r, *([1] * len(kernel)))
-        conv = F.conv2d if self.kind == "conv2d" else F.conv3d
-        mid = conv(x, down, None, **self.geometry)
-        return mid, conv(mid, up)
+        if self.kind == "conv2d":
+            return F.conv2d(F.conv2d(x, down, None, **self.geometry), up)
+        return F.conv3d(F.conv3d(x, down, None, **self.geometry), up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.unsmooth(x)

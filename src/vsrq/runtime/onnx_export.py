@@ -44,11 +44,7 @@ QuantVSR's layer (and QuaRot's, SVDQuant's) keeps its float parts as float ops a
 (:class:`BranchedConv`): SmoothQuant's scales divide the input (one elementwise op: folding them into the
 previous layer would be exact only where no nonlinearity sits between), the randomized Hadamard rotation is a
 1x1 conv whose matrix the export builds from the checkpoint's sign vector, and the low-rank branch is two float
-convs on the unrotated input, added after the integer conv; LBA is already folded into the bias. Exported with
-``branch="int8"``, the branch's first conv (the rank-r one, with the layer's kernel: nearly all the branch's work) reads
-the rotated input through weights multiplied by the rotation's transpose and runs as a ``QLinearConv``: per-channel
-int8 weights, its input at 8 bits on the same run-time range, its output on a calibrated range; a departure from the
-simulation that bench/deploy.py measures (ort-quantvsr-w4a4-b8). Activations
+convs on the unrotated input, added after the integer conv; LBA is already folded into the bias. Activations
 with dynamic per-tensor ranges get their range in the graph (:func:`dynamic_qconv`: ReduceMin/ReduceMax, the
 clip ratio, the simulation's scale and zero-point formula) and an explicit ``QLinearConv``, since onnxruntime
 fuses QDQ into integer kernels only with constant scales. Such a graph runs its HR tail unstriped: a range is
@@ -208,54 +204,38 @@ def integer_layers(model: nn.Module, offset: int = 0) -> dict[str, LayerQuant]:
                 if layer.input_quantizer is not None}  # weight-only layers run as float convs
 
 
-BRANCH_TYPES = ("float", "int8")
-
-
 class BranchedConv(nn.Module):
     """A QuantVSR / QuaRot / SVDQuant layer as the float ops its graph starts from: the input divided by the
     smoothing scales, the Hadamard rotation as a 1x1 conv (its matrix built here from the checkpoint's signs),
     the low-bit conv on the dequantized weight (``weight``, which :func:`insert_qdq` makes integer) and the
-    low-rank branch as two float convs, added.
+    low-rank branch on the unrotated input as two float convs, added."""
 
-    The branch reads the unrotated input; with ``branch="int8"`` it reads the rotated one instead, its first
-    conv multiplied by the rotation's transpose (the same function, the rotation being orthogonal), so that
-    its 8-bit input shares the main conv's run-time range."""
-
-    def __init__(self, layer: QuantLayer, weight: torch.Tensor, bias: torch.Tensor | None, branch: str = "float") -> None:
+    def __init__(self, layer: QuantLayer, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
         super().__init__()
         self.geometry = dict(layer.geometry)
         self.weight = nn.Parameter(weight)
         self.bias = None if bias is None else nn.Parameter(bias)
         self.smooth = None if layer.smooth is None else nn.Parameter(layer.smooth.detach().clone().view(1, -1, 1, 1))
-        rotation = None if layer.rotation is None else layer.rotation.matrix()
-        self.rotation = None if rotation is None else nn.Parameter(rotation.reshape(*rotation.shape, 1, 1))
+        self.rotation = None if layer.rotation is None else nn.Parameter(
+            layer.rotation.matrix().reshape(layer.in_channels, layer.in_channels, 1, 1))
         self.lowrank_down = self.lowrank_up = None
-        self.branch_rotated = branch == "int8" and rotation is not None
         if layer.rank:
             kernel = tuple(weight.shape[2:])
-            down = layer.lowrank_down.detach().reshape(layer.rank, layer.in_channels, *kernel).clone()
-            if self.branch_rotated:  # D x = (D Q^T)(Q x) at every kernel tap
-                down = torch.einsum("rikl,ji->rjkl", down.double(), rotation.double()).float()
-            self.lowrank_down = nn.Parameter(down)
+            self.lowrank_down = nn.Parameter(layer.lowrank_down.detach().reshape(layer.rank, layer.in_channels, *kernel).clone())
             self.lowrank_up = nn.Parameter(layer.lowrank_up.detach().reshape(layer.out_channels, layer.rank, 1, 1).clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.smooth is not None:
             x = x / self.smooth
-        rotated = x if self.rotation is None else F.conv2d(x, self.rotation)
-        y = F.conv2d(rotated, self.weight, self.bias, **self.geometry)
+        y = F.conv2d(x if self.rotation is None else F.conv2d(x, self.rotation), self.weight, self.bias, **self.geometry)
         if self.lowrank_down is not None:
-            y = y + F.conv2d(F.conv2d(rotated if self.branch_rotated else x, self.lowrank_down, None, **self.geometry),
-                             self.lowrank_up)
+            y = y + F.conv2d(F.conv2d(x, self.lowrank_down, None, **self.geometry), self.lowrank_up)
         return y
 
 
-def float_copy(model: nn.Module, branch: str = "float") -> nn.Module:
+def float_copy(model: nn.Module) -> nn.Module:
     """The plain network whose quantized convs hold the dequantized (simulated) weights (with their rotation and
-    low-rank branch, if any, and QuantVSR's bias alignment folded in): the graph :func:`insert_qdq` turns integer.
-    ``branch`` as in :class:`BranchedConv`."""
-    if branch not in BRANCH_TYPES:
-        raise VsrqError(f"branch must be one of {', '.join(BRANCH_TYPES)}, got {branch!r}")
+    low-rank branch, if any, and QuantVSR's bias alignment folded in): the graph :func:`insert_qdq` turns integer."""
     base = model.base if isinstance(model, QuantizedModel) else model
     plain = copy.deepcopy(base)
     for name, layer in quant_layers(plain).items():
@@ -265,7 +245,7 @@ def float_copy(model: nn.Module, branch: str = "float") -> nn.Module:
             if layer.bias_align is not None:
                 bias = layer.bias_align.detach().clone() + (0 if bias is None else bias)
         if layer.rank or layer.rotation is not None or layer.smooth is not None:
-            conv: nn.Module = BranchedConv(layer, w, bias, branch)
+            conv: nn.Module = BranchedConv(layer, w, bias)
         else:
             conv = nn.Conv2d(layer.in_channels, layer.out_channels, tuple(w.shape[2:]), **layer.geometry,
                              bias=bias is not None)
@@ -279,23 +259,16 @@ def float_copy(model: nn.Module, branch: str = "float") -> nn.Module:
 
 def calibrate_outputs(model: QuantizedModel, clips: list[torch.Tensor]) -> dict[str, tuple[float, float]]:
     """Min/max of every quantized conv's output on the calibration clips (simulated model): of its low-bit
-    conv alone where a low-rank branch is added after it (the graph's integer conv ends before the add), and
-    of the branch's first conv (``<layer>.lowrank_down``, the output of an int8 branch)."""
+    conv alone where a low-rank branch is added after it (the graph's integer conv ends before the add)."""
     ranges: dict[str, tuple[float, float]] = {}
     hooks = []
-
-    def widen(key: str, t: torch.Tensor) -> None:
-        lo, hi = float(t.min()), float(t.max())
-        old = ranges.get(key, (lo, hi))
-        ranges[key] = (min(old[0], lo), max(old[1], hi))
-
     for name, layer in model.layers().items():
         def hook(m, inputs, out, name=name):
             if m.rank:
-                mid, branch = m.lowrank_parts(m.unsmooth(inputs[0]))
-                widen(f"{name}.lowrank_down", mid)
-                out = out - branch
-            widen(name, out)
+                out = out - m.lowrank_branch(m.unsmooth(inputs[0]))
+            lo, hi = float(out.min()), float(out.max())
+            old = ranges.get(name, (lo, hi))
+            ranges[name] = (min(old[0], lo), max(old[1], hi))
         hooks.append(layer.register_forward_hook(hook))
     try:
         with torch.inference_mode():
@@ -418,20 +391,10 @@ def dynamic_qconv(node, layer: str, tag: str, lq: LayerQuant, weight: tuple[str,
     return nodes
 
 
-def int8_branch_quant(down: np.ndarray) -> LayerQuant:
-    """The integer conv of a low-rank branch's first conv: per-channel symmetric int8 weights (absmax), its input
-    at 8 bits on the input's own run-time range."""
-    absmax = np.abs(down).reshape(len(down), -1).max(axis=1)
-    scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(np.float32)
-    codes = np.clip(np.round(down / scale.reshape(-1, 1, 1, 1)), -127, 127).astype(np.int8)
-    return LayerQuant(codes, scale, None, 0)
-
-
 def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, tuple[float, float]], prefix: str,
-               weights: str = "auto", branch: str = "float"):
+               weights: str = "auto"):
     """Rewrite the float graph: quantized convs get 8-bit weights (:func:`weight_storage`), input QDQ and, where
-    needed, output QDQ; with ``branch="int8"`` a low-rank branch's first conv runs on int8 kernels too
-    (:func:`int8_branch_quant`, its output on the calibrated ``<layer>.lowrank_down`` range)."""
+    needed, output QDQ."""
     from onnx import helper, numpy_helper
 
     g = graph_model.graph
@@ -440,13 +403,10 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
     for node in g.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    conv_layer, branch_layer = {}, {}
+    conv_layer = {}
     for node in g.node:
         if node.op_type == "Conv" and node.input[1].startswith(prefix):
-            name = node.input[1][len(prefix):]
-            if name.endswith(".lowrank_down") and branch == "int8" and name.rsplit(".", 1)[0] in quant:
-                branch_layer[node.name] = name
-            name = name.rsplit(".weight", 1)[0]
+            name = node.input[1][len(prefix):].rsplit(".weight", 1)[0]
             if name in quant:
                 conv_layer[node.name] = name
 
@@ -457,21 +417,6 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
         if name not in extra_inits:
             extra_inits[name] = numpy_helper.from_array(value, name)
         return name
-
-    def weight_consts(layer: str, codes: np.ndarray, scale: np.ndarray) -> tuple[str, str, str]:
-        """Weight codes, scales and zero points as stored (:func:`weight_storage`)."""
-        w_s = const(f"{layer}.weight_scale", scale)
-        if weight_storage(codes, weights) == "int8":
-            return const(f"{layer}.weight_q", codes), w_s, const(f"{layer}.weight_zero_point",
-                                                                 np.zeros(len(scale), dtype=np.int8))
-        return (const(f"{layer}.weight_q", (codes.astype(np.int16) + 128).astype(np.uint8)), w_s,
-                const(f"{layer}.weight_zero_point", np.full(len(scale), 128, dtype=np.uint8)))
-
-    def output_consts(layer: str) -> tuple[str, str]:
-        """The uint8 scale and zero point of a conv's output, from its calibrated range."""
-        scale, zp = _uint8_qparams(*out_ranges[layer])
-        return (const(f"{layer}.output.scale", np.array(scale, dtype=np.float32)),
-                const(f"{layer}.output.zero_point", np.array(zp, dtype=np.uint8)))
 
     def qdq(tensor: str, layer: str, tag: str, lq: LayerQuant) -> str:
         s = const(f"{layer}.input.scale", np.array(lq.input_scale, dtype=np.float32))
@@ -495,17 +440,6 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
     values.update({n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node
                    if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"})
     for node in list(g.node):
-        if node.name in branch_layer:
-            key = branch_layer[node.name]
-            k = copies[key] = copies.get(key, -1) + 1
-            tag = key if k == 0 else f"{key}#{k}"
-            lq = int8_branch_quant(values[node.input[1]])
-            inits.pop(node.input[1], None)
-            s, z = output_consts(key)
-            new_nodes.extend(dynamic_qconv(node, key, tag, lq, weight_consts(key, lq.weight_codes, lq.weight_scale),
-                                           (s, z), const))
-            new_nodes.append(helper.make_node("DequantizeLinear", [f"{tag}.output.q", s, z], [node.output[0]]))
-            continue
         layer = conv_layer.get(node.name)
         if layer is None:
             if node.name not in shuffles:
@@ -532,7 +466,13 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
                     const(f"{layer}.bias_dcr", numpy_helper.to_array(inits.pop(node.input[2]))[order])
                 node.input[2] = f"{layer}.bias_dcr"
         codes, w_scale, pad = _pad_output_channels(lq)
-        w_q, w_s, w_z = weight_consts(layer, codes, w_scale)
+        w_s = const(f"{layer}.weight_scale", w_scale)
+        if weight_storage(codes, weights) == "int8":
+            w_q = const(f"{layer}.weight_q", codes)
+            w_z = const(f"{layer}.weight_zero_point", np.zeros(len(w_scale), dtype=np.int8))
+        else:
+            w_q = const(f"{layer}.weight_q", (codes.astype(np.int16) + 128).astype(np.uint8))
+            w_z = const(f"{layer}.weight_zero_point", np.full(len(w_scale), 128, dtype=np.uint8))
         inits.pop(prefix + layer + ".weight", None)
         if pad and len(node.input) > 2:
             if f"{layer}.bias_padded" not in extra_inits:
@@ -552,7 +492,9 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
             if relu_to_qconv:  # the next conv's input quantizer makes this conv integer
                 continue
             node.output[0] = f"{tag}.out_float"
-        s, z = output_consts(layer)
+        scale, zp = _uint8_qparams(*out_ranges[layer])
+        s = const(f"{layer}.output.scale", np.array(scale, dtype=np.float32))
+        z = const(f"{layer}.output.zero_point", np.array(zp, dtype=np.uint8))
         if lq.dynamic:
             new_nodes.extend(dynamic_qconv(node, layer, tag, lq, (w_q, w_s, w_z), (s, z), const))
         else:
@@ -646,10 +588,9 @@ def graph_name(path: Path, role: str, offset: int = 0) -> Path:
 
 def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int],
                     out_ranges: dict[str, tuple[float, float]] | None = None, manifest: dict | None = None,
-                    weights: str = "auto", replace: bool = True, branch: str = "float") -> list[Path]:
+                    weights: str = "auto", replace: bool = True) -> list[Path]:
     """Write the graphs for LR frames of ``lr_size`` (h, w); float graphs for an unquantized model.
-    ``weights`` chooses the 8-bit weight storage (:func:`weight_storage`; ``auto`` fits this CPU); ``branch``
-    runs low-rank branches as float convs (the simulation's) or on int8 kernels (:func:`insert_qdq`);
+    ``weights`` chooses the 8-bit weight storage (:func:`weight_storage`; ``auto`` fits this CPU);
     ``replace`` False keeps graphs already at ``path`` (a cache that several processes fill).
 
     ``path`` is the forward graph at the model's own bits; it is written last and records the SHA-256 of
@@ -658,7 +599,7 @@ def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int]
 
     check_exportable(model)
     offsets = video_bit_offsets(model)
-    plain = float_copy(model, branch)
+    plain = float_copy(model)
     quants = {offset: integer_layers(model, offset) for offset in offsets}
     if quants[0] and out_ranges is None:
         raise VsrqError("a quantized export needs output ranges (calibrate_outputs)")
@@ -690,12 +631,12 @@ def export_basicvsr(model: nn.Module, path: str | Path, lr_size: tuple[int, int]
         for role, offset, graph in graphs:
             target = graph_name(path, role, offset)
             if quants[offset]:  # the flow graph too: a quantized SPyNet (quantize_auxiliary) runs on integer convs
-                graph, layers = insert_qdq(graph, quants[offset], out_ranges or {}, "base.", weights, branch)
+                graph, layers = insert_qdq(graph, quants[offset], out_ranges or {}, "base.", weights)
                 handled[offset] |= layers
             graph.ir_version = IR_VERSION
             meta = {"vsrq_role": role, "vsrq_video_bits": str(offset), "vsrq_lr_size": json.dumps([h, w]),
                     "vsrq_num_feat": str(c), "vsrq_bidirectional": str(plain.bidirectional),
-                    "vsrq_quantized": str(bool(quants[0])), "vsrq_branch": branch}
+                    "vsrq_quantized": str(bool(quants[0]))}
             if role == "forward" and offset == 0:
                 meta["vsrq_companions"] = json.dumps(companions)
                 meta["vsrq_video_bit_offsets"] = json.dumps(list(offsets))
@@ -725,13 +666,13 @@ class AnimeSRStep(nn.Module):
 
 def export_animesr(model: nn.Module, path: str | Path, lr_size: tuple[int, int],
                    out_ranges: dict[str, tuple[float, float]] | None = None, manifest: dict | None = None,
-                   weights: str = "auto", replace: bool = True, branch: str = "float") -> list[Path]:
+                   weights: str = "auto", replace: bool = True) -> list[Path]:
     """AnimeSR's one step graph, ``(frames (1, 9, h, w), sr (1, 3, 4h, 4w), state (1, C, h, w)) -> (sr, state)`` at
     the padded size of ``lr_size``: the recurrence has no flow and one direction, so one graph is the model."""
     onnx = require("onnx", "export", "ONNX export")
 
     check_exportable(model)
-    plain = float_copy(model, branch)
+    plain = float_copy(model)
     quant = integer_layers(model)
     if quant and out_ranges is None:
         raise VsrqError("a quantized export needs output ranges (calibrate_outputs)")
@@ -742,12 +683,12 @@ def export_animesr(model: nn.Module, path: str | Path, lr_size: tuple[int, int],
     args = (torch.zeros(1, 9, h, w), torch.zeros(1, 3, SCALE * h, SCALE * w), torch.zeros(1, plain.num_feat, h, w))
     graph = _trace(AnimeSRStep(plain).eval(), args, ["frames", "sr", "state"], ["sr_next", "state_next"])
     if quant:
-        graph, layers = insert_qdq(graph, quant, out_ranges or {}, "base.", weights, branch)
+        graph, layers = insert_qdq(graph, quant, out_ranges or {}, "base.", weights)
         if set(quant) - layers:
             raise VsrqError(f"export lost track of quantized layers: {', '.join(sorted(set(quant) - layers)[:3])}")
     graph.ir_version = IR_VERSION
     meta = {"vsrq_family": "animesr", "vsrq_role": "step", "vsrq_lr_size": json.dumps(list(lr_size)),
-            "vsrq_num_feat": str(plain.num_feat), "vsrq_quantized": str(bool(quant)), "vsrq_branch": branch}
+            "vsrq_num_feat": str(plain.num_feat), "vsrq_quantized": str(bool(quant))}
     if manifest is not None:
         meta["vsrq_manifest"] = json.dumps(manifest)
     for k, v in meta.items():
@@ -760,11 +701,11 @@ def export_animesr(model: nn.Module, path: str | Path, lr_size: tuple[int, int],
 
 def export_graphs(model: nn.Module, path: str | Path, lr_size: tuple[int, int],
                   out_ranges: dict[str, tuple[float, float]] | None = None, manifest: dict | None = None,
-                  weights: str = "auto", replace: bool = True, branch: str = "float") -> list[Path]:
+                  weights: str = "auto", replace: bool = True) -> list[Path]:
     """The graphs of a BasicVSR (:func:`export_basicvsr`) or AnimeSR (:func:`export_animesr`) model."""
     base = model.base if isinstance(model, QuantizedModel) else model
     export = export_animesr if isinstance(base, AnimeSR) else export_basicvsr
-    return export(model, path, lr_size, out_ranges, manifest, weights, replace, branch)
+    return export(model, path, lr_size, out_ranges, manifest, weights, replace)
 
 
 def _copy(onnx, graph):  # type: ignore[no-untyped-def]
