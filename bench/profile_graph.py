@@ -73,8 +73,8 @@ def main() -> int:
     old = json.loads((RESULTS / f"{NAME}.json").read_text()) if (RESULTS / f"{NAME}.json").exists() else []
     rows = [r for r in old if r["backend"] != args.backend] + [row]
     (RESULTS / f"{NAME}.json").write_text(json.dumps(rows, indent=1) + "\n")
-    lines = ["# profile_graph", "", "onnxruntime's profiler, a warm run (the second) of the exported forward step at LR 180x320, "
-             "1 thread; kernel time by op type.", ""]
+    lines = ["# profile_graph", "", "onnxruntime's profiler, a warm run (the second) of the exported forward step at "
+             "LR 180x320, 1 thread; kernel time by op type.", ""]
     for r in rows:
         lines += [f"**{r['backend']}** ({r['date']}, commit {r['commit']}): {r['total_ms']:.0f} ms", "",
                   "| op | ms | share |", "| --- | ---: | ---: |"]
