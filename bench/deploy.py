@@ -10,8 +10,8 @@ activation bits on int8 kernels, the checkpoint qbasicvsr_vid4.py scores) and it
 timed too (sim-qbasicvsr-w4a4), ort-qbasicvsr-w6a6 (the same at W6A6), ort-tarq-w4a4 (TARQ's deployable
 W4A4 at FAB 4.0, reconstruct_vid4.py's checkpoint: split concatenations as two integer convs), ort-quantvsr-w4a4 (QuantVSR's layer W4A4 FQ: rotation and rank-32 SVD branch as
 float ops, dynamic activation ranges, low-bit convs as QLinearConv) and its simulation; pt-int8-* (the same
-W8A8, W4A8, QBasicVSR W4A4 and TARQ W4A4 checkpoints on `--runtime torch-int8`: oneDNN int8 convs compiled by
-Inductor, start-up with compilation reported apart); torch-fp32-cl (FP32 with channels-last tensors). Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend,
+W8A8, W4A8, QBasicVSR W4A4, TARQ W4A4 and QuantVSR-layer W4A4 checkpoints on `--runtime torch-int8`: oneDNN int8
+convs compiled by Inductor, start-up with compilation reported apart; QuantVSR's branch in bf16 or float32); torch-fp32-cl (FP32 with channels-last tensors). Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend,
 plus the PyTorch simulation of each quantized checkpoint. Sizes: the FP32 .pth and the .vsrq checkpoints
 at W8A8, W6A6, W4A4 (SPyNet weights stored at 8 bits, its activations float). One more row times
 the design not taken: the whole recurrence unrolled into one float graph for exactly 8 frames.
@@ -63,6 +63,8 @@ BACKENDS = {
     "pt-int8-w4a8": ("omse", 4, 8, "w4a8"),
     "pt-int8-qbasicvsr-w4a4": ("qbasicvsr", 4, 4, "qbasicvsr-w4"),
     "pt-int8-tarq-w4a4": ("tarq", 4, 4, "tarq-w4"),
+    "pt-int8-quantvsr-w4a4-bf16": ("quantvsr", 4, 4, "quantvsr-w4"),
+    "pt-int8-quantvsr-w4a4-f32": ("quantvsr", 4, 4, "quantvsr-w4"),
     "sim-w8a8": ("omse", 8, 8, "w8"),
     "ort-w8a8-flow8": ("omse", 8, 8, "w8-flow8"),
     "sim-w8a8-flow8": ("omse", 8, 8, "w8-flow8"),
@@ -70,7 +72,8 @@ BACKENDS = {
 }
 TIMED = ("torch-fp32", "torch-bf16", "torch-fp32-cl", "ort-fp32", "ort-w8a8", "ort-w8a8-flow8", "ort-w4a8",
          "ort-qbasicvsr-w4a4", "sim-qbasicvsr-w4a4", "ort-qbasicvsr-w6a6", "ort-tarq-w4a4", "ort-quantvsr-w4a4",
-         "sim-quantvsr-w4a4", "pt-int8-w8a8", "pt-int8-w4a8", "pt-int8-qbasicvsr-w4a4", "pt-int8-tarq-w4a4")
+         "sim-quantvsr-w4a4", "pt-int8-w8a8", "pt-int8-w4a8", "pt-int8-qbasicvsr-w4a4", "pt-int8-tarq-w4a4",
+         "pt-int8-quantvsr-w4a4-bf16", "pt-int8-quantvsr-w4a4-f32")
 SIMULATED = ("sim-w8a8", "sim-w8a8-flow8", "sim-w4a8", "sim-qbasicvsr-w4a4", "sim-qbasicvsr-w6a6", "sim-tarq-w4a4",
              "sim-quantvsr-w4a4")
 # QuantVSR's layer at W4A4 FQ with a rank-32 SVD branch (the best recipe's structure: its refinement and clip
@@ -187,9 +190,7 @@ def runner_for(backend: str, size: tuple[int, int], art: dict[str, Path]):
     if backend.startswith(("torch", "sim", "pt-int8")):
         model = api.load(art[key] if key else "basicvsr-vimeo-bi")
         if backend.startswith("pt-int8"):  # what `vsrq upscale --runtime torch-int8` runs
-            from vsrq.runtime.torch_int8 import lower
-
-            model = lower(model)
+            model = lowered(backend, model)
         bf16 = backend == "torch-bf16"
         layout = torch.channels_last if backend == "torch-fp32-cl" else torch.contiguous_format
         model = model.to(memory_format=layout)
@@ -202,6 +203,14 @@ def runner_for(backend: str, size: tuple[int, int], art: dict[str, Path]):
         return unrolled_runner(size)
     ort = OrtBasicVSR(graphs_for(backend, size, art), threads=torch.get_num_threads())
     return lambda x: ort(x, range(x.shape[1]))
+
+
+def lowered(backend: str, model):  # type: ignore[no-untyped-def]
+    """The torch-int8 model of a pt-int8 backend; a ``-bf16`` / ``-f32`` suffix names its low-rank branch's dtype."""
+    from vsrq.runtime.torch_int8 import lower
+
+    dtype = {"bf16": "bfloat16", "f32": "float32"}.get(backend.rsplit("-", 1)[-1], "auto")
+    return lower(model, branch_dtype=dtype)
 
 
 def unrolled_runner(size: tuple[int, int]):
@@ -327,9 +336,7 @@ def quality(backend: str, art: dict[str, Path]) -> float:
     key = BACKENDS[backend][3]
     model = api.load(art[key] if key else "basicvsr-vimeo-bi") if not backend.startswith("ort") else None
     if backend.startswith("pt-int8"):
-        from vsrq.runtime.torch_int8 import lower
-
-        model = lower(model)
+        model = lowered(backend, model)
     scores = []
     for clip in load_paired("vid4", "bi", QUICK_FRAMES):
         x = torch.from_numpy(clip.lr).float().div(255).permute(0, 3, 1, 2)[None]

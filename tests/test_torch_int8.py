@@ -17,7 +17,7 @@ from vsrq.errors import VsrqError
 from vsrq.methods.pipeline import quantize_model
 from vsrq.metrics.psnr_ssim import psnr, tensor_to_uint8
 from vsrq.runtime.onnx_export import LayerQuant
-from vsrq.runtime.torch_int8 import Int8Conv, has_compiler, lower
+from vsrq.runtime.torch_int8 import BranchedInt8Conv, Int8Conv, has_compiler, input_codes, lower
 
 QUIET = dict(log=lambda s: None, show_progress=False)
 
@@ -28,6 +28,14 @@ def qbasicvsr_w4a4():
     calib = _synthetic_calib(3, 3)
     cfg = QuantConfig(method="qbasicvsr", wbits=4, abits=4, options={"batch": 2, "omse_refresh": False})
     return quantize_model(_loaded(num_feat=16), cfg, calib, **QUIET)
+
+
+@pytest.fixture(scope="module")
+def quantvsr_w4a4():
+    """QuantVSR's layer W4A4 on a tiny model: Hadamard rotation, rank-8 SVD branch, LBA, dynamic input ranges with
+    a searched clip ratio."""
+    cfg = QuantConfig(method="quantvsr", wbits=4, abits=4, options={"branch": "svd", "fixed_rank": 8, "act_clip": True})
+    return quantize_model(_loaded(num_feat=16), cfg, _synthetic_calib(2, 3), **QUIET)
 
 
 def _clip(seed: int = 3) -> torch.Tensor:
@@ -80,14 +88,53 @@ def test_lowered_qbasicvsr_runs_the_video_bits_its_controller_picks(qbasicvsr_w4
     assert 15 in hi or 7 in hi  # some inputs run on fewer than 8 bits
 
 
+def test_run_time_input_codes_are_the_b_bit_grid_in_closed_form():
+    """The whole tensor's [min, max] times the clip ratio, widened to hold 0, split into 2^b - 1 steps; computed
+    here in numpy float64 (float32 ties are too rare in normal samples to differ)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(0.5, 2.0, size=(1, 3, 16, 16)).astype(np.float32)
+    for bits, ratio in ((4, 0.8), (8, None), (6, 0.5)):
+        codes, scale, zp = input_codes(torch.from_numpy(x), bits, None if ratio is None else torch.tensor(ratio),
+                                       None, None)
+        lo, hi = min(x.min() * (ratio or 1), 0.0), max(x.max() * (ratio or 1), 0.0)
+        step = (float(hi) - float(lo)) / (2**bits - 1)
+        z = np.clip(np.round(-lo / step), 0, 2**bits - 1)
+        expected = np.clip(np.round(x.astype(np.float64) / step + z), 0, 2**bits - 1)
+        assert codes.dtype == torch.uint8 and int(zp) == z and float(scale) == pytest.approx(step, rel=1e-6)
+        assert np.array_equal(codes.numpy(), expected), bits
+        assert codes.max() == 2**bits - 1 and (ratio is None or (x > hi).any())  # the clip ratio saturated some
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lowered_quantvsr_layer_agrees_with_the_simulation(quantvsr_w4a4, dtype: str):
+    """Rotation, integer conv on run-time codes and the low-rank branch (float32, or bf16: about 50 dB here, 0.01
+    dB on Vid4) as the simulation runs them."""
+    qm = quantvsr_w4a4
+    int8 = lower(qm, compile=False, branch_dtype=dtype)
+    convs = int8.int8_convs()
+    assert len(convs) == len(qm.layers()) and all(isinstance(c, BranchedInt8Conv) for c in convs)
+    assert all(c.rotation is not None for c in convs)
+    branches = {n: m.lowrank_down for n, m in int8.base.named_modules() if isinstance(m, BranchedInt8Conv)}
+    assert {n for n, d in branches.items() if d is not None} == {n for n, layer in qm.layers().items() if layer.rank}
+    assert {d.dtype for d in branches.values() if d is not None} == {getattr(torch, dtype)}
+    assert any(c.inputs[0][1] is not None for c in convs)  # some clip ratios below 1 carried over
+    x = _clip()
+    with torch.no_grad():
+        sim, out = tensor_to_uint8(qm(x)[0]), tensor_to_uint8(int8(x)[0])
+    assert min(psnr(a, b) for a, b in zip(out, sim)) > (55 if dtype == "float32" else 45)
+
+
 def test_what_has_no_torch_int8_path_is_refused():
     calib = _synthetic_calib(2, 3)
     with pytest.raises(VsrqError, match="quantized models"):
         lower(_loaded(num_feat=8).model, compile=False)
-    cfg = QuantConfig(method="quantvsr", wbits=4, abits=4, options={"branch": "svd", "lba": False})
+    cfg = QuantConfig(method="viditq", wbits=4, abits=4)
     qm = quantize_model(_loaded(num_feat=8), cfg, calib, **QUIET)
-    with pytest.raises(VsrqError, match=r"has no torch-int8 path .*use --runtime onnxruntime"):
+    with pytest.raises(VsrqError, match=r"has no torch-int8 path \(activations token-wise\); use --runtime onnxruntime"):
         lower(qm, compile=False)
+    cfg = QuantConfig(method="quantvsr", wbits=4, abits=4, options={"branch": "svd", "fixed_rank": 8})
+    with pytest.raises(VsrqError, match="branch dtype must be auto, float32 or bfloat16; got 'fp16'"):
+        lower(quantize_model(_loaded(num_feat=8), cfg, calib, **QUIET), compile=False, branch_dtype="fp16")
 
 
 @pytest.mark.slow
@@ -118,3 +165,21 @@ def test_compiled_model_runs_onednn_int8_convs_and_the_cli_upscales(qbasicvsr_w4
     with torch.no_grad():
         sim = tensor_to_uint8(qbasicvsr_w4a4(torch.from_numpy(frames).float().div(255).permute(0, 3, 1, 2)[None])[0])
     assert len(got) == 5 and min(psnr(a, b) for a, b in zip(got, sim)) > 38
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_compiler(), reason="Inductor needs a C++ compiler")
+def test_compiled_quantvsr_layer_runs_onednn_int8_convs_in_one_graph_per_module(quantvsr_w4a4):
+    """Compiled, every branched layer's integer conv is vsrq's oneDNN op inside the modules' graphs (no graph break
+    per layer: the range, rounding and casts fuse around it), and agrees with the eager lowering."""
+    from torch._inductor.utils import run_and_get_code
+
+    int8, eager = lower(quantvsr_w4a4, branch_dtype="float32"), lower(quantvsr_w4a4, compile=False, branch_dtype="float32")
+    x = _clip()
+    torch._dynamo.utils.counters.clear()
+    with torch.no_grad():
+        out, code = run_and_get_code(int8, x)
+        ref = eager(x)
+    assert "vsrq.int8_conv2d" in "\n".join(code)
+    assert not torch._dynamo.utils.counters["graph_break"]
+    assert min(psnr(a, b) for a, b in zip(tensor_to_uint8(out[0]), tensor_to_uint8(ref[0]))) > 55

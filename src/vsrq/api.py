@@ -137,8 +137,8 @@ def upscale(
     ``runtime="onnxruntime"`` runs integer graphs: ``model`` may be an exported ``.onnx``, or a model
     / ``.vsrq`` that is exported on the fly for each LR size met (a ``.vsrq`` file's graphs are kept in
     ``$VSRQ_CACHE``, default ``~/.cache/vsrq``, so later runs start at once). ``runtime="torch-int8"`` runs a
-    quantized model's convs on PyTorch's oneDNN int8 kernels, compiled by Inductor (static activation ranges;
-    see :mod:`vsrq.runtime.torch_int8`). Diffusion models (MGLD-VSR) run
+    quantized model's convs on PyTorch's oneDNN int8 kernels, compiled by Inductor (static or run-time activation
+    ranges, rotations and low-rank branches; see :mod:`vsrq.runtime.torch_int8`). Diffusion models (MGLD-VSR) run
     in chunks of their own frame count, ``chunk`` and ``overlap`` aside, each chunk sampled with ``seed``,
     their temporal guidance aligned by the ``flow`` estimator (``spynet`` or ``raft``). ``device``
     (``cpu``, ``cuda``) is where the torch runtime computes; frames stream through host memory.

@@ -369,7 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--runtime", choices=RUNTIMES, default="torch",
                    help="torch (float or fake-quant simulation), onnxruntime (integer graphs) or torch-int8 "
-                        "(oneDNN int8 convs compiled by Inductor; static activation ranges)")
+                        "(oneDNN int8 convs compiled by Inductor; QuantVSR's branch in bf16 where the CPU has it)")
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed of diffusion models (MGLD-VSR): same seed, same output")
     p.add_argument("--flow", choices=("spynet", "raft"), default="spynet",

@@ -7,7 +7,9 @@ codes. ``torch.compile`` with freezing rewrites every such dequantize-conv into 
 and fuses each quantize with the float ops before it (ReLU, residual add) into one vectorized kernel. The
 model's own Python recurrence runs around the compiled modules, so streaming, chunking and FG-VBA's per-video
 bits (one compiled variant per bit offset, chosen per window by the checkpoint's controller) work as in the
-simulation. Needs a C++ compiler (Inductor builds its kernels; they are cached on disk between runs).
+simulation. Layers whose input range is computed at run time (QuantVSR's, QuaRot's, SVDQuant's), with their
+rotation and low-rank branch, call oneDNN's int8 conv through :func:`int8_conv2d` instead (Inductor matches only
+constant scales). Needs a C++ compiler (Inductor builds its kernels; they are cached on disk between runs).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from vsrq.checkpoint import layer_manifest
 from vsrq.errors import VsrqError
 from vsrq.models.host import ModelCall
 from vsrq.quant.controller import controller_from_manifest
+from vsrq.quant.grid import quantize_to_int, scale_zero_point
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.runtime.deployable import layer_integer_problems
 from vsrq.runtime.onnx_export import LayerQuant, float_copy, integer_layers, video_bit_offsets
@@ -59,6 +62,94 @@ class Int8Conv(nn.Module):
         return F.conv2d(xd, w, self.bias, **self.geometry)
 
 
+@torch.library.custom_op("vsrq::int8_conv2d", mutates_args=())
+def int8_conv2d(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, weight_codes: torch.Tensor,
+                weight_scale: torch.Tensor, bias: torch.Tensor | None, stride: list[int], padding: list[int],
+                dilation: list[int], groups: int) -> torch.Tensor:
+    """oneDNN's int8 conv on uint8 input codes whose scale and zero point are tensors of the run, float output
+    (channels-last). Opaque to the compiler, which has no fake kernel for oneDNN's packed weights: the weight is
+    packed per call (about 0.1 ms for a 64->64 3x3 conv, under 1% of the layer)."""
+    packed = torch.ops.onednn.qconv_prepack(weight_codes, weight_scale, 1.0, 0, stride, padding, dilation, groups, None)
+    zeros = torch.zeros(weight_scale.numel(), dtype=torch.int64)
+    y = torch.ops.onednn.qconv2d_pointwise.tensor(codes, scale, zero_point, packed, weight_scale, zeros, bias, stride,
+                                                  padding, dilation, groups, 1.0, 0, torch.float32, "none", [], "")
+    return y.contiguous(memory_format=torch.channels_last)
+
+
+@int8_conv2d.register_fake
+def _(codes, scale, zero_point, weight_codes, weight_scale, bias, stride, padding, dilation, groups):  # type: ignore[no-untyped-def]
+    n, _, h, w = codes.shape
+    kh, kw = weight_codes.shape[2:]
+    size = [(d + 2 * p - dl * (k - 1) - 1) // s + 1 for d, p, dl, k, s in zip((h, w), padding, dilation, (kh, kw), stride)]
+    out = codes.new_empty((n, weight_codes.shape[0], *size), dtype=torch.float32)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
+def input_codes(x: torch.Tensor, bits: int, ratio: torch.Tensor | None, scale: torch.Tensor | None,
+                zero_point: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uint8 codes of ``x`` on its b-bit grid with their scale and zero point: the static ones given, or (``scale``
+    None) the run-time [min, max] of the whole tensor times the clip ratio, exactly as the simulation computes it."""
+    if scale is None:
+        lower, upper = torch.aminmax(x)
+        if ratio is not None:
+            lower, upper = lower * ratio, upper * ratio
+        scale, zero_point = scale_zero_point(lower, upper, bits, symmetric=False)
+    codes = quantize_to_int(x, scale, zero_point, bits, symmetric=False).to(torch.uint8)
+    return codes, scale, zero_point.to(torch.int64)
+
+
+class BranchedInt8Conv(nn.Module):
+    """A QuantVSR / QuaRot / SVDQuant layer (or any conv with a run-time input range) on oneDNN's int8 conv,
+    called directly: the input divided by the smoothing scales, rotated (the Hadamard matrix as a float 1x1 conv,
+    built from the checkpoint's signs), turned into b-bit codes (:func:`input_codes`), convolved by
+    ``onednn.qconv2d_pointwise`` on the prepacked int8 weight codes with a float output; plus the low-rank branch
+    on the unrotated input as two convs in ``branch_dtype`` (bf16 halves its cost on CPUs with native bf16).
+
+    The quantize pattern that Inductor rewrites needs constant scales, hence the explicit op: its input scale and
+    zero point are tensors of the run. Compiled, the range, rounding and casts fuse into one pass."""
+
+    def __init__(self, float_conv: nn.Module, quant: dict[int, LayerQuant], geometry: dict,
+                 branch_dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        base = quant[0]
+        self.geometry = {k: list(v) if isinstance(v, tuple) else [v, v] for k, v in geometry.items() if k != "groups"}
+        self.groups = int(geometry.get("groups", 1))
+        self.register_buffer("codes", torch.from_numpy(base.weight_codes.copy()).contiguous(memory_format=torch.channels_last))
+        self.register_buffer("weight_scale", torch.from_numpy(base.weight_scale.copy()))
+        bias = getattr(float_conv, "bias", None)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.smooth = _frozen(getattr(float_conv, "smooth", None))
+        rotation = getattr(float_conv, "rotation", None)
+        self.rotation = _frozen(None if rotation is None else rotation.contiguous(memory_format=torch.channels_last))
+        self.branch_dtype = branch_dtype
+        down, up = getattr(float_conv, "lowrank_down", None), getattr(float_conv, "lowrank_up", None)
+        self.lowrank_down = _frozen(None if down is None else down.to(branch_dtype))
+        self.lowrank_up = _frozen(None if up is None else up.to(branch_dtype))
+        # per video bit offset: (bits, clip ratio, static scale, static zero point); None scale: a run-time range
+        self.inputs = {o: (q.input_bits, None if q.clip_ratio == 1.0 else torch.tensor(q.clip_ratio),
+                           None if q.dynamic else torch.tensor(q.input_scale),
+                           None if q.dynamic else torch.tensor(float(q.input_zero_point)))
+                       for o, q in quant.items()}
+        self.offset = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.smooth is not None:
+            x = x / self.smooth
+        xin = x if self.rotation is None else F.conv2d(x, self.rotation)
+        codes, scale, zero_point = input_codes(xin, *self.inputs[self.offset])
+        g = self.geometry
+        y = torch.ops.vsrq.int8_conv2d(codes, scale, zero_point, self.codes, self.weight_scale, self.bias, g["stride"],
+                                       g["padding"], g["dilation"], self.groups)
+        if self.lowrank_down is not None:
+            branch = F.conv2d(x.to(self.branch_dtype), self.lowrank_down, None, g["stride"], g["padding"], g["dilation"])
+            y = y + F.conv2d(branch, self.lowrank_up).to(y.dtype)
+        return y
+
+
+def _frozen(t: torch.Tensor | None) -> nn.Parameter | None:
+    return None if t is None else nn.Parameter(t.detach().clone(), requires_grad=False)
+
+
 class Int8Model(QuantizedModel):
     """A quantized model whose integer convs are :class:`Int8Conv`; runs like the simulation (same host,
     same controller), on integer kernels once compiled (:meth:`compile`)."""
@@ -78,17 +169,18 @@ class Int8Model(QuantizedModel):
         with inductor_config.patch(freezing=True), dynamo_config.patch(recompile_limit=RECOMPILE_LIMIT):
             return self.host.forward(self.base, *args, **kwargs, **extra)
 
-    def int8_convs(self) -> list[Int8Conv]:
-        return [m for m in self.base.modules() if isinstance(m, Int8Conv)]
+    def int8_convs(self) -> list[Int8Conv | BranchedInt8Conv]:
+        return [m for m in self.base.modules() if isinstance(m, (Int8Conv, BranchedInt8Conv))]
 
     def compile(self) -> "Int8Model":  # type: ignore[override]
         """Compile every child of the base network that holds weights (Inductor; :meth:`forward` turns freezing on,
         which folds the weights into prepacked oneDNN constants): the integer convs and the float parts beside them
         (BasicVSR's SPyNet, a fifth of the time left in eager mode). The first call of each traces and builds its
-        kernels; the model's own loop around them stays Python."""
+        kernels; the model's own loop around them stays Python. Shapes are static: with automatic dynamic shapes,
+        the geometry of convs that share code turns symbolic and freezing cannot pack their float weights."""
         for child in self.base.children():
             if next(child.parameters(), None) is not None or next(child.buffers(), None) is not None:
-                child.compile()
+                child.compile(dynamic=False)
         return self
 
 
@@ -96,24 +188,41 @@ def has_compiler() -> bool:
     return bool(os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"))
 
 
-def lower(model: nn.Module, compile: bool = True) -> Int8Model:
+BRANCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def branch_dtype_for(name: str) -> torch.dtype:
+    """``auto``: bf16 where oneDNN runs it natively (AVX512-BF16 or AMX), else float32; or either by name."""
+    if name == "auto":
+        return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
+    if name not in BRANCH_DTYPES:
+        raise VsrqError(f"branch dtype must be auto, {' or '.join(BRANCH_DTYPES)}; got {name!r}")
+    return BRANCH_DTYPES[name]
+
+
+def lower(model: nn.Module, compile: bool = True, branch_dtype: str = "auto") -> Int8Model:
     """The torch-int8 model of a quantized model (a copy; ``model`` is untouched).
 
-    Every layer with integer weights and a static per-tensor input range becomes an :class:`Int8Conv`;
-    weight-only layers run as float convs on their dequantized weights. One clear error otherwise (dynamic
-    activation ranges, rotations and low-rank branches run on ``--runtime onnxruntime``)."""
+    Every layer with integer weights and a static per-tensor input range becomes an :class:`Int8Conv`; layers
+    with a rotation, smoothing, a low-rank branch or a run-time input range become a :class:`BranchedInt8Conv`
+    (its branch in ``branch_dtype``, see :func:`branch_dtype_for`); weight-only layers run as float convs on their
+    dequantized weights. One clear error for anything else."""
     if not isinstance(model, QuantizedModel):
         raise VsrqError("the torch-int8 runtime runs quantized models (.vsrq); run float models with --runtime torch")
     if compile and not has_compiler():
         raise VsrqError("the torch-int8 runtime needs a C++ compiler (g++ or clang++, or $CXX) for Inductor's kernels")
+    dtype = branch_dtype_for(branch_dtype)
+    branched = set()
     for name, layer in model.layers().items():
         problems = [] if layer.kind == "conv2d" else [layer.kind]
         if layer.rank or layer.rotation is not None or layer.smooth is not None:
-            problems.append("rotation, smoothing or a low-rank branch")
+            if layer.input_quantizer is None:
+                problems.append("a rotation, smoothing or low-rank branch on a weight-only layer")
+            branched.add(name)
         if layer.input_quantizer is not None:
             problems += layer_integer_problems(layer_manifest(layer))
             if layer.input_quantizer.spec.dynamic:
-                problems.append("dynamic activation ranges")
+                branched.add(name)
         if problems:
             raise VsrqError(f"layer {name} has no torch-int8 path ({', '.join(dict.fromkeys(problems))}); "
                             "use --runtime onnxruntime")
@@ -122,10 +231,12 @@ def lower(model: nn.Module, compile: bool = True) -> Int8Model:
     base = float_copy(model)  # every quantized layer a float conv on its dequantized weight, bias alignment folded
     for name in quant[0]:  # those with an integer input become integer convs; weight-only ones stay float
         conv = base.get_submodule(name)
-        geometry = dict(stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups)
+        layer_quant = {o: quant[o][name] for o in offsets}
+        geometry = dict(model.layers()[name].geometry)
         parent, _, child = name.rpartition(".")
-        setattr(base.get_submodule(parent) if parent else base, child,
-                Int8Conv({o: quant[o][name] for o in offsets}, conv.bias, geometry))
+        int8: nn.Module = (BranchedInt8Conv(conv, layer_quant, geometry, dtype) if name in branched
+                           else Int8Conv(layer_quant, conv.bias, geometry))
+        setattr(base.get_submodule(parent) if parent else base, child, int8)
     base.eval()
     controller = None
     if model.controller is not None:  # rebuilt on the new network: it reads the motion of the same SPyNet
