@@ -103,6 +103,8 @@ def test_run_time_input_codes_are_the_b_bit_grid_in_closed_form():
         assert codes.dtype == torch.uint8 and int(zp) == z and float(scale) == pytest.approx(step, rel=1e-6)
         assert np.array_equal(codes.numpy(), expected), bits
         assert codes.max() == 2**bits - 1 and (ratio is None or (x > hi).any())  # the clip ratio saturated some
+    codes, _, zp = input_codes(torch.from_numpy(x), 4, None, torch.tensor(0.25), torch.tensor(5.0))  # static grid
+    assert int(zp) == 5 and np.array_equal(codes.numpy(), np.clip(np.round(x / 0.25) + 5, 0, 15))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])

@@ -102,7 +102,7 @@ class BranchedInt8Conv(nn.Module):
     """A QuantVSR / QuaRot / SVDQuant layer (or any conv with a run-time input range) on oneDNN's int8 conv,
     called directly: the input divided by the smoothing scales, rotated (the Hadamard matrix as a float 1x1 conv,
     built from the checkpoint's signs), turned into b-bit codes (:func:`input_codes`), convolved by
-    ``onednn.qconv2d_pointwise`` on the prepacked int8 weight codes with a float output; plus the low-rank branch
+    ``onednn.qconv2d_pointwise`` on its int8 weight codes with a float output; plus the low-rank branch
     on the unrotated input as two convs in ``branch_dtype`` (bf16 halves its cost on CPUs with native bf16).
 
     The quantize pattern that Inductor rewrites needs constant scales, hence the explicit op: its input scale and
