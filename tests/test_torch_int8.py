@@ -126,7 +126,7 @@ def test_lowered_quantvsr_layer_agrees_with_the_simulation(quantvsr_w4a4, dtype:
     assert min(psnr(a, b) for a, b in zip(out, sim)) > (55 if dtype == "float32" else 45)
 
 
-def test_what_has_no_torch_int8_path_is_refused():
+def test_what_has_no_torch_int8_path_is_refused(quantvsr_w4a4):
     calib = _synthetic_calib(2, 3)
     with pytest.raises(VsrqError, match="quantized models"):
         lower(_loaded(num_feat=8).model, compile=False)
@@ -134,9 +134,8 @@ def test_what_has_no_torch_int8_path_is_refused():
     qm = quantize_model(_loaded(num_feat=8), cfg, calib, **QUIET)
     with pytest.raises(VsrqError, match=r"has no torch-int8 path \(activations token-wise\); use --runtime onnxruntime"):
         lower(qm, compile=False)
-    cfg = QuantConfig(method="quantvsr", wbits=4, abits=4, options={"branch": "svd", "fixed_rank": 8})
     with pytest.raises(VsrqError, match="branch dtype must be auto, float32 or bfloat16; got 'fp16'"):
-        lower(quantize_model(_loaded(num_feat=8), cfg, calib, **QUIET), compile=False, branch_dtype="fp16")
+        lower(quantvsr_w4a4, compile=False, branch_dtype="fp16")
 
 
 @pytest.mark.slow

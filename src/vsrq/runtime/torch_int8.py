@@ -151,8 +151,8 @@ def _frozen(t: torch.Tensor | None) -> nn.Parameter | None:
 
 
 class Int8Model(QuantizedModel):
-    """A quantized model whose integer convs are :class:`Int8Conv`; runs like the simulation (same host,
-    same controller), on integer kernels once compiled (:meth:`compile`)."""
+    """A quantized model whose integer convs are :class:`Int8Conv` or :class:`BranchedInt8Conv`; runs like the
+    simulation (same host, same controller), on integer kernels once compiled (:meth:`compile`)."""
 
     def forward(self, *args, **kwargs) -> torch.Tensor:  # type: ignore[no-untyped-def]
         extra = self.controller.prepare(ModelCall(args, kwargs, 0)) if self.controller is not None else {}
@@ -213,7 +213,8 @@ def lower(model: nn.Module, compile: bool = True, branch_dtype: str = "auto") ->
         raise VsrqError("the torch-int8 runtime needs a C++ compiler (g++ or clang++, or $CXX) for Inductor's kernels")
     dtype = branch_dtype_for(branch_dtype)
     branched = set()
-    for name, layer in model.layers().items():
+    layers = model.layers()
+    for name, layer in layers.items():
         problems = [] if layer.kind == "conv2d" else [layer.kind]
         if layer.rank or layer.rotation is not None or layer.smooth is not None:
             if layer.input_quantizer is None:
@@ -232,7 +233,7 @@ def lower(model: nn.Module, compile: bool = True, branch_dtype: str = "auto") ->
     for name in quant[0]:  # those with an integer input become integer convs; weight-only ones stay float
         conv = base.get_submodule(name)
         layer_quant = {o: quant[o][name] for o in offsets}
-        geometry = dict(model.layers()[name].geometry)
+        geometry = dict(layers[name].geometry)
         parent, _, child = name.rpartition(".")
         int8: nn.Module = (BranchedInt8Conv(conv, layer_quant, geometry, dtype) if name in branched
                            else Int8Conv(layer_quant, conv.bias, geometry))
