@@ -11,7 +11,8 @@ timed too (sim-qbasicvsr-w4a4), ort-qbasicvsr-w6a6 (the same at W6A6), ort-tarq-
 W4A4 at FAB 4.0, reconstruct_vid4.py's checkpoint: split concatenations as two integer convs), ort-quantvsr-w4a4 (QuantVSR's layer W4A4 FQ: rotation and rank-32 SVD branch as
 float ops, dynamic activation ranges, low-bit convs as QLinearConv) and its simulation; pt-int8-* (the same
 W8A8, W4A8, QBasicVSR W4A4, TARQ W4A4 and QuantVSR-layer W4A4 checkpoints on `--runtime torch-int8`: oneDNN int8
-convs compiled by Inductor, start-up with compilation reported apart; QuantVSR's branch in bf16 or float32); torch-fp32-cl (FP32 with channels-last tensors). Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend,
+convs compiled by Inductor, start-up with compilation reported apart; what stays float (SpyNet, rotations,
+branches) in bf16 where the CPU has it, or float32 with -f32; pt-int8-w8a8-flow8 with SpyNet on int8 convs too); torch-fp32-cl (FP32 with channels-last tensors). Quality: Y-PSNR on Vid4 BI (first 10 frames per clip) of each backend,
 plus the PyTorch simulation of each quantized checkpoint. Sizes: the FP32 .pth and the .vsrq checkpoints
 at W8A8, W6A6, W4A4 (SPyNet weights stored at 8 bits, its activations float). One more row times
 the design not taken: the whole recurrence unrolled into one float graph for exactly 8 frames.
@@ -60,6 +61,8 @@ BACKENDS = {
     "ort-fp32-unrolled": ("fp", 32, 32, None),
     "torch-fp32-cl": ("fp", 32, 32, None),
     "pt-int8-w8a8": ("omse", 8, 8, "w8"),
+    "pt-int8-w8a8-f32": ("omse", 8, 8, "w8"),
+    "pt-int8-w8a8-flow8": ("omse", 8, 8, "w8-flow8"),
     "pt-int8-w4a8": ("omse", 4, 8, "w4a8"),
     "pt-int8-qbasicvsr-w4a4": ("qbasicvsr", 4, 4, "qbasicvsr-w4"),
     "pt-int8-tarq-w4a4": ("tarq", 4, 4, "tarq-w4"),
@@ -73,7 +76,7 @@ BACKENDS = {
 TIMED = ("torch-fp32", "torch-bf16", "torch-fp32-cl", "ort-fp32", "ort-w8a8", "ort-w8a8-flow8", "ort-w4a8",
          "ort-qbasicvsr-w4a4", "sim-qbasicvsr-w4a4", "ort-qbasicvsr-w6a6", "ort-tarq-w4a4", "ort-quantvsr-w4a4",
          "sim-quantvsr-w4a4", "pt-int8-w8a8", "pt-int8-w4a8", "pt-int8-qbasicvsr-w4a4", "pt-int8-tarq-w4a4",
-         "pt-int8-quantvsr-w4a4-bf16", "pt-int8-quantvsr-w4a4-f32")
+         "pt-int8-quantvsr-w4a4-bf16", "pt-int8-quantvsr-w4a4-f32", "pt-int8-w8a8-f32", "pt-int8-w8a8-flow8")
 SIMULATED = ("sim-w8a8", "sim-w8a8-flow8", "sim-w4a8", "sim-qbasicvsr-w4a4", "sim-qbasicvsr-w6a6", "sim-tarq-w4a4",
              "sim-quantvsr-w4a4")
 # QuantVSR's layer at W4A4 FQ with a rank-32 SVD branch (the best recipe's structure: its refinement and clip
@@ -206,11 +209,12 @@ def runner_for(backend: str, size: tuple[int, int], art: dict[str, Path]):
 
 
 def lowered(backend: str, model):  # type: ignore[no-untyped-def]
-    """The torch-int8 model of a pt-int8 backend; a ``-bf16`` / ``-f32`` suffix names its low-rank branch's dtype."""
+    """The torch-int8 model of a pt-int8 backend; a ``-bf16`` / ``-f32`` suffix names the dtype of what stays float
+    (flow network, rotations, low-rank branches), else ``auto``."""
     from vsrq.runtime.torch_int8 import lower
 
     dtype = {"bf16": "bfloat16", "f32": "float32"}.get(backend.rsplit("-", 1)[-1], "auto")
-    return lower(model, branch_dtype=dtype)
+    return lower(model, float_dtype=dtype)
 
 
 def unrolled_runner(size: tuple[int, int]):

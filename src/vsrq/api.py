@@ -90,6 +90,7 @@ def open_runner(
     flow: str = "spynet",
     device: str = "cpu",
     threads: int | None = None,
+    float_dtype: str = "auto",
 ) -> Iterator[tuple[WindowRunner, StreamConfig]]:
     """A model made ready to upscale: the window runner and its window geometry (see :func:`upscale`), for
     callers that upscale many inputs with one load (the batch job's workers); ``threads`` caps
@@ -102,7 +103,7 @@ def open_runner(
     onnx_file = runtime == "onnxruntime" and isinstance(model, (str, Path)) and str(model).endswith(".onnx")
     net = load(model) if isinstance(model, (str, Path)) and not onnx_file else model
     if isinstance(net, nn.Module) and runtime == "torch-int8":
-        net = torch_int8.lower(net)
+        net = torch_int8.lower(net, float_dtype=float_dtype)
     if isinstance(net, nn.Module) and runtime != "onnxruntime":
         net = net.to(dev)
         yield host_for(net).stream(net, device, chunk, overlap, seed, flow)
@@ -131,6 +132,7 @@ def upscale(
     seed: int = 0,
     flow: str = "spynet",
     device: str = "cpu",
+    float_dtype: str = "auto",
 ) -> list[Clip]:
     """Super-resolve a video, a frame folder or a folder of clips into PNG folders or an .mp4.
 
@@ -138,12 +140,13 @@ def upscale(
     / ``.vsrq`` that is exported on the fly for each LR size met (a ``.vsrq`` file's graphs are kept in
     ``$VSRQ_CACHE``, default ``~/.cache/vsrq``, so later runs start at once). ``runtime="torch-int8"`` runs a
     quantized model's convs on PyTorch's oneDNN int8 kernels, compiled by Inductor (static or run-time activation
-    ranges, rotations and low-rank branches; see :mod:`vsrq.runtime.torch_int8`). Diffusion models (MGLD-VSR) run
+    ranges, rotations and low-rank branches; see :mod:`vsrq.runtime.torch_int8`), what stays float in ``float_dtype``
+    (``auto``: bf16 where the CPU runs it natively, ``float32``, ``bfloat16``). Diffusion models (MGLD-VSR) run
     in chunks of their own frame count, ``chunk`` and ``overlap`` aside, each chunk sampled with ``seed``,
     their temporal guidance aligned by the ``flow`` estimator (``spynet`` or ``raft``). ``device``
     (``cpu``, ``cuda``) is where the torch runtime computes; frames stream through host memory.
     """
-    with open_runner(model, runtime, chunk, overlap, seed, flow, device) as (runner, stream):
+    with open_runner(model, runtime, chunk, overlap, seed, flow, device, float_dtype=float_dtype) as (runner, stream):
         return upscale_path(runner, Path(source), Path(output), stream, overwrite, show_progress)
 
 

@@ -27,7 +27,7 @@ Handler = Callable[[argparse.Namespace], int]
 def _cmd_upscale(args: argparse.Namespace) -> int:
     clips = api.upscale(args.model, args.input, args.output, args.chunk, args.overlap, args.overwrite,
                         runtime=args.runtime, seed=args.seed, flow=args.flow,
-                        device=args.device)
+                        device=args.device, float_dtype=args.float_dtype)
     print(f"wrote {len(clips)} clip(s) to {args.output}")
     return 0
 
@@ -369,7 +369,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an existing output")
     p.add_argument("--runtime", choices=RUNTIMES, default="torch",
                    help="torch (float or fake-quant simulation), onnxruntime (integer graphs) or torch-int8 "
-                        "(oneDNN int8 convs compiled by Inductor; QuantVSR's branch in bf16 where the CPU has it)")
+                        "(oneDNN int8 convs compiled by Inductor)")
+    p.add_argument("--float-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
+                   help="torch-int8: dtype of what stays float (flow network, rotations, low-rank branches); "
+                        "auto: bf16 where the CPU runs it natively")
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed of diffusion models (MGLD-VSR): same seed, same output")
     p.add_argument("--flow", choices=("spynet", "raft"), default="spynet",

@@ -9,7 +9,9 @@ model's own Python recurrence runs around the compiled modules, so streaming, ch
 bits (one compiled variant per bit offset, chosen per window by the checkpoint's controller) work as in the
 simulation. Layers whose input range is computed at run time (QuantVSR's, QuaRot's, SVDQuant's), with their
 rotation and low-rank branch, call oneDNN's int8 conv through :func:`int8_conv2d` instead (Inductor matches only
-constant scales). Needs a C++ compiler (Inductor builds its kernels; they are cached on disk between runs).
+constant scales). Everything left float (the flow network, weight-only layers, rotations, low-rank branches) runs in
+one ``float_dtype``: bf16 where the CPU has it natively. Needs a C++ compiler (Inductor builds its kernels; they
+are cached on disk between runs).
 """
 
 from __future__ import annotations
@@ -103,13 +105,14 @@ class BranchedInt8Conv(nn.Module):
     called directly: the input divided by the smoothing scales, rotated (the Hadamard matrix as a float 1x1 conv,
     built from the checkpoint's signs), turned into b-bit codes (:func:`input_codes`), convolved by
     ``onednn.qconv2d_pointwise`` on its int8 weight codes with a float output; plus the low-rank branch
-    on the unrotated input as two convs in ``branch_dtype`` (bf16 halves its cost on CPUs with native bf16).
+    on the unrotated input as two convs; rotation and branch in ``float_dtype`` (bf16 halves their cost on CPUs
+    with native bf16), their outputs back in float32 for the range and the sum.
 
     The quantize pattern that Inductor rewrites needs constant scales, hence the explicit op: its input scale and
     zero point are tensors of the run. Compiled, the range, rounding and casts fuse into one pass."""
 
     def __init__(self, float_conv: nn.Module, quant: dict[int, LayerQuant], geometry: dict,
-                 branch_dtype: torch.dtype = torch.float32) -> None:
+                 float_dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         base = quant[0]
         self.geometry = {k: list(v) if isinstance(v, tuple) else [v, v] for k, v in geometry.items() if k != "groups"}
@@ -120,11 +123,12 @@ class BranchedInt8Conv(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.smooth = _frozen(getattr(float_conv, "smooth", None))
         rotation = getattr(float_conv, "rotation", None)
-        self.rotation = _frozen(None if rotation is None else rotation.contiguous(memory_format=torch.channels_last))
-        self.branch_dtype = branch_dtype
+        self.rotation = _frozen(None if rotation is None else
+                                rotation.to(float_dtype).contiguous(memory_format=torch.channels_last))
+        self.float_dtype = float_dtype
         down, up = getattr(float_conv, "lowrank_down", None), getattr(float_conv, "lowrank_up", None)
-        self.lowrank_down = _frozen(None if down is None else down.to(branch_dtype))
-        self.lowrank_up = _frozen(None if up is None else up.to(branch_dtype))
+        self.lowrank_down = _frozen(None if down is None else down.to(float_dtype))
+        self.lowrank_up = _frozen(None if up is None else up.to(float_dtype))
         # per video bit offset: (bits, clip ratio, static scale, static zero point); None scale: a run-time range
         self.inputs = {o: (q.input_bits, None if q.clip_ratio == 1.0 else torch.tensor(q.clip_ratio),
                            None if q.dynamic else torch.tensor(q.input_scale),
@@ -135,19 +139,33 @@ class BranchedInt8Conv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.smooth is not None:
             x = x / self.smooth
-        xin = x if self.rotation is None else F.conv2d(x, self.rotation)
+        low = x.to(self.float_dtype)
+        xin = x if self.rotation is None else F.conv2d(low, self.rotation).to(x.dtype)
         codes, scale, zero_point = input_codes(xin, *self.inputs[self.offset])
         g = self.geometry
         y = torch.ops.vsrq.int8_conv2d(codes, scale, zero_point, self.codes, self.weight_scale, self.bias, g["stride"],
                                        g["padding"], g["dilation"], self.groups)
         if self.lowrank_down is not None:
-            branch = F.conv2d(x.to(self.branch_dtype), self.lowrank_down, None, g["stride"], g["padding"], g["dilation"])
+            branch = F.conv2d(low, self.lowrank_down, None, g["stride"], g["padding"], g["dilation"])
             y = y + F.conv2d(branch, self.lowrank_up).to(y.dtype)
         return y
 
 
 def _frozen(t: torch.Tensor | None) -> nn.Parameter | None:
     return None if t is None else nn.Parameter(t.detach().clone(), requires_grad=False)
+
+
+class CastConv(nn.Module):
+    """A conv left float (the flow network's, a weight-only or float-kept layer's) run in another dtype: input cast
+    in, output cast back, so the float32 stream around it is unchanged (compiled, the casts fuse into the
+    element-wise kernels beside the conv)."""
+
+    def __init__(self, conv: nn.Conv2d, dtype: torch.dtype) -> None:
+        super().__init__()
+        self.conv = conv.to(dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x.to(self.conv.weight.dtype)).to(x.dtype)
 
 
 class Int8Model(QuantizedModel):
@@ -188,30 +206,31 @@ def has_compiler() -> bool:
     return bool(os.environ.get("CXX") or shutil.which("g++") or shutil.which("c++") or shutil.which("clang++"))
 
 
-BRANCH_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+FLOAT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def branch_dtype_for(name: str) -> torch.dtype:
+def float_dtype_for(name: str) -> torch.dtype:
     """``auto``: bf16 where oneDNN runs it natively (AVX512-BF16 or AMX), else float32; or either by name."""
     if name == "auto":
         return torch.bfloat16 if torch.ops.mkldnn._is_mkldnn_bf16_supported() else torch.float32
-    if name not in BRANCH_DTYPES:
-        raise VsrqError(f"branch dtype must be auto, {' or '.join(BRANCH_DTYPES)}; got {name!r}")
-    return BRANCH_DTYPES[name]
+    if name not in FLOAT_DTYPES:
+        raise VsrqError(f"float dtype must be auto, {' or '.join(FLOAT_DTYPES)}; got {name!r}")
+    return FLOAT_DTYPES[name]
 
 
-def lower(model: nn.Module, compile: bool = True, branch_dtype: str = "auto") -> Int8Model:
+def lower(model: nn.Module, compile: bool = True, float_dtype: str = "auto") -> Int8Model:
     """The torch-int8 model of a quantized model (a copy; ``model`` is untouched).
 
     Every layer with integer weights and a static per-tensor input range becomes an :class:`Int8Conv`; layers
     with a rotation, smoothing, a low-rank branch or a run-time input range become a :class:`BranchedInt8Conv`
-    (its branch in ``branch_dtype``, see :func:`branch_dtype_for`); weight-only layers run as float convs on their
-    dequantized weights. One clear error for anything else."""
+    (its rotation and branch in ``float_dtype``, see :func:`float_dtype_for`); weight-only layers run as float convs
+    on their dequantized weights, in ``float_dtype`` like every other conv left float. One clear error for
+    anything else."""
     if not isinstance(model, QuantizedModel):
         raise VsrqError("the torch-int8 runtime runs quantized models (.vsrq); run float models with --runtime torch")
     if compile and not has_compiler():
         raise VsrqError("the torch-int8 runtime needs a C++ compiler (g++ or clang++, or $CXX) for Inductor's kernels")
-    dtype = branch_dtype_for(branch_dtype)
+    dtype = float_dtype_for(float_dtype)
     branched = set()
     layers = model.layers()
     for name, layer in layers.items():
@@ -238,6 +257,10 @@ def lower(model: nn.Module, compile: bool = True, branch_dtype: str = "auto") ->
         int8: nn.Module = (BranchedInt8Conv(conv, layer_quant, geometry, dtype) if name in branched
                            else Int8Conv(layer_quant, conv.bias, geometry))
         setattr(base.get_submodule(parent) if parent else base, child, int8)
+    if dtype != torch.float32:
+        for name, conv in [(n, m) for n, m in base.named_modules() if type(m) is nn.Conv2d]:
+            parent, _, child = name.rpartition(".")
+            setattr(base.get_submodule(parent) if parent else base, child, CastConv(conv, dtype))
     base.eval()
     controller = None
     if model.controller is not None:  # rebuilt on the new network: it reads the motion of the same SPyNet
