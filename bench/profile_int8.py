@@ -5,7 +5,7 @@ being the Python loop's own ops (flow warping, concatenation, pixel shuffle, the
 Steady state: each model runs the clip once to compile and warm up, then once timed. Uses the checkpoints of
 `bench/deploy.py` (the same cache). Writes ``bench/results/profile_int8.{json,md}``.
 
-    python bench/profile_int8.py --backends torch-fp32 pt-int8-w8a8
+    python bench/profile_int8.py --backends torch-fp32 pt-int8-w8a8 pt-int8-quantvsr-w4a4-bf16
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS  # noqa: E402
-from deploy import BACKENDS, artifacts, frames_for, identity, needed  # noqa: E402
+from deploy import BACKENDS, artifacts, frames_for, identity, lowered, needed  # noqa: E402
 
 NAME = "profile_int8"
 
@@ -43,12 +43,11 @@ class Timed(nn.Module):
 
 def profile(backend: str, art: dict[str, Path]) -> dict:
     from vsrq import api
-    from vsrq.runtime.torch_int8 import lower
 
     key = BACKENDS[backend][3]
     model = api.load(art[key] if key else "basicvsr-vimeo-bi")
     if backend.startswith("pt-int8"):
-        model = lower(model)
+        model = lowered(backend, model)
     base = model.base if hasattr(model, "base") else model
     spent: dict[str, float] = {}
     for name, child in list(base.named_children()):
