@@ -58,6 +58,17 @@ def test_errors_are_one_line_and_exit_2(tmp_path: Path, tiny_ckpt: Path, capsys,
     assert not (tmp_path / "o").exists()
 
 
+def test_upscale_passes_the_torch_int8_float_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from vsrq import api
+
+    seen: dict = {}
+    monkeypatch.setattr(api, "upscale", lambda *a, **kw: seen.update(kw) or [])
+    assert main(["upscale", "lr", str(tmp_path / "o"), "--model", "q.vsrq", "--runtime", "torch-int8"]) == 0
+    assert seen["runtime"] == "torch-int8" and seen["float_dtype"] == "auto"
+    assert main(["upscale", "lr", str(tmp_path / "o"), "--model", "q.vsrq", "--float-dtype", "float32"]) == 0
+    assert seen["float_dtype"] == "float32"
+
+
 def test_checkpoint_of_another_architecture(tmp_path: Path, capsys):
     torch.save({"params": torch.nn.Linear(2, 2).state_dict()}, tmp_path / "lin.pth")
     write_clip(tmp_path / "lr", smooth_frames(2, 64, 64))
