@@ -139,7 +139,7 @@ class BranchedInt8Conv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.smooth is not None:
             x = x / self.smooth
-        low = x.to(self.float_dtype)
+        low = x.to(self.float_dtype) if self.rotation is not None or self.lowrank_down is not None else x
         xin = x if self.rotation is None else F.conv2d(low, self.rotation).to(x.dtype)
         codes, scale, zero_point = input_codes(xin, *self.inputs[self.offset])
         g = self.geometry
@@ -253,14 +253,11 @@ def lower(model: nn.Module, compile: bool = True, float_dtype: str = "auto") -> 
         conv = base.get_submodule(name)
         layer_quant = {o: quant[o][name] for o in offsets}
         geometry = dict(layers[name].geometry)
-        parent, _, child = name.rpartition(".")
-        int8: nn.Module = (BranchedInt8Conv(conv, layer_quant, geometry, dtype) if name in branched
+        base.set_submodule(name, BranchedInt8Conv(conv, layer_quant, geometry, dtype) if name in branched
                            else Int8Conv(layer_quant, conv.bias, geometry))
-        setattr(base.get_submodule(parent) if parent else base, child, int8)
     if dtype != torch.float32:
         for name, conv in [(n, m) for n, m in base.named_modules() if type(m) is nn.Conv2d]:
-            parent, _, child = name.rpartition(".")
-            setattr(base.get_submodule(parent) if parent else base, child, CastConv(conv, dtype))
+            base.set_submodule(name, CastConv(conv, dtype))
     base.eval()
     controller = None
     if model.controller is not None:  # rebuilt on the new network: it reads the motion of the same SPyNet
