@@ -69,6 +69,16 @@ def test_upscale_passes_the_torch_int8_float_dtype(tmp_path: Path, monkeypatch: 
     assert seen["float_dtype"] == "float32"
 
 
+def test_upscale_batch_passes_the_torch_int8_float_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from vsrq import batch
+
+    seen: dict = {}
+    monkeypatch.setattr(batch, "upscale_batch", lambda *a, **kw: seen.update(kw) or batch.Summary(workers=1))
+    args = ["upscale-batch", "lib", str(tmp_path / "o"), "--model", "q.vsrq", "--runtime", "torch-int8"]
+    assert main(args) == 0 and seen["float_dtype"] == "auto"
+    assert main([*args, "--float-dtype", "bfloat16"]) == 0 and seen["float_dtype"] == "bfloat16"
+
+
 def test_checkpoint_of_another_architecture(tmp_path: Path, capsys):
     torch.save({"params": torch.nn.Linear(2, 2).state_dict()}, tmp_path / "lin.pth")
     write_clip(tmp_path / "lr", smooth_frames(2, 64, 64))

@@ -21,7 +21,8 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 from vsrq import checkpoint  # noqa: E402
-from vsrq.runtime.onnx_export import IR_VERSION, calibrate_outputs, export_basicvsr, tail_stripes  # noqa: E402
+from vsrq.models.basicvsr import tail_stripes
+from vsrq.runtime.onnx_export import IR_VERSION, calibrate_outputs, export_basicvsr  # noqa: E402
 from vsrq.runtime.ort import OrtBasicVSR  # noqa: E402
 
 QUIET = dict(log=lambda s: None, show_progress=False)
@@ -157,7 +158,7 @@ def test_channels_last_shuffle_is_pixel_shuffle(blocks: int):
     import onnxruntime as ort
     from onnx import TensorProto, helper, numpy_helper
 
-    from vsrq.runtime.onnx_export import _channels_last_shuffle, _dcr_order
+    from vsrq.runtime.onnx_export import _channels_last_shuffle, dcr_order
 
     x = torch.randn(1, 3 * blocks**2, 5, 7)
     consts: dict[str, np.ndarray] = {}
@@ -174,7 +175,7 @@ def test_channels_last_shuffle_is_pixel_shuffle(blocks: int):
     graph_model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     graph_model.ir_version = IR_VERSION
     session = ort.InferenceSession(graph_model.SerializeToString(), providers=["CPUExecutionProvider"])
-    dcr = x[:, torch.from_numpy(_dcr_order(x.shape[1], blocks))]
+    dcr = x[:, torch.from_numpy(dcr_order(x.shape[1], blocks))]
     out = session.run(None, {"x": dcr.numpy()})[0]
     assert np.array_equal(out, F.pixel_shuffle(x, blocks).numpy())
 
@@ -459,13 +460,13 @@ def test_the_hr_tail_in_stripes_is_the_same_function(monkeypatch):
 
 
 def test_an_integer_graph_with_a_striped_tail_gives_the_same_bytes(w8a8, tmp_path: Path, monkeypatch):
-    from vsrq.runtime import onnx_export
+    from vsrq.models import basicvsr
 
     qm, calib = w8a8
     ranges = calibrate_outputs(qm, calib.clips)
     export_basicvsr(qm, tmp_path / "whole.onnx", (64, 64), ranges)
-    monkeypatch.setattr(onnx_export, "STRIPE_LR_PIXELS", 64 * 64 // 3 + 1)
-    assert onnx_export.tail_stripes((64, 64)) == 3
+    monkeypatch.setattr(basicvsr, "STRIPE_LR_PIXELS", 64 * 64 // 3 + 1)
+    assert basicvsr.tail_stripes((64, 64)) == 3
     export_basicvsr(qm, tmp_path / "striped.onnx", (64, 64), ranges)
     nodes = onnx.load(str(tmp_path / "striped.onnx")).graph.node
     convs = [n for n in nodes if n.op_type == "Conv"]
@@ -636,9 +637,8 @@ def test_quantized_animesr_runs_on_integer_graphs(method: str, tmp_path: Path):
     --runtime onnxruntime` exports it once and agrees with the simulation."""
     from tests.test_hosts import tiny_animesr
     from vsrq import api
-    from vsrq.data.frames import list_frames, read_frame
-
     from vsrq.config import CalibConfig
+    from vsrq.data.frames import list_frames, read_frame
 
     bits = 8 if method == "minmax" else 4
     write_clip(tmp_path / "calib" / "a", smooth_frames(3, 64, 64, seed=1))

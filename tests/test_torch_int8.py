@@ -17,8 +17,18 @@ from vsrq.config import QuantConfig
 from vsrq.errors import VsrqError
 from vsrq.methods.pipeline import quantize_model
 from vsrq.metrics.psnr_ssim import psnr, tensor_to_uint8
-from vsrq.runtime.onnx_export import LayerQuant
-from vsrq.runtime.torch_int8 import BranchedInt8Conv, CastConv, Int8Conv, has_compiler, input_codes, lower
+from vsrq.models.basicvsr import tail_stripes
+from vsrq.runtime.onnx_export import LayerQuant, dcr_order
+from vsrq.runtime.torch_int8 import (
+    BranchedInt8Conv,
+    CastConv,
+    DcrPixelShuffle,
+    Int8Conv,
+    has_compiler,
+    input_codes,
+    lower,
+    reorder_outputs,
+)
 
 QUIET = dict(log=lambda s: None, show_progress=False)
 
@@ -66,11 +76,39 @@ def test_lowered_static_model_agrees_with_the_simulation():
     qm = quantize_model(_loaded(num_feat=16), QuantConfig(method="minmax", wbits=8, abits=8), calib, **QUIET)
     int8 = lower(qm, compile=False)
     assert len(int8.int8_convs()) == len(qm.layers())
+    # static ranges: the HR tail runs in stripes, its convs on oneDNN's op directly, its shuffles in DCR order
+    assert int8.tiled and isinstance(int8.base.pixel_shuffle, DcrPixelShuffle)
+    kinds = {name: type(m) for name, m in int8.base.named_modules() if isinstance(m, (Int8Conv, BranchedInt8Conv))}
+    assert {n for n, k in kinds.items() if k is BranchedInt8Conv} == {"upconv1", "upconv2", "conv_hr", "conv_last"}
     x = _clip()
     with torch.no_grad():
         sim, out = tensor_to_uint8(qm(x)[0]), tensor_to_uint8(int8(x)[0])
     assert min(psnr(a, b) for a, b in zip(out, sim)) > 45  # codes differ only at rounding ties
     assert any(layer.weight is not None for layer in qm.layers().values())  # the simulation was left as it was
+
+
+@pytest.mark.parametrize("lowered", ["float", "int8", "branched"])
+def test_a_dcr_shuffle_after_reordered_outputs_is_the_pixel_shuffle(lowered: str):
+    """Reordering a conv's output channels into DCR order and shuffling them channels-last gives PyTorch's pixel
+    shuffle exactly, for each kind of lowered conv."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(8, 32, 3, padding=1)
+    x = torch.randn(2, 8, 5, 7)
+    if lowered == "float":
+        module: nn.Module = conv
+    else:
+        codes = torch.randint(-128, 128, (32, 8, 3, 3), dtype=torch.int8)
+        scale = torch.rand(32) / 100 + 1e-3
+        conv.weight.data = codes.float() * scale[:, None, None, None]
+        quant = {0: LayerQuant(codes.numpy(), scale.numpy(), 0.05, 128, 8)}
+        geometry = {"stride": 1, "padding": 1, "dilation": 1, "groups": 1}
+        module = (Int8Conv(quant, conv.bias, geometry) if lowered == "int8"
+                  else BranchedInt8Conv(conv, quant, geometry))
+    with torch.no_grad():
+        ref = F.pixel_shuffle(module(x), 2)
+        reorder_outputs(module, torch.from_numpy(dcr_order(32, 2)))
+        out = DcrPixelShuffle(2)(module(x))
+    assert torch.equal(out, ref)
 
 
 def test_lowered_qbasicvsr_runs_the_video_bits_its_controller_picks(qbasicvsr_w4a4):
@@ -146,17 +184,24 @@ def test_what_has_no_torch_int8_path_is_refused(quantvsr_w4a4):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not has_compiler(), reason="Inductor needs a C++ compiler")
-def test_compiled_model_runs_onednn_int8_convs_and_the_cli_upscales(qbasicvsr_w4a4, tmp_path: Path):
+def test_compiled_model_runs_onednn_int8_convs_and_the_cli_upscales(qbasicvsr_w4a4, tmp_path: Path, monkeypatch):
+    """Compiled with the host's steps (the HR tail whole, here in 3 stripes: static ranges make striping exact),
+    the integer model agrees with the eager, unstriped lowering at every bit offset and size, and upscales."""
     from torch._inductor.utils import run_and_get_code
 
     from vsrq import api, checkpoint
     from vsrq.data.frames import list_frames, read_frame
+    from vsrq.models import basicvsr
 
+    picked = []
+    monkeypatch.setattr(basicvsr, "STRIPE_LR_PIXELS", 64 * 64 // 3 + 1)
+    monkeypatch.setattr(basicvsr, "tail_stripes", lambda size: picked.append(tail_stripes(size)) or picked[-1])
     int8, eager = lower(qbasicvsr_w4a4), lower(qbasicvsr_w4a4, compile=False)
     x = _clip()
     with torch.no_grad():
         out, code = run_and_get_code(int8, x)
         assert "onednn.qconv" in "\n".join(code)  # integer kernels, not a float conv on dequantized values
+        assert picked and set(picked) == {3}  # traced once per compiled variant, each striped
         offsets = set()
         for clip in (x, torch.full((1, 4, 3, 64, 64), 0.5), torch.rand(1, 3, 3, 64, 80)):  # other bit offsets, size
             out = int8(clip)

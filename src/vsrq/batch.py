@@ -168,7 +168,8 @@ class Task:
 class Worker:
     """A Ray actor's body: loads the model once, then upscales whole videos or segments on request."""
 
-    def __init__(self, model: str, runtime: str, threads: int, chunk: int, overlap: int, seed: int) -> None:
+    def __init__(self, model: str, runtime: str, threads: int, chunk: int, overlap: int, seed: int,
+                 float_dtype: str = "auto") -> None:
         import contextlib
 
         import torch
@@ -178,7 +179,7 @@ class Worker:
         torch.set_num_threads(threads)
         self._stack = contextlib.ExitStack()
         self.runner, self.stream = self._stack.enter_context(
-            open_runner(model, runtime, chunk, overlap, seed, threads=threads))
+            open_runner(model, runtime, chunk, overlap, seed, threads=threads, float_dtype=float_dtype))
         self.name = f"{socket.gethostname()}:{os.getpid()}"
 
     def geometry(self) -> StreamConfig:
@@ -260,6 +261,7 @@ def upscale_batch(
     seed: int = 0,
     segment: int = 256,
     show_progress: bool = True,
+    float_dtype: str = "auto",
 ) -> Summary:
     """Upscale every video under ``library`` into ``output`` (same layout) on Ray ``workers`` actors.
 
@@ -267,7 +269,8 @@ def upscale_batch(
     started for this job. Videos already done with this model and this input are skipped unless
     ``overwrite``; a worker process that dies has its task retried ``retries`` times. Videos longer than
     ``segment`` frames (rounded to whole windows; 0: never) are split into segments that run on any
-    worker and join into the same bytes one worker would write.
+    worker and join into the same bytes one worker would write. ``float_dtype``: what stays float on ``torch-int8`` (see
+    :func:`vsrq.api.upscale`).
     """
     if workers < 1 or cpus_per_worker < 1 or retries < 0 or segment < 0:
         raise VsrqError(f"workers and cpus per worker must be >= 1, retries and segment >= 0, got {workers}, "
@@ -285,6 +288,8 @@ def upscale_batch(
     summary = Summary(workers=workers)
     key_base = {"model": model_sha256(model), "runtime": runtime, "chunk": chunk, "overlap": overlap, "seed": seed,
                 "vsrq": __version__}
+    if runtime == "torch-int8":  # it changes the output's bytes: a video done in another dtype is redone
+        key_base["float_dtype"] = float_dtype
     todo: list[tuple[Video, dict[str, Any], int | None]] = []
     for video in videos:
         try:
@@ -306,7 +311,7 @@ def upscale_batch(
         todo.append((video, key, clip.num_frames))
     if todo:
         _run(ray, todo, output, summary, model, runtime, workers, cpus_per_worker, address, retries, chunk, overlap,
-             seed, segment, show_progress)
+             seed, segment, show_progress, float_dtype)
     summary.videos.sort(key=lambda v: v.name)
     summary.wall_s = time.perf_counter() - start
     with atomic_output(output / STATE / "summary.json", overwrite=True) as tmp:
@@ -331,7 +336,7 @@ def _plan(todo: list[tuple[Video, dict[str, Any], int | None]], output: Path, st
 
 def _run(ray: Any, todo: list[tuple[Video, dict[str, Any], int | None]], output: Path, summary: Summary, model: str,
          runtime: str, workers: int, cpus_per_worker: int, address: str | None, retries: int, chunk: int,
-         overlap: int, seed: int, segment: int, show_progress: bool) -> None:
+         overlap: int, seed: int, segment: int, show_progress: bool, float_dtype: str) -> None:
     """Dispatch tasks to a pool of actors, one task per idle actor; a split video's join follows its last
     segment; outcomes are collected as they come."""
     started_here = not ray.is_initialized()
@@ -342,7 +347,7 @@ def _run(ray: Any, todo: list[tuple[Video, dict[str, Any], int | None]], output:
         actor = ray.remote(Worker).options(num_cpus=cpus_per_worker, max_restarts=retries, max_task_retries=retries)
 
         def spawn() -> Any:
-            return actor.remote(model, runtime, cpus_per_worker, chunk, overlap, seed)
+            return actor.remote(model, runtime, cpus_per_worker, chunk, overlap, seed, float_dtype)
 
         idle = [spawn()]
         queue = _plan(todo, output, ray.get(idle[0].geometry.remote()), segment)

@@ -22,6 +22,9 @@ from vsrq.progress import say, set_quiet
 from vsrq.runtime import RUNTIMES
 
 Handler = Callable[[argparse.Namespace], int]
+FLOAT_DTYPE_CHOICES = ("auto", "float32", "bfloat16")
+FLOAT_DTYPE_HELP = ("torch-int8: dtype of what stays float (flow network, rotations, low-rank branches); "
+                    "auto: bf16 where the CPU runs it natively")
 
 
 def _cmd_upscale(args: argparse.Namespace) -> int:
@@ -37,7 +40,7 @@ def _cmd_upscale_batch(args: argparse.Namespace) -> int:
 
     summary = upscale_batch(args.model, args.library, args.output, args.workers, args.cpus_per_worker, args.address,
                             args.runtime, args.retries, args.overwrite, args.chunk, args.overlap, args.seed,
-                            args.segment)
+                            args.segment, float_dtype=args.float_dtype)
     d = summary.to_dict()
     print(f"done {d['done']}, skipped {d['skipped']}, failed {d['failed']}; {d['frames']} frames in {d['wall_s']:.1f} s")
     for worker, fps in d["frames_per_s_per_worker"].items():
@@ -370,9 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime", choices=RUNTIMES, default="torch",
                    help="torch (float or fake-quant simulation), onnxruntime (integer graphs) or torch-int8 "
                         "(oneDNN int8 convs compiled by Inductor)")
-    p.add_argument("--float-dtype", choices=("auto", "float32", "bfloat16"), default="auto",
-                   help="torch-int8: dtype of what stays float (flow network, rotations, low-rank branches); "
-                        "auto: bf16 where the CPU runs it natively")
+    p.add_argument("--float-dtype", choices=FLOAT_DTYPE_CHOICES, default="auto", help=FLOAT_DTYPE_HELP)
     p.add_argument("--seed", type=int, default=0,
                    help="noise seed of diffusion models (MGLD-VSR): same seed, same output")
     p.add_argument("--flow", choices=("spynet", "raft"), default="spynet",
@@ -385,6 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="output folder: the library's layout, PNG folders and .mp4 files")
     p.add_argument("--model", required=True, help="model name, .pth, .vsrq, or .onnx (with --runtime onnxruntime)")
     p.add_argument("--runtime", choices=RUNTIMES, default="torch")
+    p.add_argument("--float-dtype", choices=FLOAT_DTYPE_CHOICES, default="auto", help=FLOAT_DTYPE_HELP)
     p.add_argument("--address", help="a running Ray cluster (auto, ray://head:10001); default: a local instance")
     p.add_argument("--workers", type=int, default=1, help="actors, each loading the model once (default 1)")
     p.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs (torch threads) per worker (default 1)")

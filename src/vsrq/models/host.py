@@ -196,6 +196,22 @@ class ModelHost:
         return x.unflatten(0, (clips, x.shape[0] // clips))
 
     # --- inference ------------------------------------------------------------------------------
+    def compiled_steps(self, model: nn.Module, tiled: bool) -> dict[str, dict[str, Any]]:
+        """Methods of the network that a compiling runtime compiles whole, each with the keyword arguments it binds,
+        so the element-wise ops between their convs fuse (none declared: each child is compiled on its own).
+        ``tiled``: whether a step may run its high-resolution part in tiles, exact only with static ranges."""
+        return {}
+
+    def tiled_layers(self, model: nn.Module) -> tuple[str, ...]:
+        """Layers a tiled step calls once per tile. Inductor rewrites a dequantized conv into an int8 one only
+        where its weight has one use, so the runtime calls oneDNN's int8 conv directly for these."""
+        return ()
+
+    def pixel_shuffles(self, model: nn.Module) -> dict[str, str]:
+        """Convs whose output only a pixel shuffle module reads: conv name -> the shuffle's (every conv that feeds
+        that shuffle listed). A runtime may reorder such a conv's output channels to suit its shuffle."""
+        return {}
+
     def stream(self, model: nn.Module, device: str, chunk: int, overlap: int, seed: int,
                flow: str) -> tuple[WindowRunner, StreamConfig]:
         """How a video streams through ``model``: a window runner and its geometry."""

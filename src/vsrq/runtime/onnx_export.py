@@ -57,7 +57,6 @@ import copy
 import dataclasses
 import io
 import json
-import math
 import warnings
 from contextlib import AbstractContextManager, nullcontext
 from functools import lru_cache
@@ -73,8 +72,7 @@ from vsrq.atomic import file_sha256, staged_files
 from vsrq.checkpoint import layer_manifest
 from vsrq.errors import VsrqError, require
 from vsrq.models.animesr import SCALE, AnimeSR, padded_size
-from vsrq.models.basicvsr import UPSAMPLE_HALO, BasicVSR
-from vsrq.models.spynet import flow_warp
+from vsrq.models.basicvsr import BasicVSR, tail_stripes
 from vsrq.quant.controller import VideoBitController
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.qmodel import QuantizedModel
@@ -84,7 +82,6 @@ from vsrq.runtime.deployable import layer_integer_problems
 OPSET = 17
 IR_VERSION = 9  # onnx >= 1.23 writes IR 14 by default, which onnxruntime 1.31 refuses
 MIN_QCONV_CHANNELS = 16
-STRIPE_LR_PIXELS = 180 * 320 // 8  # W8A8 at LR 180x320, 8 frames: peak RSS 1872 MB unstriped, 1638 in 4, 1184 in 8
 
 
 class FlowStep(nn.Module):
@@ -104,8 +101,7 @@ class BackwardStep(nn.Module):
         self.base = base
 
     def forward(self, x_t: torch.Tensor, flow: torch.Tensor, h_next: torch.Tensor) -> torch.Tensor:
-        warped = flow_warp(h_next, flow.permute(0, 2, 3, 1))
-        return self.base.backward_trunk(torch.cat((x_t, warped), dim=1))
+        return self.base.propagate(self.base.backward_trunk, x_t, h_next, flow)
 
 
 class ForwardStep(nn.Module):
@@ -114,20 +110,8 @@ class ForwardStep(nn.Module):
         self.base, self.stripes = base, stripes
 
     def forward(self, x_t, flow, g_prev, h_t=None):  # type: ignore[no-untyped-def]
-        warped = flow_warp(g_prev, flow.permute(0, 2, 3, 1))
-        g = self.base.forward_trunk(torch.cat((x_t, warped), dim=1))
+        g = self.base.propagate(self.base.forward_trunk, x_t, g_prev, flow)
         return g, self.base.reconstruct(x_t, g, h_t, self.stripes)
-
-
-def tail_stripes(lr_size: tuple[int, int]) -> int:
-    """How many stripes the HR tail runs in: about STRIPE_LR_PIXELS LR pixels each.
-
-    Unstriped, the tail's HR intermediates (64 channels at 4x, 59 MB per uint8 tensor at LR 180x320, with the
-    kernels' work buffers) set an exported forward graph's peak memory: one forward step took 1 GB more than
-    the trunk alone. Each stripe recomputes ``UPSAMPLE_HALO`` LR rows either side.
-    """
-    h, w = lr_size
-    return max(1, min(h // (4 * UPSAMPLE_HALO), math.ceil(h * w / STRIPE_LR_PIXELS)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -459,7 +443,7 @@ def insert_qdq(graph_model, quant: dict[str, LayerQuant], out_ranges: dict[str, 
         shuffles_after = _shuffles_after(users, consumers, values) if len(lq.weight_scale) >= MIN_QCONV_CHANNELS else []
         if shuffles_after:  # output channels in DCR order: the shuffle then moves whole pixels
             blocks = next(helper.get_attribute_value(a) for a in shuffles_after[0].attribute if a.name == "blocksize")
-            order = _dcr_order(len(lq.weight_scale), blocks)
+            order = dcr_order(len(lq.weight_scale), blocks)
             lq = dataclasses.replace(lq, weight_codes=lq.weight_codes[order], weight_scale=lq.weight_scale[order])
             if len(node.input) > 2:
                 if f"{layer}.bias_dcr" not in extra_inits:
@@ -547,7 +531,7 @@ def _shuffles_after(users: list, consumers: dict[str, list], values: dict[str, n
     return shuffles
 
 
-def _dcr_order(channels: int, blocks: int) -> np.ndarray:
+def dcr_order(channels: int, blocks: int) -> np.ndarray:
     """The output-channel order of a conv before a pixel shuffle that turns PyTorch's CRD layout (channel
     ``c*b*b + k`` goes to block position ``k``) into DCR's (``k*C + c``): entry n is the old index of channel n."""
     return np.arange(channels).reshape(channels // blocks**2, blocks**2).T.reshape(-1)
