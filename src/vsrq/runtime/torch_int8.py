@@ -238,8 +238,8 @@ class Int8Model(QuantizedModel):
 
     def compile(self) -> "Int8Model":  # type: ignore[override]
         """Compile the steps the host declares whole (:meth:`ModelHost.compiled_steps`: BasicVSR's warp before each
-        trunk and HR tail, so the activations, pixel shuffles and quantizations between convs fuse), and every child of the
-        base network that holds weights (Inductor; :meth:`forward` turns freezing on, which folds the weights into
+        trunk and HR tail, so the activations, pixel shuffles and quantizations between convs fuse), and every child
+        of the base network that holds weights (Inductor; :meth:`forward` turns freezing on, which folds the weights into
         prepacked oneDNN constants; a child a step calls is traced into the step). The first call of each traces
         and builds its kernels; the model's own loop around them stays Python. Shapes are static: with automatic
         dynamic shapes, the geometry of convs that share code turns symbolic and freezing cannot pack their float
