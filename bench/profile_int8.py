@@ -53,7 +53,7 @@ def profile(backend: str, art: dict[str, Path]) -> dict:
     key = BACKENDS[backend][3]
     model = api.load(art[key] if key else "basicvsr-vimeo-bi")
     if backend.startswith("pt-int8"):
-        model = lowered(backend, model)
+        model = lowered(backend, model, art[key])
     base = model.base if hasattr(model, "base") else model
     spent: dict[str, float] = {}
     for name, child in list(base.named_children()):

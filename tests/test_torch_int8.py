@@ -24,10 +24,12 @@ from vsrq.runtime.torch_int8 import (
     CastConv,
     DcrPixelShuffle,
     Int8Conv,
+    Packaged,
     has_compiler,
     input_codes,
     lower,
     reorder_outputs,
+    static_codes,
 )
 
 QUIET = dict(log=lambda s: None, show_progress=False)
@@ -133,8 +135,7 @@ def test_run_time_input_codes_are_the_b_bit_grid_in_closed_form():
     rng = np.random.default_rng(1)
     x = rng.normal(0.5, 2.0, size=(1, 3, 16, 16)).astype(np.float32)
     for bits, ratio in ((4, 0.8), (8, None), (6, 0.5)):
-        codes, scale, zp = input_codes(torch.from_numpy(x), bits, None if ratio is None else torch.tensor(ratio),
-                                       None, None)
+        codes, scale, zp = input_codes(torch.from_numpy(x), bits, None if ratio is None else torch.tensor(ratio))
         lo, hi = min(x.min() * (ratio or 1), 0.0), max(x.max() * (ratio or 1), 0.0)
         step = (float(hi) - float(lo)) / (2**bits - 1)
         z = np.clip(np.round(-lo / step), 0, 2**bits - 1)
@@ -142,8 +143,8 @@ def test_run_time_input_codes_are_the_b_bit_grid_in_closed_form():
         assert codes.dtype == torch.uint8 and int(zp) == z and float(scale) == pytest.approx(step, rel=1e-6)
         assert np.array_equal(codes.numpy(), expected), bits
         assert codes.max() == 2**bits - 1 and (ratio is None or (x > hi).any())  # the clip ratio saturated some
-    codes, _, zp = input_codes(torch.from_numpy(x), 4, None, torch.tensor(0.25), torch.tensor(5.0))  # static grid
-    assert int(zp) == 5 and np.array_equal(codes.numpy(), np.clip(np.round(x / 0.25) + 5, 0, 15))
+    codes = static_codes(torch.from_numpy(x), 4, 0.25, 5.0)  # a static grid
+    assert codes.dtype == torch.uint8 and np.array_equal(codes.numpy(), np.clip(np.round(x / 0.25) + 5, 0, 15))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -190,6 +191,7 @@ def test_compiled_model_runs_onednn_int8_convs_and_the_cli_upscales(qbasicvsr_w4
     from torch._inductor.utils import run_and_get_code
 
     from vsrq import api, checkpoint
+    from vsrq.atomic import cache_dir
     from vsrq.data.frames import list_frames, read_frame
     from vsrq.models import basicvsr
 
@@ -217,6 +219,31 @@ def test_compiled_model_runs_onednn_int8_convs_and_the_cli_upscales(qbasicvsr_w4
     with torch.no_grad():
         sim = tensor_to_uint8(qbasicvsr_w4a4(torch.from_numpy(frames).float().div(255).permute(0, 3, 1, 2)[None])[0])
     assert len(got) == 5 and min(psnr(a, b) for a, b in zip(got, sim)) > 38
+    # a checkpoint file's units were compiled ahead of time into the cache; a second run only loads them
+    packages = list(cache_dir().glob("torch-int8/*/*.pt2"))
+    units = {p.name.split("-")[0] for p in packages}
+    assert units >= {"spynet", "align", "backward_trunk", "forward_trunk", "reconstruct"}
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", lambda *a, **k: pytest.fail("compiled again"))
+    api.upscale(ckpt, tmp_path / "lr", tmp_path / "sr2", runtime="torch-int8", show_progress=False)
+    assert all(np.array_equal(a, read_frame(p)) for a, p in zip(got, list_frames(tmp_path / "sr2")))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not has_compiler(), reason="Inductor needs a C++ compiler")
+def test_a_packaged_quantvsr_trunk_runs_its_branched_layers_ahead_of_time(quantvsr_w4a4, tmp_path: Path):
+    """Rotation, run-time ranges, vsrq's oneDNN op and the low-rank branch, exported and compiled by AOTInductor
+    into one package per input shape, agree with the eager lowering; a new unit on the same folder loads it."""
+    eager = lower(quantvsr_w4a4, compile=False)
+    trunk = eager.base.backward_trunk
+    unit = Packaged(trunk.forward, trunk, "backward_trunk", tmp_path, lambda: 0)
+    x = torch.rand(1, 19, 48, 40)
+    with torch.no_grad():
+        ref, out = trunk(x), unit(x)
+        again = Packaged(trunk.forward, trunk, "backward_trunk", tmp_path, lambda: 0)(x)
+    threads = torch.get_num_threads()
+    assert [p.name for p in tmp_path.glob("*.pt2")] == [f"backward_trunk-1x19x48x40float32-o0-t{threads}.pt2"]
+    assert torch.equal(out, again)
+    assert (out - ref).abs().max() <= 1e-3 * ref.abs().max()
 
 
 @pytest.mark.slow

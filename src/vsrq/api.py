@@ -102,8 +102,11 @@ def open_runner(
         raise VsrqError(f"the {runtime} runtime runs on the CPU; use --device cpu or the torch runtime")
     onnx_file = runtime == "onnxruntime" and isinstance(model, (str, Path)) and str(model).endswith(".onnx")
     net = load(model) if isinstance(model, (str, Path)) and not onnx_file else model
-    if isinstance(net, nn.Module) and runtime == "torch-int8":
-        net = torch_int8.lower(net, float_dtype=float_dtype)
+    if isinstance(net, nn.Module) and runtime == "torch-int8":  # a checkpoint file's kernels are built once and kept
+        packages = None
+        if isinstance(model, (str, Path)) and str(model).endswith(checkpoint.SUFFIX):
+            packages = torch_int8.package_folder(Path(model), torch_int8.float_dtype_for(float_dtype), host_for(net))
+        net = torch_int8.lower(net, float_dtype=float_dtype, packages=packages)
     if isinstance(net, nn.Module) and runtime != "onnxruntime":
         net = net.to(dev)
         yield host_for(net).stream(net, device, chunk, overlap, seed, flow)
@@ -140,7 +143,8 @@ def upscale(
     / ``.vsrq`` that is exported on the fly for each LR size met (a ``.vsrq`` file's graphs are kept in
     ``$VSRQ_CACHE``, default ``~/.cache/vsrq``, so later runs start at once). ``runtime="torch-int8"`` runs a
     quantized model's convs on PyTorch's oneDNN int8 kernels, compiled by Inductor (static or run-time activation
-    ranges, rotations and low-rank branches; see :mod:`vsrq.runtime.torch_int8`), what stays float in ``float_dtype``
+    ranges, rotations and low-rank branches; see :mod:`vsrq.runtime.torch_int8`; a ``.vsrq`` file's kernels are
+    compiled ahead of time per LR size and kept in ``$VSRQ_CACHE`` too), what stays float in ``float_dtype``
     (``auto``: bf16 where the CPU runs it natively, ``float32``, ``bfloat16``). Diffusion models (MGLD-VSR) run
     in chunks of their own frame count, ``chunk`` and ``overlap`` aside, each chunk sampled with ``seed``,
     their temporal guidance aligned by the ``flow`` estimator (``spynet`` or ``raft``). ``device``

@@ -39,6 +39,12 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def cache_dir() -> Path:
+    """``$VSRQ_CACHE``, else ``~/.cache/vsrq``: where work that later runs reuse is kept (captures, exported
+    graphs, compiled kernels), each kind in its own subfolder keyed by content."""
+    return Path(os.environ.get("VSRQ_CACHE") or Path.home() / ".cache" / "vsrq")
+
+
 def make_parent(target: Path) -> Path:
     """Create the folder ``target`` goes in; one clear error where a file stands in its way."""
     parent = target.parent if str(target.parent) else Path(".")

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from vsrq.atomic import file_sha256
+from vsrq.atomic import cache_dir, file_sha256
 from vsrq.errors import VsrqError, require
 from vsrq.models.animesr import SCALE as ANIMESR_SCALE, padded_size
 from vsrq.runtime import onnx_export
@@ -229,5 +228,4 @@ def graph_cache(checkpoint: Path) -> Path:
     file_sha256(checkpoint, digest)
     digest.update(Path(onnx_export.__file__).read_bytes())  # the exporter that made them
     digest.update(b"vnni" if onnx_export.has_vnni() else b"no-vnni")  # `auto` weight storage depends on the CPU
-    root = Path(os.environ.get("VSRQ_CACHE") or Path.home() / ".cache" / "vsrq")
-    return root / "onnx" / f"{digest.hexdigest()[:24]}-{__version__}"
+    return cache_dir() / "onnx" / f"{digest.hexdigest()[:24]}-{__version__}"

@@ -10,15 +10,22 @@ bits (one compiled variant per bit offset, chosen per window by the checkpoint's
 simulation. Layers whose input range is computed at run time (QuantVSR's, QuaRot's, SVDQuant's), with their
 rotation and low-rank branch, call oneDNN's int8 conv through :func:`int8_conv2d` instead (Inductor matches only
 constant scales). Everything left float (the flow network, weight-only layers, rotations, low-rank branches) runs in
-one ``float_dtype``: bf16 where the CPU has it natively. Needs a C++ compiler (Inductor builds its kernels; they
-are cached on disk between runs).
+one ``float_dtype``: bf16 where the CPU has it natively. Needs a C++ compiler (Inductor builds its kernels). A
+checkpoint file's units are compiled ahead of time by AOTInductor, once per input shape, into packages that later
+runs load (:class:`Packaged`, :func:`package_folder`); a model in memory is compiled by ``torch.compile`` in each
+process.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
+import inspect
 import os
 import shutil
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.ao.quantization.fx._decomposed  # noqa: F401  (registers torch.ops.quantized_decomposed)
@@ -27,14 +34,17 @@ from torch import nn
 from torch._dynamo import config as dynamo_config
 from torch._inductor import config as inductor_config
 
+from vsrq.atomic import cache_dir, file_sha256, staged_files
 from vsrq.checkpoint import layer_manifest
 from vsrq.errors import VsrqError
-from vsrq.models.host import ModelCall
+from vsrq.models.host import ModelCall, ModelHost
+from vsrq.progress import say
 from vsrq.quant.controller import controller_from_manifest
 from vsrq.quant.grid import quantize_to_int, scale_zero_point
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.runtime.deployable import layer_integer_problems
 from vsrq.runtime.onnx_export import LayerQuant, dcr_order, float_copy, integer_layers, video_bit_offsets
+from vsrq.version import __version__
 
 _QD = torch.ops.quantized_decomposed
 RECOMPILE_LIMIT = 64
@@ -88,17 +98,23 @@ def _(codes, scale, zero_point, weight_codes, weight_scale, bias, stride, paddin
     return out.contiguous(memory_format=torch.channels_last)
 
 
-def input_codes(x: torch.Tensor, bits: int, ratio: torch.Tensor | None, scale: torch.Tensor | None,
-                zero_point: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """uint8 codes of ``x`` on its b-bit grid with their scale and zero point: the static ones given, or (``scale``
-    None) the run-time [min, max] of the whole tensor times the clip ratio, exactly as the simulation computes it."""
-    if scale is None:
-        lower, upper = torch.aminmax(x)
-        if ratio is not None:
-            lower, upper = lower * ratio, upper * ratio
-        scale, zero_point = scale_zero_point(lower, upper, bits, symmetric=False)
+def input_codes(x: torch.Tensor, bits: int, ratio: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """uint8 codes of ``x`` on its b-bit grid with their scale and zero point, from the run-time [min, max] of the
+    whole tensor times the clip ratio, exactly as the simulation computes them."""
+    lower, upper = torch.aminmax(x)
+    if ratio is not None:
+        lower, upper = lower * ratio, upper * ratio
+    scale, zero_point = scale_zero_point(lower, upper, bits, symmetric=False)
     codes = quantize_to_int(x, scale, zero_point, bits, symmetric=False).to(torch.uint8)
     return codes, scale, zero_point.to(torch.int64)
+
+
+def static_codes(x: torch.Tensor, bits: int, scale: float, zero_point: float) -> torch.Tensor:
+    """uint8 codes of ``x`` on a static b-bit grid, :func:`~vsrq.quant.grid.quantize_to_int`'s formula with Python
+    numbers (``scale`` a float32 value): a traced graph then holds no arithmetic on constant tensors, which
+    freezing's constant folding would have to fold (and AOTInductor's export fails to)."""
+    inverse = float(torch.reciprocal(torch.tensor(scale, dtype=torch.float32)))  # as float32 computes 1 / scale
+    return torch.clamp(torch.round(x * inverse + zero_point), 0, 2**bits - 1).to(torch.uint8)
 
 
 class BranchedInt8Conv(nn.Module):
@@ -130,10 +146,12 @@ class BranchedInt8Conv(nn.Module):
         down, up = getattr(float_conv, "lowrank_down", None), getattr(float_conv, "lowrank_up", None)
         self.lowrank_down = _frozen(None if down is None else down.to(float_dtype))
         self.lowrank_up = _frozen(None if up is None else up.to(float_dtype))
-        # per video bit offset: (bits, clip ratio, static scale, static zero point); None scale: a run-time range
+        # per video bit offset: (bits, clip ratio, static grid); the static grid as numbers for the rounding and as
+        # the tensors oneDNN's op takes; None: a run-time range
         self.inputs = {o: (q.input_bits, None if q.clip_ratio == 1.0 else torch.tensor(q.clip_ratio),
-                           None if q.dynamic else torch.tensor(q.input_scale),
-                           None if q.dynamic else torch.tensor(float(q.input_zero_point)))
+                           None if q.dynamic else (float(q.input_scale), float(q.input_zero_point),
+                                                   torch.tensor(q.input_scale, dtype=torch.float32),
+                                                   torch.tensor(int(q.input_zero_point), dtype=torch.int64)))
                        for o, q in quant.items()}
         self.offset = 0
 
@@ -142,7 +160,11 @@ class BranchedInt8Conv(nn.Module):
             x = x / self.smooth
         low = x.to(self.float_dtype) if self.rotation is not None or self.lowrank_down is not None else x
         xin = x if self.rotation is None else F.conv2d(low, self.rotation).to(x.dtype)
-        codes, scale, zero_point = input_codes(xin, *self.inputs[self.offset])
+        bits, ratio, grid = self.inputs[self.offset]
+        if grid is None:
+            codes, scale, zero_point = input_codes(xin, bits, ratio)
+        else:
+            codes, scale, zero_point = static_codes(xin, bits, *grid[:2]), *grid[2:]
         g = self.geometry
         y = torch.ops.vsrq.int8_conv2d(codes, scale, zero_point, self.codes, self.weight_scale, self.bias, g["stride"],
                                        g["padding"], g["dilation"], self.groups)
@@ -217,6 +239,7 @@ class Int8Model(QuantizedModel):
     input range is static, so the host's steps may run in tiles."""
 
     tiled: bool = False
+    offset: int = 0  # the video bit offset of the call in progress
 
     def forward(self, *args, **kwargs) -> torch.Tensor:  # type: ignore[no-untyped-def]
         extra = self.controller.prepare(ModelCall(args, kwargs, 0)) if self.controller is not None else {}
@@ -225,7 +248,7 @@ class Int8Model(QuantizedModel):
             offsets = {int(round(float(b))) for b in bits}
             if len(offsets) != 1:
                 raise VsrqError("the torch-int8 runtime runs one video bit offset per call: upscale one clip at a time")
-            offset = offsets.pop()
+            offset = self.offset = offsets.pop()
             for conv in self.int8_convs():
                 conv.offset = offset
         # compilation happens in the first call, and again per frame size and bit offset: every conv compiled on
@@ -236,21 +259,98 @@ class Int8Model(QuantizedModel):
     def int8_convs(self) -> list[Int8Conv | BranchedInt8Conv]:
         return [m for m in self.base.modules() if isinstance(m, (Int8Conv, BranchedInt8Conv))]
 
-    def compile(self) -> "Int8Model":  # type: ignore[override]
+    def compile(self, packages: Path | None = None) -> "Int8Model":  # type: ignore[override]
         """Compile the steps the host declares whole (:meth:`ModelHost.compiled_steps`: BasicVSR's warp before each
         trunk and HR tail, so the activations, pixel shuffles and quantizations between convs fuse), and every child
-        of the base network that holds weights (Inductor; :meth:`forward` turns freezing on, which folds the weights into
-        prepacked oneDNN constants; a child a step calls is traced into the step). The first call of each traces
-        and builds its kernels; the model's own loop around them stays Python. Shapes are static: with automatic
-        dynamic shapes, the geometry of convs that share code turns symbolic and freezing cannot pack their float
-        weights."""
+        of the base network that holds weights (a child a step calls is traced into the step), with freezing on,
+        which folds the weights into prepacked oneDNN constants. Shapes are static: with automatic dynamic shapes,
+        the geometry of convs that share code turns symbolic and freezing cannot pack their float weights.
+
+        Without ``packages``, by ``torch.compile`` in this process: each unit is traced and built at its first call
+        (about a minute for BasicVSR), in every process, since Inductor's cache skips graphs that hold prepacked
+        weights. With a ``packages`` folder (:func:`package_folder`), each unit and input shape is compiled once
+        ahead of time by AOTInductor into a package kept there (:class:`Packaged`), which later runs load in
+        milliseconds. The model's own loop around the units stays Python."""
+        units: list[tuple[str, nn.Module, Callable[..., torch.Tensor], bool]] = []  # name, owner, function, step
         for name, kwargs in self.host.compiled_steps(self.base, tiled=self.tiled).items():
-            step = functools.partial(getattr(self.base, name), **kwargs)
-            setattr(self.base, name, torch.compile(step, dynamic=False))
-        for child in self.base.children():
+            units.append((name, self.base, functools.partial(getattr(self.base, name), **kwargs), True))
+        for name, child in self.base.named_children():
             if next(child.parameters(), None) is not None or next(child.buffers(), None) is not None:
-                child.compile(dynamic=False)
+                units.append((name, child, child.forward, False))
+        for name, owner, fn, step in units:
+            if packages is not None:  # a network whose convs have one setting needs one package for every offset
+                convs = [m for m in owner.modules() if isinstance(m, (Int8Conv, BranchedInt8Conv))]
+                varies = step or any(len(m.inputs) > 1 for m in convs)
+                wrapped: Callable[..., torch.Tensor] = Packaged(fn, owner, name, packages,
+                                                                (lambda: self.offset) if varies else (lambda: 0))
+            else:
+                wrapped = torch.compile(fn, dynamic=False)
+            setattr(self.base if step else owner, name if step else "forward", wrapped)
         return self
+
+
+class _Unit(nn.Module):
+    """What AOTInductor exports for one unit: its owner registered as a submodule (so weights are the program's
+    parameters and buffers, not lifted constants), the call's absent (None) arguments bound."""
+
+    def __init__(self, owner: nn.Module, fn: Callable[..., torch.Tensor], present: tuple[bool, ...]) -> None:
+        super().__init__()
+        self.owner = owner
+        self.fn = fn
+        self.present = present
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        given = iter(tensors)
+        return self.fn(*(next(given) if p else None for p in self.present))
+
+
+class Packaged:
+    """One unit of an :class:`Int8Model` (a host step or a child network) run from AOTInductor packages: one per
+    input shape, video bit offset and thread count, compiled at the first call that needs it (export with freezing,
+    about 30 s for a BasicVSR trunk at 180x320) and kept in ``folder`` (written whole or not at all), loaded by later
+    calls and later processes. Called while another unit is being traced, it is that unit's code."""
+
+    def __init__(self, fn: Callable[..., torch.Tensor], owner: nn.Module, name: str, folder: Path,
+                 offset: Callable[[], int]) -> None:
+        self.fn, self.owner, self.name, self.folder, self.offset = fn, owner, name, Path(folder), offset
+        self.runners: dict[str, Callable[..., torch.Tensor]] = {}
+
+    def __call__(self, *args: torch.Tensor | None) -> torch.Tensor:
+        if torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return self.fn(*args)
+        shapes = "-".join("none" if a is None else "x".join(map(str, a.shape)) + str(a.dtype).removeprefix("torch.")
+                          for a in args)
+        key = f"{self.name}-{shapes}-o{self.offset()}-t{torch.get_num_threads()}"  # kernels split work for N threads
+        runner = self.runners.get(key)
+        if runner is None:
+            runner = self.runners[key] = self._load(key, args)
+        return runner(*(a for a in args if a is not None))
+
+    def _load(self, key: str, args: tuple[torch.Tensor | None, ...]) -> Callable[..., torch.Tensor]:
+        path = self.folder / f"{key}.pt2"
+        if not path.is_file():
+            say(f"torch-int8: compiling {key} ahead of time (once; kept in {self.folder})")
+            unit = _Unit(self.owner, self.fn, tuple(a is not None for a in args))
+            with torch.inference_mode(False), torch.no_grad():
+                example = tuple(a.clone() for a in args if a is not None)
+                program = torch.export.export(unit, example, strict=False)
+                with staged_files(path, replace=False) as stage:
+                    torch._inductor.aoti_compile_and_package(program, package_path=str(stage / path.name),
+                                                             inductor_configs={"freezing": True})
+        return torch._inductor.aoti_load_package(str(path))
+
+
+def package_folder(checkpoint: Path, float_dtype: torch.dtype, host: ModelHost) -> Path:
+    """Where the AOTInductor packages of a checkpoint file are kept: ``$VSRQ_CACHE`` / ``torch-int8`` / a SHA-256
+    of the file, of the code that builds the graphs (this module, the ONNX exporter's lowering helpers, the host
+    and its network), PyTorch's version, the CPU's vector ISA and the float dtype; and vsrq's version. An edited
+    checkpoint, changed code or another machine never reuses stale kernels."""
+    digest = hashlib.sha256()
+    file_sha256(checkpoint, digest)
+    for module in dict.fromkeys((__name__, "vsrq.runtime.onnx_export", type(host).__module__)):
+        digest.update(Path(inspect.getfile(sys.modules[module])).read_bytes())
+    digest.update(f"{torch.__version__} {torch.backends.cpu.get_cpu_capability()} {float_dtype}".encode())
+    return cache_dir() / "torch-int8" / f"{digest.hexdigest()[:24]}-{__version__}"
 
 
 def has_compiler() -> bool:
@@ -269,14 +369,14 @@ def float_dtype_for(name: str) -> torch.dtype:
     return FLOAT_DTYPES[name]
 
 
-def lower(model: nn.Module, compile: bool = True, float_dtype: str = "auto") -> Int8Model:
+def lower(model: nn.Module, compile: bool = True, float_dtype: str = "auto", packages: Path | None = None) -> Int8Model:
     """The torch-int8 model of a quantized model (a copy; ``model`` is untouched).
 
     Every layer with integer weights and a static per-tensor input range becomes an :class:`Int8Conv`; layers
     with a rotation, smoothing, a low-rank branch or a run-time input range become a :class:`BranchedInt8Conv`
     (its rotation and branch in ``float_dtype``, see :func:`float_dtype_for`); weight-only layers run as float convs
     on their dequantized weights, in ``float_dtype`` like every other conv left float. One clear error for
-    anything else."""
+    anything else. ``packages``: compile ahead of time into that folder (see :meth:`Int8Model.compile`)."""
     if not isinstance(model, QuantizedModel):
         raise VsrqError("the torch-int8 runtime runs quantized models (.vsrq); run float models with --runtime torch")
     if compile and not has_compiler():
@@ -326,4 +426,4 @@ def lower(model: nn.Module, compile: bool = True, float_dtype: str = "auto") -> 
         controller = controller_from_manifest(model.controller.state_manifest(), base, model.host)
     out = Int8Model(base, model.manifest, model.host, controller)
     out.tiled = tiled
-    return out.compile() if compile else out
+    return out.compile(packages) if compile else out

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -20,6 +19,7 @@ from typing import Callable
 import numpy as np
 from torch import nn
 
+from vsrq.atomic import cache_dir
 from vsrq.data.captured import CapturedInputs, CaptureWriter
 from vsrq.data.clips import CalibrationSet
 from vsrq.errors import VsrqError
@@ -27,13 +27,7 @@ from vsrq.models.mgldvsr.pipeline import as_upscaler
 from vsrq.models.mgldvsr.sampler import respaced_timesteps
 from vsrq.progress import progress
 
-CACHE_ENV = "VSRQ_CACHE"
 CAPTURE_STEPS = 5  # QuantVSR: 5 points at equal intervals of the 50 sampling steps
-
-
-def cache_dir() -> Path:
-    """``$VSRQ_CACHE``, else ``~/.cache/vsrq``: where captures are kept for reuse."""
-    return Path(os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "vsrq")
 
 
 def weights_sha256(model: nn.Module) -> str:
