@@ -28,9 +28,11 @@ from vsrq.runtime.torch_int8 import (
     has_compiler,
     input_codes,
     lower,
+    package_folder,
     reorder_outputs,
     static_codes,
 )
+from vsrq.version import __version__
 
 QUIET = dict(log=lambda s: None, show_progress=False)
 
@@ -181,6 +183,23 @@ def test_what_has_no_torch_int8_path_is_refused(quantvsr_w4a4):
         lower(qm, compile=False)
     with pytest.raises(VsrqError, match="float dtype must be auto, float32 or bfloat16; got 'fp16'"):
         lower(quantvsr_w4a4, compile=False, float_dtype="fp16")
+
+
+def test_package_folders_are_keyed_by_the_checkpoint_bytes_and_the_float_dtype(quantvsr_w4a4, tmp_path: Path,
+                                                                               monkeypatch):
+    """Packages are kept under $VSRQ_CACHE/torch-int8 per checkpoint content (not its name), float dtype and vsrq
+    version: a renamed copy shares them; an edited file or another dtype never reuses them."""
+    monkeypatch.setenv("VSRQ_CACHE", str(tmp_path / "cache"))
+    host = quantvsr_w4a4.host
+    a, b, c = tmp_path / "a.vsrq", tmp_path / "b.vsrq", tmp_path / "c.vsrq"
+    a.write_bytes(b"one checkpoint")
+    b.write_bytes(b"one checkpoint")
+    c.write_bytes(b"one checkpoinT")
+    folder = package_folder(a, torch.float32, host)
+    assert folder.parent == tmp_path / "cache" / "torch-int8" and folder.name.endswith(__version__)
+    assert package_folder(b, torch.float32, host) == folder
+    assert package_folder(c, torch.float32, host) != folder
+    assert package_folder(a, torch.bfloat16, host) != folder
 
 
 @pytest.mark.slow
