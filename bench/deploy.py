@@ -412,8 +412,8 @@ def main() -> int:
             key = BACKENDS[backend][3]
             cold = None
             for _ in range(2 if backend.startswith("pt-int8") else 1):  # torch-int8: fill the kernel cache, then time
-                args = [sys.executable, __file__, "--worker", backend, size, str(art[key]) if key else "-"]
-                out = subprocess.run(args, capture_output=True, text=True)
+                command = [sys.executable, __file__, "--worker", backend, size, str(art[key]) if key else "-"]
+                out = subprocess.run(command, capture_output=True, text=True)
                 if out.returncode != 0:
                     raise SystemExit(f"{backend} {size} failed:\n{out.stderr[-2000:]}")
                 timing = json.loads(out.stdout.strip().splitlines()[-1])
