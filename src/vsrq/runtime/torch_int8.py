@@ -304,11 +304,22 @@ class _Unit(nn.Module):
         return self.fn(*(next(given) if p else None for p in self.present))
 
 
+def _signature(a: torch.Tensor | None) -> str:
+    """What a package is compiled for, per argument: its shape and dtype, and its strides unless contiguous. A package
+    reads its inputs with the strides of its example (unchecked), and the same shape can come in two layouts (SpyNet's
+    flows are channels-last or not depending on how many pairs one call takes)."""
+    if a is None:
+        return "none"
+    name = "x".join(map(str, a.shape)) + str(a.dtype).removeprefix("torch.")
+    return name if a.is_contiguous() else name + "s" + "_".join(map(str, a.stride()))
+
+
 class Packaged:
     """One unit of an :class:`Int8Model` (a host step or a child network) run from AOTInductor packages: one per
-    input shape, video bit offset and thread count, compiled at the first call that needs it (export with freezing,
-    about 30 s for a BasicVSR trunk at 180x320) and kept in ``folder`` (written whole or not at all), loaded by later
-    calls and later processes. Called while another unit is being traced, it is that unit's code."""
+    input shape and layout (:func:`_signature`), video bit offset and thread count (kernels split work for N threads),
+    compiled at the first call that needs it (export with freezing, about 30 s for a BasicVSR trunk at 180x320) and
+    kept in ``folder`` (written whole or not at all), loaded by later calls and later processes. Called while another
+    unit is being traced, it is that unit's code."""
 
     def __init__(self, fn: Callable[..., torch.Tensor], owner: nn.Module, name: str, folder: Path,
                  offset: Callable[[], int]) -> None:
@@ -318,9 +329,7 @@ class Packaged:
     def __call__(self, *args: torch.Tensor | None) -> torch.Tensor:
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return self.fn(*args)
-        shapes = "-".join("none" if a is None else "x".join(map(str, a.shape)) + str(a.dtype).removeprefix("torch.")
-                          for a in args)
-        key = f"{self.name}-{shapes}-o{self.offset()}-t{torch.get_num_threads()}"  # kernels split work for N threads
+        key = f"{self.name}-{'-'.join(map(_signature, args))}-o{self.offset()}-t{torch.get_num_threads()}"
         runner = self.runners.get(key)
         if runner is None:
             runner = self.runners[key] = self._load(key, args)
