@@ -25,6 +25,7 @@ from vsrq.runtime.torch_int8 import (
     DcrPixelShuffle,
     Int8Conv,
     Packaged,
+    _signature,
     has_compiler,
     input_codes,
     lower,
@@ -184,6 +185,15 @@ def test_what_has_no_torch_int8_path_is_refused(quantvsr_w4a4):
     with pytest.raises(VsrqError, match="float dtype must be auto, float32 or bfloat16; got 'fp16'"):
         lower(quantvsr_w4a4, compile=False, float_dtype="fp16")
 
+
+def test_a_package_is_chosen_by_its_inputs_layout_not_only_their_shape():
+    """A package reads its inputs with its example's strides, unchecked: frames permuted from an NHWC array (Vid4's
+    loader) must not reach a package built for NCHW frames of the same shape (7.8 dB on calendar when they did)."""
+    nchw = torch.rand(1, 3, 12, 20)
+    nhwc = torch.rand(1, 12, 20, 3).permute(0, 3, 1, 2)
+    assert _signature(nchw) == "1x3x12x20float32" and _signature(None) == "none"
+    assert _signature(nhwc).startswith("1x3x12x20float32s") and _signature(nhwc) != _signature(nchw)
+    assert _signature(nhwc) == _signature(nhwc.clone())  # the export's example keeps the layout it was given
 
 def test_package_folders_are_keyed_by_the_checkpoint_bytes_and_the_float_dtype(quantvsr_w4a4, tmp_path: Path,
                                                                                monkeypatch):
