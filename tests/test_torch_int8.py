@@ -25,6 +25,7 @@ from vsrq.runtime.torch_int8 import (
     DcrPixelShuffle,
     Int8Conv,
     Packaged,
+    _dense,
     _signature,
     has_compiler,
     input_codes,
@@ -194,6 +195,9 @@ def test_a_package_is_chosen_by_its_inputs_layout_not_only_their_shape():
     assert _signature(nchw) == "1x3x12x20float32" and _signature(None) == "none"
     assert _signature(nhwc).startswith("1x3x12x20float32s") and _signature(nhwc) != _signature(nchw)
     assert _signature(nhwc) == _signature(nhwc.clone())  # the export's example keeps the layout it was given
+    clips = [torch.rand(1, t, 12, 20, 3).permute(0, 1, 4, 2, 3) for t in (5, 9)]  # frames of clips of two lengths
+    assert _signature(clips[0][:, 2]) == _signature(clips[1][:, 7]) == _signature(nhwc)
+    assert _dense(clips[0][:, 2]) and not _dense(nchw[..., ::2])  # a strided slice is made contiguous first
 
 def test_package_folders_are_keyed_by_the_checkpoint_bytes_and_the_float_dtype(quantvsr_w4a4, tmp_path: Path,
                                                                                monkeypatch):

@@ -305,13 +305,20 @@ class _Unit(nn.Module):
 
 
 def _signature(a: torch.Tensor | None) -> str:
-    """What a package is compiled for, per argument: its shape and dtype, and its strides unless contiguous. A package
-    reads its inputs with the strides of its example (unchecked), and the same shape can come in two layouts (SpyNet's
-    flows are channels-last or not depending on how many pairs one call takes)."""
+    """What a package is compiled for, per argument: its shape and dtype, and its layout unless contiguous (the
+    strides of dims longer than 1). A package reads its inputs with the strides of its example, unchecked, and the
+    same shape comes in two layouts: a frame cut from a clip permuted from an NHWC array, or from an NCHW one."""
     if a is None:
         return "none"
     name = "x".join(map(str, a.shape)) + str(a.dtype).removeprefix("torch.")
-    return name if a.is_contiguous() else name + "s" + "_".join(map(str, a.stride()))
+    strides = (str(s if n > 1 else 0) for n, s in zip(a.shape, a.stride()))
+    return name if a.is_contiguous() else name + "s" + "_".join(strides)
+
+
+def _dense(a: torch.Tensor) -> bool:
+    """No gaps between its elements (a permutation of a contiguous block, size-1 dims aside): its copy as the
+    export's example keeps its layout."""
+    return a.numel() == 0 or 1 + sum((n - 1) * s for n, s in zip(a.shape, a.stride())) == a.numel()
 
 
 class Packaged:
@@ -329,6 +336,7 @@ class Packaged:
     def __call__(self, *args: torch.Tensor | None) -> torch.Tensor:
         if torch.compiler.is_compiling() or torch.compiler.is_exporting():
             return self.fn(*args)
+        args = tuple(a if a is None or _dense(a) else a.contiguous() for a in args)
         key = f"{self.name}-{'-'.join(map(_signature, args))}-o{self.offset()}-t{torch.get_num_threads()}"
         runner = self.runners.get(key)
         if runner is None:
