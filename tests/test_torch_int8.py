@@ -18,6 +18,7 @@ from vsrq.errors import VsrqError
 from vsrq.methods.pipeline import quantize_model
 from vsrq.metrics.psnr_ssim import psnr, tensor_to_uint8
 from vsrq.models.basicvsr import tail_stripes
+from vsrq.quant.grid import quantize_to_int
 from vsrq.runtime.onnx_export import LayerQuant, dcr_order
 from vsrq.runtime.torch_int8 import (
     BranchedInt8Conv,
@@ -32,6 +33,7 @@ from vsrq.runtime.torch_int8 import (
     lower,
     package_folder,
     reorder_outputs,
+    reciprocal,
     static_codes,
 )
 from vsrq.version import __version__
@@ -147,8 +149,11 @@ def test_run_time_input_codes_are_the_b_bit_grid_in_closed_form():
         assert codes.dtype == torch.uint8 and int(zp) == z and float(scale) == pytest.approx(step, rel=1e-6)
         assert np.array_equal(codes.numpy(), expected), bits
         assert codes.max() == 2**bits - 1 and (ratio is None or (x > hi).any())  # the clip ratio saturated some
-    codes = static_codes(torch.from_numpy(x), 4, 0.25, 5.0)  # a static grid
+    codes = static_codes(torch.from_numpy(x), 4, reciprocal(0.25), 5.0)  # a static grid
     assert codes.dtype == torch.uint8 and np.array_equal(codes.numpy(), np.clip(np.round(x / 0.25) + 5, 0, 15))
+    scale = float(torch.tensor(0.1))  # no exact reciprocal: the codes are still the simulation's, bit for bit
+    sim = quantize_to_int(torch.from_numpy(x), torch.tensor(scale), torch.tensor(7.0), 6, symmetric=False)
+    assert torch.equal(static_codes(torch.from_numpy(x), 6, reciprocal(scale), 7.0), sim.to(torch.uint8))
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -214,6 +219,89 @@ def test_package_folders_are_keyed_by_the_checkpoint_bytes_and_the_float_dtype(q
     assert package_folder(b, torch.float32, host) == folder
     assert package_folder(c, torch.float32, host) != folder
     assert package_folder(a, torch.bfloat16, host) != folder
+
+
+def test_static_networks_run_item_by_item_so_a_clip_length_needs_no_new_package(qbasicvsr_w4a4, tmp_path: Path,
+                                                                                  monkeypatch):
+    """SpyNet's batch is a clip's frame pairs: run pair by pair, clips of 3 and 5 frames (and a 16-frame chunk's
+    remainder) load the same packages, at the unsplit model's output."""
+    from vsrq.runtime.torch_int8 import _Unit
+
+    keys = []
+
+    def load(self, key, args):  # the unit itself stands in for its package: nothing is compiled here
+        keys.append(key)
+        return _Unit(self.owner, self.fn, tuple(a is not None for a in args))
+
+    monkeypatch.setattr(Packaged, "_load", load)
+    packaged, eager = lower(qbasicvsr_w4a4, compile=False).compile(tmp_path), lower(qbasicvsr_w4a4, compile=False)
+    with torch.no_grad():
+        for frames in (3, 5):
+            clip = torch.from_numpy(smooth_frames(frames, 64, 64, seed=frames)).float().div(255).permute(0, 3, 1, 2)
+            assert torch.allclose(packaged(clip[None]), eager(clip[None]), atol=1e-5)
+    flows = {k for k in keys if k.startswith("spynet-")}
+    assert len(flows) == 1 and flows.pop().startswith("spynet-1x3x64x64float32"), flows  # batch 1, both clips
+    assert len(set(keys)) == len(keys)  # each package loaded once, whatever the clip's length
+
+
+def test_item_by_item_concatenates_one_call_per_item():
+    calls = []
+
+    def unit(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        calls.append(tuple(x.shape))
+        return x * 2 if y is None else x + y
+
+    from vsrq.runtime.torch_int8 import item_by_item
+
+    x, y = torch.rand(3, 2, 4), torch.rand(3, 2, 4)
+    assert torch.equal(item_by_item(unit)(x, y), x + y) and calls == [(1, 2, 4)] * 3
+    assert torch.equal(item_by_item(unit)(x, None), x * 2) and len(calls) == 6
+    assert torch.equal(item_by_item(unit)(x, y[:1]), x + y[:1]) and calls[-1] == (3, 2, 4)  # unequal batches: whole
+
+
+def _doubling_unit(folder: Path) -> Packaged:
+    owner = nn.Module()
+    return Packaged(lambda x: x * 2, owner, "unit", folder, lambda: 0)
+
+
+@pytest.mark.fault
+def test_a_failed_ahead_of_time_compile_is_one_line_and_leaves_no_package(tmp_path: Path, monkeypatch):
+    """Inductor's C++ build fails with pages of compiler output: the user gets its first line and the way out, and
+    the package folder holds nothing a later run would load; an unwritable cache names VSRQ_CACHE."""
+    import errno
+
+    from vsrq.runtime import torch_int8
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("C++ compile error\n/tmp/x.cpp:1:1: error: ...\n" + "noise\n" * 500)
+
+    monkeypatch.setattr(torch._inductor, "aoti_compile_and_package", broken)
+    unit = _doubling_unit(tmp_path / "packages")
+    with pytest.raises(VsrqError) as info:
+        unit(torch.ones(1, 3, 4, 4))
+    message = str(info.value)
+    assert "\n" not in message and "RuntimeError: C++ compile error" in message and "--runtime onnxruntime" in message
+    assert message.startswith("torch-int8 could not compile unit-1x3x4x4float32-o0-t")
+    assert [p.name for p in (tmp_path / "packages").iterdir()] == []  # no package, no temporary folder
+
+    def unwritable(*args, **kwargs):
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "packages"))
+
+    monkeypatch.setattr(torch_int8, "staged_files", unwritable)
+    with pytest.raises(VsrqError, match=r"cannot keep torch-int8 packages in .*packages \(Permission denied\); "
+                                        "set VSRQ_CACHE to a writable folder"):
+        unit(torch.ones(1, 3, 4, 4))
+
+
+@pytest.mark.fault
+def test_a_package_that_does_not_load_says_which_file_to_delete(tmp_path: Path):
+    """A package file that is not one (a truncated copy from another machine): one line naming it."""
+    unit = _doubling_unit(tmp_path)
+    x = torch.ones(2, 5)
+    (tmp_path / f"unit-{_signature(x)}-o0-t{torch.get_num_threads()}.pt2").write_bytes(b"not a zip archive")
+    with pytest.raises(VsrqError, match=r"torch-int8 package .*unit-2x5float32-o0-t\d+\.pt2 does not load "
+                                        r"\(.*\); delete it to compile it again"):
+        unit(x)
 
 
 @pytest.mark.slow

@@ -27,7 +27,7 @@ from safetensors import safe_open
 from torch import nn
 
 from vsrq.config import QuantizerSpec
-from vsrq.errors import VsrqError
+from vsrq.errors import VsrqError, cause
 from vsrq.models.catalog import build_model, host_for
 from vsrq.models.host import HOSTS, ModelSpec
 from vsrq.models.weights import write_safetensors
@@ -140,7 +140,7 @@ def read_manifest(path: str | Path) -> dict:
             raise TypeError(f"the manifest is a JSON {type(manifest).__name__}, not an object")
         return migrate_manifest(manifest, path)
     except (ValueError, KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise VsrqError(f"{path}: a malformed vsrq manifest ({type(exc).__name__}: {_first_line(exc)})") from None
+        raise VsrqError(f"{path}: a malformed vsrq manifest ({cause(exc)})") from None
 
 
 WALL_CLOCK = ("created", "seconds")  # manifest keys that differ between two identical runs
@@ -260,12 +260,7 @@ def load(path: str | Path, model: nn.Module | None = None) -> QuantizedModel:
             raise
         raise VsrqError(f"{path}: {exc}") from None
     except (KeyError, IndexError, TypeError, ValueError, AttributeError, RuntimeError) as exc:
-        raise VsrqError(f"{path}: its tensors do not match its manifest ({type(exc).__name__}: {_first_line(exc)})"
-                        ) from None
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).splitlines()[0][:160] if str(exc) else ""
+        raise VsrqError(f"{path}: its tensors do not match its manifest ({cause(exc)})") from None
 
 
 def _rebuild(path: Path, manifest: dict[str, Any], tensors: dict[str, torch.Tensor],

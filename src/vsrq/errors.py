@@ -14,6 +14,13 @@ class VsrqError(Exception):
     """A user-facing error: the message says what is wrong and, where possible, what to do."""
 
 
+def cause(exc: BaseException) -> str:
+    """A library's exception as one line for a :class:`VsrqError`: its type and the first line of its message
+    (compilers and native libraries raise pages)."""
+    line = next((part.strip() for part in str(exc).splitlines() if part.strip()), "")
+    return f"{type(exc).__name__}: {line[:160]}" if line else type(exc).__name__
+
+
 def require(module: str, extra: str, purpose: str) -> ModuleType:
     """Import an optional dependency, or fail in one line naming the extra that installs it."""
     try:

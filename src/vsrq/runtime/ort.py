@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from vsrq.atomic import cache_dir, file_sha256
-from vsrq.errors import VsrqError, require
+from vsrq.errors import VsrqError, cause, require
 from vsrq.models.animesr import SCALE as ANIMESR_SCALE, padded_size
 from vsrq.runtime import onnx_export
 from vsrq.quant.controller import VideoBitController, video_complexity
@@ -33,7 +33,7 @@ def _session(path: Path, threads: int | None):
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
-        raise VsrqError(f"{path}: onnxruntime cannot load it ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
+        raise VsrqError(f"{path}: onnxruntime cannot load it ({cause(exc)})") from None
 
 
 class OrtBasicVSR:

@@ -18,6 +18,7 @@ process.
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import inspect
@@ -36,7 +37,7 @@ from torch._inductor import config as inductor_config
 
 from vsrq.atomic import cache_dir, file_sha256, staged_files
 from vsrq.checkpoint import layer_manifest
-from vsrq.errors import VsrqError
+from vsrq.errors import VsrqError, cause
 from vsrq.models.host import ModelCall, ModelHost
 from vsrq.progress import say
 from vsrq.quant.controller import controller_from_manifest
@@ -109,12 +110,17 @@ def input_codes(x: torch.Tensor, bits: int, ratio: torch.Tensor | None) -> tuple
     return codes, scale, zero_point.to(torch.int64)
 
 
-def static_codes(x: torch.Tensor, bits: int, scale: float, zero_point: float) -> torch.Tensor:
+def static_codes(x: torch.Tensor, bits: int, inverse: float, zero_point: float) -> torch.Tensor:
     """uint8 codes of ``x`` on a static b-bit grid, :func:`~vsrq.quant.grid.quantize_to_int`'s formula with Python
-    numbers (``scale`` a float32 value): a traced graph then holds no arithmetic on constant tensors, which
-    freezing's constant folding would have to fold (and AOTInductor's export fails to)."""
-    inverse = float(torch.reciprocal(torch.tensor(scale, dtype=torch.float32)))  # as float32 computes 1 / scale
+    numbers (``inverse``: the float32 reciprocal of the scale, :func:`reciprocal`): a traced graph then holds no
+    arithmetic on constant tensors, which freezing's constant folding would have to fold (and AOTInductor's export
+    fails to)."""
     return torch.clamp(torch.round(x * inverse + zero_point), 0, 2**bits - 1).to(torch.uint8)
+
+
+def reciprocal(scale: float) -> float:
+    """1 / ``scale`` as float32 computes it (the simulation's rounding multiplies by it)."""
+    return float(torch.reciprocal(torch.tensor(scale, dtype=torch.float32)))
 
 
 class BranchedInt8Conv(nn.Module):
@@ -146,10 +152,10 @@ class BranchedInt8Conv(nn.Module):
         down, up = getattr(float_conv, "lowrank_down", None), getattr(float_conv, "lowrank_up", None)
         self.lowrank_down = _frozen(None if down is None else down.to(float_dtype))
         self.lowrank_up = _frozen(None if up is None else up.to(float_dtype))
-        # per video bit offset: (bits, clip ratio, static grid); the static grid as numbers for the rounding and as
-        # the tensors oneDNN's op takes; None: a run-time range
+        # per video bit offset: (bits, clip ratio, static grid); the static grid as numbers for the rounding (the
+        # scale's inverse, the zero point) and as the tensors oneDNN's op takes; None: a run-time range
         self.inputs = {o: (q.input_bits, None if q.clip_ratio == 1.0 else torch.tensor(q.clip_ratio),
-                           None if q.dynamic else (float(q.input_scale), float(q.input_zero_point),
+                           None if q.dynamic else (reciprocal(float(q.input_scale)), float(q.input_zero_point),
                                                    torch.tensor(q.input_scale, dtype=torch.float32),
                                                    torch.tensor(int(q.input_zero_point), dtype=torch.int64)))
                        for o, q in quant.items()}
@@ -278,15 +284,33 @@ class Int8Model(QuantizedModel):
             if next(child.parameters(), None) is not None or next(child.buffers(), None) is not None:
                 units.append((name, child, child.forward, False))
         for name, owner, fn, step in units:
+            convs = [m for m in owner.modules() if isinstance(m, (Int8Conv, BranchedInt8Conv))]
             if packages is not None:  # a network whose convs have one setting needs one package for every offset
-                convs = [m for m in owner.modules() if isinstance(m, (Int8Conv, BranchedInt8Conv))]
                 varies = step or any(len(m.inputs) > 1 for m in convs)
                 wrapped: Callable[..., torch.Tensor] = Packaged(fn, owner, name, packages,
                                                                 (lambda: self.offset) if varies else (lambda: 0))
             else:
                 wrapped = torch.compile(fn, dynamic=False)
+            run_time_ranges = any(grid is None for m in convs if isinstance(m, BranchedInt8Conv)
+                                  for _, _, grid in m.inputs.values())
+            if not step and not run_time_ranges:
+                wrapped = item_by_item(wrapped)
             setattr(self.base if step else owner, name if step else "forward", wrapped)
         return self
+
+
+def item_by_item(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """``fn`` called on each item of a batch in turn, the outputs concatenated: one compiled shape serves every
+    batch size. For a network that computes each item on its own (every input range static, no run-time range
+    taken over the batch): SpyNet's batch is a clip's frame pairs, so every clip or chunk length was a new compile
+    (a 50-frame video built five SpyNet packages)."""
+    def run(*args: torch.Tensor | None) -> torch.Tensor:
+        sizes = {a.shape[0] for a in args if a is not None}
+        if len(sizes) != 1 or (n := sizes.pop()) == 1 or torch.compiler.is_compiling() or torch.compiler.is_exporting():
+            return fn(*args)
+        return torch.cat([fn(*(None if a is None else a[i:i + 1] for a in args)) for i in range(n)])
+
+    return run
 
 
 class _Unit(nn.Module):
@@ -348,13 +372,26 @@ class Packaged:
         if not path.is_file():
             say(f"torch-int8: compiling {key} ahead of time (once; kept in {self.folder})")
             unit = _Unit(self.owner, self.fn, tuple(a is not None for a in args))
-            with torch.inference_mode(False), torch.no_grad():
-                example = tuple(a.clone() for a in args if a is not None)
-                program = torch.export.export(unit, example, strict=False)
-                with staged_files(path, replace=False) as stage:
+            try:
+                with staged_files(path, replace=False) as stage, torch.inference_mode(False), torch.no_grad():
+                    program = torch.export.export(unit, tuple(a.clone() for a in args if a is not None), strict=False)
                     torch._inductor.aoti_compile_and_package(program, package_path=str(stage / path.name),
                                                              inductor_configs={"freezing": True})
-        return torch._inductor.aoti_load_package(str(path))
+            except VsrqError:
+                raise
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+                    raise  # a full disk says so in the CLI's one line
+                raise VsrqError(f"cannot keep torch-int8 packages in {self.folder} ({exc.strerror}); set VSRQ_CACHE "
+                                "to a writable folder") from exc
+            except Exception as exc:  # the export or the C++ build of Inductor's code: its first line, not pages
+                raise VsrqError(f"torch-int8 could not compile {key} ({cause(exc)}); "
+                                "run it with --runtime onnxruntime") from exc
+        try:
+            return torch._inductor.aoti_load_package(str(path))
+        except Exception as exc:
+            raise VsrqError(f"torch-int8 package {path} does not load ({cause(exc)}); "
+                            "delete it to compile it again") from exc
 
 
 def package_folder(checkpoint: Path, float_dtype: torch.dtype, host: ModelHost) -> Path:
