@@ -28,12 +28,14 @@ from vsrq.runtime.torch_int8 import (
     Packaged,
     _dense,
     _signature,
+    _Unit,
     has_compiler,
     input_codes,
+    item_by_item,
     lower,
     package_folder,
-    reorder_outputs,
     reciprocal,
+    reorder_outputs,
     static_codes,
 )
 from vsrq.version import __version__
@@ -225,8 +227,6 @@ def test_static_networks_run_item_by_item_so_a_clip_length_needs_no_new_package(
                                                                                   monkeypatch):
     """SpyNet's batch is a clip's frame pairs: run pair by pair, clips of 3 and 5 frames (and a 16-frame chunk's
     remainder) load the same packages, at the unsplit model's output."""
-    from vsrq.runtime.torch_int8 import _Unit
-
     keys = []
 
     def load(self, key, args):  # the unit itself stands in for its package: nothing is compiled here
@@ -250,8 +250,6 @@ def test_item_by_item_concatenates_one_call_per_item():
     def unit(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         calls.append(tuple(x.shape))
         return x * 2 if y is None else x + y
-
-    from vsrq.runtime.torch_int8 import item_by_item
 
     x, y = torch.rand(3, 2, 4), torch.rand(3, 2, 4)
     assert torch.equal(item_by_item(unit)(x, y), x + y) and calls == [(1, 2, 4)] * 3
