@@ -47,16 +47,22 @@ def digest(t: torch.Tensor) -> str:
 
 
 def run_job(config: QuantConfig) -> dict:
-    """Quantize, save, load, run on the probe clip; the hashes of everything that must not drift."""
+    """Quantize, save, load, run on the probe clip; the hashes of everything that must not drift. Two threads, as
+    recorded (a reduction split differently rounds differently); the caller's count is restored after, since a
+    pytest worker left at two threads beside another oversubscribes the cores for every test after it."""
+    before = torch.get_num_threads()
     torch.set_num_threads(2)
-    qm = vsrq.quantize(MODEL, config, log=lambda _s: None, show_progress=False)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = vsrq.save(qm, Path(tmp) / "m.vsrq")
-        with safe_open(str(path), framework="pt") as f:
-            tensors = {k: digest(f.get_tensor(k)) for k in sorted(f.keys())}
-        loaded = vsrq.load(path)
-    with torch.no_grad():
-        output = loaded(probe_clip())
+    try:
+        qm = vsrq.quantize(MODEL, config, log=lambda _s: None, show_progress=False)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = vsrq.save(qm, Path(tmp) / "m.vsrq")
+            with safe_open(str(path), framework="pt") as f:
+                tensors = {k: digest(f.get_tensor(k)) for k in sorted(f.keys())}
+            loaded = vsrq.load(path)
+        with torch.no_grad():
+            output = loaded(probe_clip())
+    finally:
+        torch.set_num_threads(before)
     return {"tensors": tensors, "output": digest(output)}
 
 
