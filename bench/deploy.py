@@ -66,6 +66,7 @@ BACKENDS = {
     "pt-int8-w8a8-flow8": ("omse", 8, 8, "w8-flow8"),
     "pt-int8-w4a8": ("omse", 4, 8, "w4a8"),
     "pt-int8-qbasicvsr-w4a4": ("qbasicvsr", 4, 4, "qbasicvsr-w4"),
+    "pt-int8-qbasicvsr-w6a6": ("qbasicvsr", 6, 6, "qbasicvsr-w6"),
     "pt-int8-tarq-w4a4": ("tarq", 4, 4, "tarq-w4"),
     "pt-int8-quantvsr-w4a4-bf16": ("quantvsr", 4, 4, "quantvsr-w4"),
     "pt-int8-quantvsr-w4a4-f32": ("quantvsr", 4, 4, "quantvsr-w4"),
@@ -76,8 +77,9 @@ BACKENDS = {
 }
 TIMED = ("torch-fp32", "torch-bf16", "torch-fp32-cl", "ort-fp32", "ort-w8a8", "ort-w8a8-flow8", "ort-w4a8",
          "ort-qbasicvsr-w4a4", "sim-qbasicvsr-w4a4", "ort-qbasicvsr-w6a6", "ort-tarq-w4a4", "ort-quantvsr-w4a4",
-         "sim-quantvsr-w4a4", "pt-int8-w8a8", "pt-int8-w4a8", "pt-int8-qbasicvsr-w4a4", "pt-int8-tarq-w4a4",
-         "pt-int8-quantvsr-w4a4-bf16", "pt-int8-quantvsr-w4a4-f32", "pt-int8-w8a8-f32", "pt-int8-w8a8-flow8")
+         "sim-quantvsr-w4a4", "pt-int8-w8a8", "pt-int8-w4a8", "pt-int8-qbasicvsr-w4a4", "pt-int8-qbasicvsr-w6a6",
+         "pt-int8-tarq-w4a4", "pt-int8-quantvsr-w4a4-bf16", "pt-int8-quantvsr-w4a4-f32", "pt-int8-w8a8-f32",
+         "pt-int8-w8a8-flow8")
 SIMULATED = ("sim-w8a8", "sim-w8a8-flow8", "sim-w4a8", "sim-qbasicvsr-w4a4", "sim-qbasicvsr-w6a6", "sim-tarq-w4a4",
              "sim-quantvsr-w4a4")
 # QuantVSR's layer at W4A4 FQ with a rank-32 SVD branch (the best recipe's structure: its refinement and clip
@@ -135,6 +137,11 @@ def artifacts(keys: set[str] | None = None) -> dict[str, Path]:
                 bench.quantize(cfg)
         out[key] = path
     return out
+
+
+def simulation(backend: str) -> str:
+    """The fake-quant simulation an integer backend is compared with."""
+    return backend.replace("ort-", "sim-").replace("pt-int8-", "sim-")
 
 
 def needed(backends) -> set[str]:  # type: ignore[no-untyped-def]
@@ -383,7 +390,7 @@ def main() -> int:
     from vsrq.models.catalog import NAMED_MODELS
 
     backends = tuple(dict.fromkeys(("torch-fp32", *args.backends)))
-    sims = tuple(b.replace("ort-", "sim-") for b in backends if b.replace("ort-", "sim-") in SIMULATED)
+    sims = tuple(dict.fromkeys(simulation(b) for b in backends if simulation(b) in SIMULATED))
     art = artifacts(None if args.sizes_only else needed(backends + sims))
     old = json.loads((RESULTS / "deploy.json").read_text()) if (RESULTS / "deploy.json").exists() else []
     rows: list[dict] = []
