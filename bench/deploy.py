@@ -385,7 +385,7 @@ def main() -> int:
     if args.upscale_worker:
         upscale_worker(*args.upscale_worker)
         return 0
-    from harness import git_commit
+    from harness import cpu_isa, git_commit
     from vsrq.benchmark import today
     from vsrq.models.catalog import NAMED_MODELS
 
@@ -399,7 +399,7 @@ def main() -> int:
     for key, path in art.items():
         rows.append({"artifact": key, "bytes": path.stat().st_size})
     commit, date = git_commit(), today()
-    stamp = {"commit": commit, "date": date, "threads": torch.get_num_threads()}
+    stamp = {"commit": commit, "date": date, "threads": torch.get_num_threads(), "cpu": cpu_isa()}
     rows += [r for r in old if "artifact" in r and r["artifact"] not in art and r["artifact"] != "fp32-pth"]
     if args.sizes_only:
         return write([{**stamp, **r} for r in rows] + [r for r in old if "artifact" not in r])
@@ -488,7 +488,8 @@ def markdown(rows: list[dict]) -> str:
     runs = list(dict.fromkeys((r["commit"], r["date"]) for r in speed_rows))  # a run's rows come before older ones
     for commit, date in sorted(runs, key=lambda k: k[1], reverse=True):  # stable: same-day runs newest first
         run = [r for r in speed_rows if (r["commit"], r["date"]) == (commit, date)]
-        lines += [f"**Run of {date}, commit {commit}, {run[0]['threads']} threads**", "",
+        cpu = f", CPU {run[0]['cpu']}" if run[0].get("cpu") else ""  # stamped since 2026-12-06
+        lines += [f"**Run of {date}, commit {commit}, {run[0]['threads']} threads{cpu}**", "",
                   "| backend | LR size | ms/frame | x torch-fp32 | x torch-bf16 | peak RSS (MB) | start-up (s) | "
                   "Vid4 Y-PSNR (quick) |",
                   "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

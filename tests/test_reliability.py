@@ -16,7 +16,7 @@ from tests.test_quant_layers import _synthetic_calib
 from vsrq import checkpoint
 from vsrq.cli import main
 from vsrq.config import QuantConfig
-from vsrq.errors import VsrqError
+from vsrq.errors import VsrqError, one_line
 
 pytestmark = pytest.mark.fault
 
@@ -391,3 +391,14 @@ def test_an_output_under_a_file_is_one_line(tmp_path: Path, capsys):
     target = tmp_path / "file" / "sub" / "r.json"
     assert main(["--quiet", "eval", str(tmp_path / "gt"), str(tmp_path / "gt"), "--json", str(target)]) == 2
     assert capsys.readouterr().err == f"vsrq: error: cannot write {target}: {tmp_path / 'file'} is a file, not a folder\n"
+
+
+def test_a_failed_batch_item_reads_as_one_line_whatever_the_exception():
+    """A batch job records each failed video's error as one line; an OSError without a message once crashed that
+    (``str(exc).splitlines()[0]`` of an empty string)."""
+    assert one_line(VsrqError("clip.mp4: no frames\nsecond line")) == "clip.mp4: no frames"
+    assert one_line(OSError()) == "OSError"
+    assert one_line(FileNotFoundError(2, "No such file or directory", "a.mp4")) == \
+        "[Errno 2] No such file or directory: 'a.mp4'"
+    assert one_line(RuntimeError("\n  kernel failed  \ntraceback...")) == "RuntimeError: kernel failed"
+    assert one_line(ValueError()) == "ValueError"

@@ -30,7 +30,7 @@ from vsrq import checkpoint
 from vsrq.atomic import file_sha256
 from vsrq.data.frames import atomic_output, list_frames, read_frame, write_frame
 from vsrq.data.sources import discover_clips, is_video, open_sink
-from vsrq.errors import VsrqError, require
+from vsrq.errors import VsrqError, one_line, require
 from vsrq.progress import progress, say
 from vsrq.runtime.upscale import StreamConfig, segment_inputs, stream_upscale, upscale_path
 from vsrq.version import __version__
@@ -202,9 +202,8 @@ class Worker:
                 with atomic_output(task.marker, overwrite=True) as tmp:
                     tmp.write_text(json.dumps({**dict(task.key), "frames": frames}, indent=1, sort_keys=True) + "\n")
         except Exception as exc:
-            line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             return Outcome(task.label, "failed", seconds=time.perf_counter() - start, worker=self.name,
-                           error=line if isinstance(exc, (VsrqError, OSError)) else f"{type(exc).__name__}: {line}")
+                           error=one_line(exc))
         return Outcome(task.label, "done", 0 if task.finish else frames, time.perf_counter() - start, self.name)
 
     def _segment(self, task: Task, parts: Path) -> int:
@@ -296,7 +295,7 @@ def upscale_batch(
             key = {**key_base, "input": input_sha256(video.source)}
             (clip,) = discover_clips(video.source)  # a corrupt or empty video fails here, alone
         except (OSError, VsrqError) as exc:
-            summary.videos.append(Outcome(video.name, "failed", error=str(exc).splitlines()[0]))
+            summary.videos.append(Outcome(video.name, "failed", error=one_line(exc)))
             continue
         marker = _marker(output, video)
         if not overwrite and video.target.exists() and marker.is_file():
@@ -369,7 +368,7 @@ def _run(ray: Any, todo: list[tuple[Video, dict[str, Any], int | None]], output:
                 try:
                     outcome = ray.get(ready[0])
                 except ray.exceptions.RayActorError as exc:  # its process died past every retry
-                    outcome = Outcome(task.label, "failed", error=f"worker died: {str(exc).splitlines()[0][:120]}")
+                    outcome = Outcome(task.label, "failed", error=f"worker died: {one_line(exc)}")
                     worker = spawn()
                 idle.append(worker)
                 summary.tasks.append(outcome)

@@ -96,11 +96,15 @@ class QuantLayer(nn.Module):
         self._cache = None
 
     def add_lowrank(self, up: torch.Tensor, down: torch.Tensor) -> None:
-        """Install the FP branch: ``up`` (out, r), ``down`` (r, in * prod(kernel))."""
+        """Install the FP branch: ``up`` (out, r), ``down`` (r, in * prod(kernel)).
+
+        Stored contiguous, as a loaded checkpoint holds them: an SVD's factors are often transposed views, and a
+        GEMM on other strides may take another kernel and round differently (AMX CPUs do), so the model just
+        calibrated and its reloaded checkpoint would not give the same bytes."""
         if self.kind == "convtranspose2d" or self.geometry.get("groups", 1) != 1:
             raise VsrqError(f"a low-rank branch on {self.kind} with groups is not supported")
-        self.lowrank_up = nn.Parameter(up.detach().clone().float())
-        self.lowrank_down = nn.Parameter(down.detach().clone().float())
+        self.lowrank_up = nn.Parameter(up.detach().float().clone(memory_format=torch.contiguous_format))
+        self.lowrank_down = nn.Parameter(down.detach().float().clone(memory_format=torch.contiguous_format))
         self._cache = None
 
     def add_smoothing(self, scale: torch.Tensor) -> None:
