@@ -456,13 +456,13 @@ def main() -> int:
 
 
 def earlier_runs(old: list[dict], new: list[dict]) -> list[dict]:
-    """The rows of earlier runs that this one did not measure again, with their runs' torch references (ratios
-    are only ever taken within one run)."""
-    measured = {(r["backend"], r["lr_size"]) for r in new if "backend" in r}
+    """The rows of earlier runs that this one did not measure again on the same CPU, with their runs' torch
+    references (ratios are only ever taken within one run; another machine's run is another measurement)."""
+    measured = {(r["backend"], r["lr_size"], r.get("cpu")) for r in new if "backend" in r}
     whole = [r for r in old if "video_frames" in r]  # whole-process runs are measured separately (--lengths)
     old = [r for r in old if "video_frames" not in r]
     kept = [r for r in old if "backend" in r
-            and (r["backend"].startswith("torch") or (r["backend"], r["lr_size"]) not in measured)]
+            and (r["backend"].startswith("torch") or (r["backend"], r["lr_size"], r.get("cpu")) not in measured)]
     runs = {(r["commit"], r["date"]) for r in kept if not r["backend"].startswith("torch")}
     return [r for r in kept if (r["commit"], r["date"]) in runs] + whole
 

@@ -147,3 +147,18 @@ def test_rescoring_a_kept_checkpoint_scores_it_as_loaded_and_names_its_calibrati
     direct = score_clip("c", list(super_resolve(checkpoint.load(path), clip.lr)), list(gt), y=True, crop=0)
     assert row.psnr_y == round(direct.mean_psnr, 4) and (row.wbits, row.abits, row.method) == (4, 4, "minmax")
     assert row.calib_s == 12.5 and "m.vsrq" in row.notes and "abc1234" in row.notes
+
+
+def test_a_deploy_run_replaces_earlier_rows_of_its_own_cpu_only():
+    """Speed ratios differ between machines: a backend re-timed on one CPU must not drop another CPU's run."""
+    from deploy import earlier_runs
+
+    def run(commit: str, cpu: str | None, backends: tuple[str, ...]) -> list[dict]:
+        rows = [{"backend": b, "lr_size": "180x320", "commit": commit, "date": "d", "ms_per_frame": 1.0}
+                for b in ("torch-fp32", *backends)]
+        return [{**r, "cpu": cpu} for r in rows] if cpu else rows
+
+    old = run("a", None, ("pt-int8-w8a8", "ort-w8a8")) + run("b", "amx", ("pt-int8-w4a8",))
+    kept = earlier_runs(old, run("c", "amx", ("pt-int8-w8a8", "pt-int8-w4a8")))
+    assert {(r["commit"], r["backend"]) for r in kept} == {("a", "torch-fp32"), ("a", "pt-int8-w8a8"),
+                                                           ("a", "ort-w8a8")}
