@@ -3,7 +3,9 @@
 ``python tests/regression_basicvsr.py --record`` writes ``tests/fixtures/regression_basicvsr.json``: for
 MinMax, QBasicVSR, QuantVSR (with the activation clip search) and SVDQuant, each checkpoint tensor's
 SHA-256 and the SHA-256 of the loaded checkpoint's output on a fixed clip. ``test_regression.py`` runs
-the same jobs and compares. Recorded before the model-host refactor, on the code of that time.
+the same jobs and compares. First recorded before the model-host refactor, on the code of that time. The fixture
+holds one record per environment (torch build, vector unit, AMX): oneDNN's AMX kernels round differently, so a
+record made without AMX does not hold with it; ``--record`` adds or replaces this environment's record.
 """
 
 from __future__ import annotations
@@ -67,7 +69,14 @@ def run_job(config: QuantConfig) -> dict:
 
 
 def environment() -> dict:
-    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine()}
+    return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine(),
+            "amx": bool(torch.cpu._is_amx_tile_supported())}
+
+
+def recorded_jobs() -> dict | None:
+    """This environment's recorded jobs, or None where none was recorded."""
+    records = json.loads(FIXTURE.read_text())["records"]
+    return next((r["jobs"] for r in records if r["environment"] == environment()), None)
 
 
 def main() -> None:
@@ -76,8 +85,8 @@ def main() -> None:
     args = parser.parse_args()
     result = {"environment": environment(), "jobs": {name: run_job(cfg) for name, cfg in JOBS.items()}}
     if args.record:
-        FIXTURE.parent.mkdir(parents=True, exist_ok=True)
-        FIXTURE.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
+        others = [r for r in json.loads(FIXTURE.read_text())["records"] if r["environment"] != result["environment"]]
+        FIXTURE.write_text(json.dumps({"records": others + [result]}, indent=1, sort_keys=True) + "\n")
     json.dump({k: v["output"] for k, v in result["jobs"].items()}, sys.stdout, indent=1)
 
 
