@@ -18,6 +18,7 @@ from torch import nn
 
 from vsrq import benchmark, checkpoint
 from vsrq.config import QuantConfig
+from vsrq.devices import cpu_flags
 
 CHECKPOINTS = Path(__file__).resolve().parent / "cache" / "checkpoints"
 
@@ -37,10 +38,8 @@ def git_commit() -> str:
 def cpu_isa() -> str:
     """The x86 features that decide int8 and bf16 speed (VNNI, AVX512-BF16, AMX), for speed rows: ratios move with
     them, so runs on different machines must say which they ran on."""
-    try:
-        flags = set(next(line for line in Path("/proc/cpuinfo").read_text().splitlines()
-                         if line.startswith("flags")).split(":", 1)[1].split())
-    except (OSError, StopIteration):
+    flags = cpu_flags()
+    if not flags:
         return "unknown"
     return " ".join(f for f in ("avx2", "avx512f", "avx_vnni", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
                     if f in flags) or "none of avx2, avx512, vnni, amx"

@@ -24,6 +24,7 @@ from safetensors import safe_open
 
 import vsrq
 from vsrq.config import CalibConfig, QuantConfig
+from vsrq.devices import cpu_flags
 
 FIXTURE = Path(__file__).resolve().parent / "fixtures" / "regression_basicvsr.json"
 MODEL = "basicvsr-vimeo-bi"
@@ -70,7 +71,7 @@ def run_job(config: QuantConfig) -> dict:
 
 def environment() -> dict:
     return {"torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability(), "machine": platform.machine(),
-            "amx": bool(torch.cpu._is_amx_tile_supported())}
+            "amx": "amx_tile" in cpu_flags()}
 
 
 def recorded_jobs() -> dict | None:

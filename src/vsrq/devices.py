@@ -1,6 +1,10 @@
-"""Where torch work runs: one check that turns a device name into a torch device or one clear error."""
+"""Where torch work runs: one check that turns a device name into a torch device or one clear error, and the CPU
+features that decide which integer kernels run (and how they round)."""
 
 from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
 
 import torch
 
@@ -20,3 +24,14 @@ def check_device(device: str) -> torch.device:
     if dev.type not in ("cpu", "cuda"):
         raise VsrqError(f"device {device!r} is not supported; use cpu or cuda")
     return dev
+
+
+@lru_cache(maxsize=1)
+def cpu_flags() -> frozenset[str]:
+    """This CPU's feature flags (``/proc/cpuinfo``; empty where there is none): VNNI, AVX512-BF16 and AMX decide
+    which oneDNN kernels run, so speed, and the rounding of float results, depend on them."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return frozenset()
+    return frozenset(next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), ()))

@@ -59,7 +59,6 @@ import io
 import json
 import warnings
 from contextlib import AbstractContextManager, nullcontext
-from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -70,6 +69,7 @@ from torch import nn
 
 from vsrq.atomic import file_sha256, staged_files
 from vsrq.checkpoint import layer_manifest
+from vsrq.devices import cpu_flags
 from vsrq.errors import VsrqError, require
 from vsrq.models.animesr import SCALE, AnimeSR, padded_size
 from vsrq.models.basicvsr import BasicVSR, tail_stripes
@@ -299,14 +299,9 @@ WEIGHT_TYPES = ("auto", "int8", "uint8")
 SAFE_INT8 = 64  # |code| <= 64: u8 x s8 pair sums stay within int16 on every x86 kernel
 
 
-@lru_cache(maxsize=1)
 def has_vnni() -> bool:
     """Whether this CPU has VNNI (AVX512-VNNI or AVX-VNNI), whose int8 dot products accumulate in int32."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_vnni" in flags or "avx_vnni" in flags
+    return bool({"avx512_vnni", "avx_vnni"} & cpu_flags())
 
 
 def weight_storage(codes: np.ndarray, weights: str = "auto", vnni: bool | None = None) -> str:
