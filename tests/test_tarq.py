@@ -45,6 +45,29 @@ def test_rounding_that_learns_nothing_is_round_to_nearest():
         assert torch.equal(still(x), plain(x))
 
 
+def test_a_learned_bias_folds_into_the_conv_bias_and_moves_no_further_than_adam_can():
+    """lr_bias: one bias per output channel trains with the rounding and is folded into the layer's bias (no extra
+    parameter in the model); Adam moves a parameter by at most about its learning rate a step, so no bias moves
+    by more than steps x lr x (1 - beta1) / sqrt(1 - beta2); without it every bias is the float model's."""
+    quick = {"finetune": False, "round_epochs": 2}
+    plain, biased = _tarq(**quick), _tarq(**quick, lr_bias=1e-3)
+    steps = biased.manifest["notes"]["rounding"]["steps"]
+    fp = dict(_loaded().model.named_parameters())
+    moved = []
+    for name, layer in biased.layers().items():
+        assert layer.bias_align is None and "bias_align" not in dict(layer.named_parameters())
+        reference = plain.layers()[name].bias
+        if reference is None:
+            assert layer.bias is None
+            continue
+        if name + ".bias" in fp:
+            assert torch.equal(reference, fp[name + ".bias"])
+        moved.append(float((layer.bias - reference).abs().max()))
+    assert 0 < max(moved) <= steps * 1e-3 * 0.1 / (1 - 0.999) ** 0.5
+    with pytest.raises(VsrqError, match="lr_bias"):
+        _tarq(lr_bias=-1.0)
+
+
 def test_the_hosts_edge_layers_are_pinned_at_w8a8():
     """BasicVSR's LR-frame parts of the trunk inputs and the tail hold 8-bit weights and read 8-bit
     activations, every other layer stays at the config's 4 (activations 4 +- TS-LBA); the manifest's config

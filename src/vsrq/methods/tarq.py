@@ -27,6 +27,10 @@ What each part takes from where (issue 24; the ablation is in ``bench/reconstruc
    first, none below ``min_abits`` = 3 bits): at W4A4, FAB 4.0, Vid4 quick, 25.59 dB with the ends at A4,
    26.05 at A8 with 4-bit weights, 26.23 at W8A8 (every frame 25.96 and 26.20). Their 8-bit weights cost
    2% of the checkpoint (the edges hold 8% of BasicVSR's weights); null keeps the config's bits.
+5. Optionally (``lr_bias`` > 0) a per-channel bias learned with the rounding, as QuantVSR's LBA learns its
+   A_bias: it takes out the mean shift that rounding and clipping leave in each conv's output, and folds into
+   the conv's bias (a split conv's parts add up, so the part that holds the bias takes it), so the integer
+   runtime runs it at no cost.
 
 Every conv stays quantized with static per-tensor activation ranges and per-channel weights: what the
 integer runtime runs (``vsrq info`` says "deployable").
@@ -56,7 +60,7 @@ class TARQ(QBasicVSR):
     fixed = {"split_concat": True}
     default_options = {**QBasicVSR.default_options, "omse_refresh": False, "rounding": True, "round_epochs": 5,
                        "round_batch": 1, "lr_round": 1e-2, "lr_act_round": 1e-3, "round_weight": 1.0,
-                       "warmup": 0.2, "edge_abits": 8, "edge_wbits": 8, "min_abits": 3}
+                       "warmup": 0.2, "edge_abits": 8, "edge_wbits": 8, "min_abits": 3, "lr_bias": 0.0}
 
     def __init__(self, config: QuantConfig) -> None:
         super().__init__(config)
@@ -65,6 +69,9 @@ class TARQ(QBasicVSR):
             if bits is not None and bits not in range(MIN_BITS, MAX_BITS + 1):
                 raise VsrqError(f"option {key} must be null (the config's bits) or an integer {MIN_BITS}..{MAX_BITS}, "
                                 f"got {bits!r}")
+        if not isinstance(self.options["lr_bias"], (int, float)) or self.options["lr_bias"] < 0:
+            raise VsrqError(f"option lr_bias must be a learning rate >= 0 (0: no learned bias), "
+                            f"got {self.options['lr_bias']!r}")
 
     def host_rules(self, host: ModelHost, model: nn.Module) -> tuple[LayerRule, ...]:
         """The host's edge layers with ``edge_abits`` activation bits (pinned) and ``edge_wbits`` weight bits."""
@@ -99,11 +106,17 @@ class TARQ(QBasicVSR):
         ranges = [p for l in ctx.layers.values() if l.input_quantizer is not None and not l.input_quantizer.spec.dynamic
                   for p in (l.input_quantizer.lower, l.input_quantizer.upper)]
         also = [(ranges, float(o["lr_act_round"]))] if float(o["lr_act_round"]) > 0 else []
+        if float(o["lr_bias"]) > 0:  # the layers that have a bias (of a split conv's parts, the one that holds it)
+            biased = [l for l in layers if l.bias is not None]
+            for l in biased:
+                l.add_bias_alignment()
+            also.append(([l.bias_align for l in biased], float(o["lr_bias"])))
         stage = Stage("rounding", variables, float(o["lr_round"]), epochs=int(o["round_epochs"]), penalty=penalty,
                       also=also)
         (log,) = run_stages(ctx, student, [stage],
                             _finetune_cfg({**o, "batch": o["round_batch"]}), _feature_pattern(o, ctx))
         for l in layers:
             l.bake_rounding()
+            l.fold_bias_alignment()
         moved = sum(int((l.weight_codes()[0] != n).sum()) for l, n in zip(layers, nearest))
         ctx.notes["rounding"] = {**log.to_dict(), "weights": count, "codes_off_nearest": round(moved / count, 4)}
