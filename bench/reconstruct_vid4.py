@@ -55,8 +55,8 @@ def plan() -> list[tuple[str, str, int, dict, tuple[LayerRule, ...], str]]:
     rows.append(("ablation tarq-w6a6 rounding-10", "tarq", 6, {"fab_budget": 6.0, "round_epochs": 10}, (),
                  "FAB budget 6.0; ablation: 10 rounding epochs (round_epochs 10)"))
     # ours: a per-channel bias learned with the rounding (lr_bias), folded into each conv's bias
-    rows += [(f"ablation tarq-w{b}a{b} bias", "tarq", b, {"fab_budget": float(b), "lr_bias": 1e-3}, (),
-              f"FAB budget {b}.0; ablation: a bias learned with the rounding (lr_bias 1e-3)") for b in (6, 4)]
+    rows += [(f"ablation tarq-w6a6 bias-{lr:g}", "tarq", 6, {"fab_budget": 6.0, "lr_bias": lr}, (),
+              f"FAB budget 6.0; ablation: a bias learned with the rounding (lr_bias {lr:g})") for lr in (1e-3, 1e-4)]
     rows.append(("tarq-w4a4 ends-a8", "tarq", 4, {"fab_budget": 4.0, "edge_abits": None, "edge_wbits": None},
                  ENDS_A8, "FAB budget 4.0; frame parts and tail at A8, paid by the other layers (A3 at least)"))
     rows += [(f"{m}-w{b}a{b}", m, b, {}, (), "") for b in (4, 6) for m in ("brecq", "qdrop")]
