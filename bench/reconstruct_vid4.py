@@ -57,6 +57,9 @@ def plan() -> list[tuple[str, str, int, dict, tuple[LayerRule, ...], str]]:
     # ours: a per-channel bias learned with the rounding (lr_bias), folded into each conv's bias
     rows += [(f"ablation tarq-w6a6 bias-{lr:g}", "tarq", 6, {"fab_budget": 6.0, "lr_bias": lr}, (),
               f"FAB budget 6.0; ablation: a bias learned with the rounding (lr_bias {lr:g})") for lr in (1e-3, 1e-4)]
+    # ours: at W6A6 the budget takes 14 layers to 4-bit activations to pay for the 8-bit ends; none below 5 instead
+    rows.append(("ablation tarq-w6a6 min-a5", "tarq", 6, {"fab_budget": 6.0, "min_abits": 5}, (),
+                 "FAB budget 6.0; ablation: no activation below 5 bits (min_abits 5)"))
     rows.append(("tarq-w4a4 ends-a8", "tarq", 4, {"fab_budget": 4.0, "edge_abits": None, "edge_wbits": None},
                  ENDS_A8, "FAB budget 4.0; frame parts and tail at A8, paid by the other layers (A3 at least)"))
     rows += [(f"{m}-w{b}a{b}", m, b, {}, (), "") for b in (4, 6) for m in ("brecq", "qdrop")]
