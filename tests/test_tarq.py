@@ -10,6 +10,7 @@ from tests.test_quant_layers import _loaded, _synthetic_calib
 from vsrq.config import LayerRule, QuantConfig
 from vsrq.errors import VsrqError
 from vsrq.methods.pipeline import quantize_model
+from vsrq.methods.tarq import TARQ
 from vsrq.models.animesr import AnimeSR, AnimeSRHost
 from vsrq.models.basicvsr import BasicVSRHost
 from vsrq.quant.split import split_concat_inputs
@@ -43,6 +44,15 @@ def test_rounding_that_learns_nothing_is_round_to_nearest():
     x = torch.rand(1, 2, 3, 64, 64, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         assert torch.equal(still(x), plain(x))
+
+
+def test_the_budget_takes_no_activation_more_than_one_bit_under_the_configs_by_default():
+    """min_abits defaults to the config's activation bits minus one and is written into the manifest's config."""
+    for bits, floor in ((4, 3), (6, 5), (2, 2)):
+        assert TARQ(QuantConfig(method="tarq", wbits=bits, abits=bits)).config.options["min_abits"] == floor
+    assert TARQ(QuantConfig(method="tarq", wbits=6, abits=6, options={"min_abits": 3})).options["min_abits"] == 3
+    with pytest.raises(VsrqError, match="min_abits"):
+        TARQ(QuantConfig(method="tarq", wbits=6, abits=6, options={"min_abits": 1}))
 
 
 def test_a_learned_bias_folds_into_the_conv_bias_and_moves_no_further_than_adam_can():

@@ -24,19 +24,25 @@ What each part takes from where (issue 24; the ablation is in ``bench/reconstruc
    trunk's LR-frame part and the fusion + upsampling tail), as image-CNN quantization keeps its first and
    last layers: at W8A4 those two groups cost 1.2 and 1.15 dB alone, the residual stream 0.45
    (bench/act_sensitivity.py). Under a FAB budget the other layers pay for them (TS-LBA's least sensitive
-   first, none below ``min_abits`` = 3 bits): at W4A4, FAB 4.0, Vid4 quick, 25.59 dB with the ends at A4,
+   first, none more than one bit under the config's: ``min_abits``, by default the config's activation bits
+   minus one): at W4A4, FAB 4.0, Vid4 quick, 25.59 dB with the ends at A4,
    26.05 at A8 with 4-bit weights, 26.23 at W8A8 (every frame 25.96 and 26.20). Their 8-bit weights cost
-   2% of the checkpoint (the edges hold 8% of BasicVSR's weights); null keeps the config's bits.
-5. Optionally (``lr_bias`` > 0) a per-channel bias learned with the rounding, as QuantVSR's LBA learns its
-   A_bias: it takes out the mean shift that rounding and clipping leave in each conv's output, and folds into
-   the conv's bias (a split conv's parts add up, so the part that holds the bias takes it), so the integer
-   runtime runs it at no cost.
+   2% of the checkpoint (the edges hold 8% of BasicVSR's weights); null keeps the config's bits. At W6A6 a
+   floor of 3 let the budget take 14 layers to 4 bits: 27.11 dB on every Vid4 frame; with the floor at 5
+   (none below 5: 48 layers at 5) 27.13.
+5. Optionally (``lr_bias`` > 0; off by default) a per-channel bias learned with the rounding, as QuantVSR's LBA
+   learns its A_bias, folded into the conv's bias (a split conv's parts add up, so the part that holds the bias
+   takes it): no cost at run time. Measured, it loses: W6A6 (floor 3) on every Vid4 frame 27.11 dB without, 27.09 at
+   ``lr_bias`` 1e-4, 26.89 at 1e-3, and the rounding stage's own loss ends higher; an offset that one step adds
+   is carried on by the recurrence, as QuantVSR's LBA stage was found to lose on BasicVSR (docs/findings.md).
 
 Every conv stays quantized with static per-tensor activation ranges and per-channel weights: what the
 integer runtime runs (``vsrq info`` says "deployable").
 """
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 import torch
 from torch import nn
@@ -60,9 +66,11 @@ class TARQ(QBasicVSR):
     fixed = {"split_concat": True}
     default_options = {**QBasicVSR.default_options, "omse_refresh": False, "rounding": True, "round_epochs": 5,
                        "round_batch": 1, "lr_round": 1e-2, "lr_act_round": 1e-3, "round_weight": 1.0,
-                       "warmup": 0.2, "edge_abits": 8, "edge_wbits": 8, "min_abits": 3, "lr_bias": 0.0}
+                       "warmup": 0.2, "edge_abits": 8, "edge_wbits": 8, "min_abits": None, "lr_bias": 0.0}
 
     def __init__(self, config: QuantConfig) -> None:
+        if config.options.get("min_abits") is None:  # one bit under the config's (W4A4: 3, W6A6: 5), written down
+            config = replace(config, options={**config.options, "min_abits": max(MIN_BITS, config.abits - 1)})
         super().__init__(config)
         for key in ("edge_abits", "edge_wbits"):
             bits = self.options[key]
