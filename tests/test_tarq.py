@@ -74,8 +74,9 @@ def test_a_learned_bias_folds_into_the_conv_bias_and_moves_no_further_than_adam_
             assert torch.equal(reference, fp[name + ".bias"])
         moved.append(float((layer.bias - reference).abs().max()))
     assert 0 < max(moved) <= steps * 1e-3 * 0.1 / (1 - 0.999) ** 0.5
-    with pytest.raises(VsrqError, match="lr_bias"):
-        _tarq(lr_bias=-1.0)
+    for bad in (-1.0, True, "1e-3"):
+        with pytest.raises(VsrqError, match="lr_bias"):
+            TARQ(QuantConfig(method="tarq", wbits=4, abits=4, options={"lr_bias": bad}))
 
 
 def test_the_hosts_edge_layers_are_pinned_at_w8a8():

@@ -77,9 +77,10 @@ class TARQ(QBasicVSR):
             if bits is not None and bits not in range(MIN_BITS, MAX_BITS + 1):
                 raise VsrqError(f"option {key} must be null (the config's bits) or an integer {MIN_BITS}..{MAX_BITS}, "
                                 f"got {bits!r}")
-        if not isinstance(self.options["lr_bias"], (int, float)) or self.options["lr_bias"] < 0:
+        lr_bias = self.options["lr_bias"]
+        if isinstance(lr_bias, bool) or not isinstance(lr_bias, (int, float)) or lr_bias < 0:
             raise VsrqError(f"option lr_bias must be a learning rate >= 0 (0: no learned bias), "
-                            f"got {self.options['lr_bias']!r}")
+                            f"got {lr_bias!r}")
 
     def host_rules(self, host: ModelHost, model: nn.Module) -> tuple[LayerRule, ...]:
         """The host's edge layers with ``edge_abits`` activation bits (pinned) and ``edge_wbits`` weight bits."""
