@@ -44,7 +44,7 @@ from vsrq.config import LayerRule, QuantConfig  # noqa: E402
 CPU = {"group": 8, "windows": 4}
 CPU_NOTE = "8 units per pass, 4 windows"
 FEATURES = "*_trunk.main.0.parts.1"  # each trunk's input conv, the part that reads the propagated features
-FEATURES_W8A8, FEATURES_W8 = LayerRule(FEATURES, wbits=8, abits=8), LayerRule(FEATURES, wbits=8)
+FEATURES_W8A8 = LayerRule(FEATURES, wbits=8, abits=8)
 BORROWED = {"ptq_vid4": ("fp", "minmax", "omse", "dbdc"), "qbasicvsr_vid4": ("minmax+ft", "dbdc+ft", "qbasicvsr")}
 
 
@@ -72,8 +72,8 @@ def plan() -> list[tuple[str, str, int, dict, tuple[LayerRule, ...], str]]:
     # stream convs together (tested on quick frames): the same part at W8A8 too, paid under the budget
     rows.append(("ablation tarq-w6a6 features-w8a8", "tarq", 6, {"fab_budget": 6.0}, (FEATURES_W8A8,),
                  "FAB budget 6.0; ablation: each trunk's feature part of its input conv at W8A8 too"))
-    rows.append(("ablation tarq-w4a4 features-w8", "tarq", 4, {"fab_budget": 4.0}, (FEATURES_W8,),
-                 "FAB budget 4.0; ablation: each trunk's feature part of its input conv with 8-bit weights"))
+    rows.append(("ablation tarq-w4a4 features-w8a8", "tarq", 4, {"fab_budget": 4.0}, (FEATURES_W8A8,),
+                 "FAB budget 4.0; ablation: each trunk's feature part of its input conv at W8A8 too"))
     rows.append(("tarq-w4a4 ends-a8", "tarq", 4, {"fab_budget": 4.0, "edge_abits": None, "edge_wbits": None},
                  ENDS_A8, "FAB budget 4.0; frame parts and tail at A8, paid by the other layers (A3 at least)"))
     rows += [(f"{m}-w{b}a{b}", m, b, {}, (), "") for b in (4, 6) for m in ("brecq", "qdrop")]
