@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    BENCH_CALIB,
     ENDS_A8,
     RESULTS,
     bikes_clips,
@@ -37,12 +38,13 @@ from common import (  # noqa: E402
 )
 from harness import Bench  # noqa: E402
 
-from vsrq.config import LayerRule, QuantConfig  # noqa: E402
+from vsrq.config import CalibConfig, LayerRule, QuantConfig  # noqa: E402
 
 # two passes over the calibration clips per pair of recorded units dominate on CPU: 8 units per pair,
 # the passes on 4 of the 12 calibration windows (the initial ranges see all 12)
 CPU = {"group": 8, "windows": 4}
 CPU_NOTE = "8 units per pass, 4 windows"
+BLOCK_WISE = ("brecq", "qdrop")  # the methods that take those shortcuts
 FEATURES = "*_trunk.main.0.parts.1"  # each trunk's input conv, the part that reads the propagated features
 FEATURES_W8A8 = LayerRule(FEATURES, wbits=8, abits=8)
 BORROWED = {"ptq_vid4": ("fp", "minmax", "omse", "dbdc"), "qbasicvsr_vid4": ("minmax+ft", "dbdc+ft", "qbasicvsr")}
@@ -92,6 +94,14 @@ def plan() -> list[tuple[str, str, int, dict, tuple[LayerRule, ...], str]]:
     return rows
 
 
+def row_config(method: str, bits: int, options: dict, rules: tuple[LayerRule, ...], calib: CalibConfig = BENCH_CALIB,
+               split_concat: bool = False) -> QuantConfig:
+    """A plan row's config, FQ at W{bits}A{bits}; the block-wise methods take the CPU shortcuts."""
+    return QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib,
+                       options={**CPU, **options} if method in BLOCK_WISE else options,
+                       split_concat=split_concat)
+
+
 def main() -> int:
     args = parse_args(__doc__, calibrate_only=True, bikes=True)
     calib, rules, suffix = variant(args)
@@ -110,14 +120,12 @@ def main() -> int:
                 print(f"fp on bikes: {bench.fp_row().psnr_y:.3f} dB", flush=True)
                 bench.write(RESULTS)
     for label, method, bits, options, row_rules, notes in plan():
-        block_wise = method in ("brecq", "qdrop")  # the CPU shortcuts of the recording passes
-        notes = with_variant(with_variant(notes, suffix), CPU_NOTE if block_wise else "")
+        notes = with_variant(with_variant(notes, suffix), CPU_NOTE if method in BLOCK_WISE else "")
         done = bench.has(method, bits, bits, "fq", notes) and (
             bikes is None or bench.has(method, bits, bits, "fq", notes, "bikes"))
         if not wanted(args, label) or (done and not args.calibrate_only):
             continue
-        config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules + row_rules, calib=calib,
-                             options={**CPU, **options} if block_wise else options, split_concat=args.split_concat)
+        config = row_config(method, bits, options, rules + row_rules, calib, args.split_concat)
         if args.calibrate_only:
             bench.quantize(config)
             print(f"{label}: calibrated, checkpoint {bench.checkpoint_path(config).name}", flush=True)
