@@ -66,29 +66,40 @@ class TARQ(QBasicVSR):
     fixed = {"split_concat": True}
     default_options = {**QBasicVSR.default_options, "omse_refresh": False, "rounding": True, "round_epochs": 5,
                        "round_batch": 1, "lr_round": 1e-2, "lr_act_round": 1e-3, "round_weight": 1.0,
-                       "warmup": 0.2, "edge_abits": 8, "edge_wbits": 8, "min_abits": None, "lr_bias": 0.0}
+                       "warmup": 0.2, "edge_abits": 8, "edge_wbits": 8, "edge_state": None, "min_abits": None,
+                       "lr_bias": 0.0}
 
     def __init__(self, config: QuantConfig) -> None:
-        if config.options.get("min_abits") is None:  # one bit under the config's (W4A4: 3, W6A6: 5), written down
-            config = replace(config, options={**config.options, "min_abits": max(MIN_BITS, config.abits - 1)})
+        resolved = {}  # defaults that depend on the bits, written into the config (and so the manifest)
+        if config.options.get("min_abits") is None:  # one bit under the config's (W4A4: 3, W6A6: 5)
+            resolved["min_abits"] = max(MIN_BITS, config.abits - 1)
+        if config.options.get("edge_state") is None:  # from 6 activation bits up, where it was measured to pay
+            resolved["edge_state"] = config.abits >= 6
+        if resolved:
+            config = replace(config, options={**config.options, **resolved})
         super().__init__(config)
         for key in ("edge_abits", "edge_wbits"):
             bits = self.options[key]
             if bits is not None and bits not in range(MIN_BITS, MAX_BITS + 1):
                 raise VsrqError(f"option {key} must be null (the config's bits) or an integer {MIN_BITS}..{MAX_BITS}, "
                                 f"got {bits!r}")
+        if not isinstance(self.options["edge_state"], bool):
+            raise VsrqError(f"option edge_state must be true, false or null (on from 6 activation bits), "
+                            f"got {self.options['edge_state']!r}")
         lr_bias = self.options["lr_bias"]
         if isinstance(lr_bias, bool) or not isinstance(lr_bias, (int, float)) or lr_bias < 0:
             raise VsrqError(f"option lr_bias must be a learning rate >= 0 (0: no learned bias), "
                             f"got {lr_bias!r}")
 
     def host_rules(self, host: ModelHost, model: nn.Module) -> tuple[LayerRule, ...]:
-        """The host's edge layers with ``edge_abits`` activation bits (pinned) and ``edge_wbits`` weight bits."""
+        """The host's edge layers (and its state layers, ``edge_state``) with ``edge_abits`` activation bits
+        (pinned) and ``edge_wbits`` weight bits."""
         wbits, abits = self.options["edge_wbits"], self.options["edge_abits"]
         if wbits is None and abits is None:
             return ()
+        globs = host.edge_layers(model) + (host.state_layers(model) if self.options["edge_state"] else ())
         return tuple(LayerRule(g, wbits=None if wbits is None else int(wbits), abits=None if abits is None else int(abits))
-                     for g in host.edge_layers(model))
+                     for g in globs)
 
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         controller = super().calibrate(ctx)
