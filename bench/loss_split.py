@@ -94,8 +94,8 @@ def main() -> int:
     if args.resume:
         bench.resume(RESULTS)
     groups = list(GROUPS) + [f"a{b}" for b in BITS]
-    plan_ = [("as calibrated", ""), ("weights float", "")] + [(k, g) for k in ("acts float", "weights only")
-                                                               for g in groups]
+    plan_ = ([("as calibrated", ""), ("weights float", "")] + [("acts float", g) for g in groups]
+             + [("weights only", g) for g in groups if g != "all"])  # "weights only all" is "acts float all"
     for kind, group in plan_:
         label = f"{kind} {group}".strip()
         row_notes = f"{args.row}; {label}"

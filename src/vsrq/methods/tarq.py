@@ -30,6 +30,12 @@ What each part takes from where (issue 24; the ablation is in ``bench/reconstruc
    2% of the checkpoint (the edges hold 8% of BasicVSR's weights); null keeps the config's bits. At W6A6 a
    floor of 3 let the budget take 14 layers to 4 bits: 27.11 dB on every Vid4 frame; with the floor at 5
    (none below 5: 48 layers at 5) 27.13.
+   From 6 activation bits up (``edge_state``; null: on when the config's activation bits are 6 or more) the layers
+   where the recurrent state re-enters each step join the ends (the host's ``state_layers``: on BasicVSR each trunk
+   input conv's part that reads the propagated features). At W6A6 those two parts' 6-bit weights held 0.06 of the
+   0.07 dB that every weight cost (bench/loss_split.py); at W8A8, paid for by 4 more layers at 5 bits: 27.19 dB on
+   every Vid4 frame (27.13 without). At W4A4 the same 8 bits of budget take 8 more layers to 3 bits: 26.18 against
+   26.20 (foliage -0.78 dB, the other clips +0.15 to +0.26), so it stays off there.
 5. Optionally (``lr_bias`` > 0; off by default) a per-channel bias learned with the rounding, as QuantVSR's LBA
    learns its A_bias, folded into the conv's bias (a split conv's parts add up, so the part that holds the bias
    takes it): no cost at run time. Measured, it loses: W6A6 (floor 3) on every Vid4 frame 27.11 dB without, 27.09 at
