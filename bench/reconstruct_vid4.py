@@ -25,6 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import (  # noqa: E402
+    BENCH_CALIB,
     ENDS_A8,
     RESULTS,
     bikes_clips,
@@ -37,34 +38,49 @@ from common import (  # noqa: E402
 )
 from harness import Bench  # noqa: E402
 
-from vsrq.config import LayerRule, QuantConfig  # noqa: E402
+from vsrq.config import CalibConfig, LayerRule, QuantConfig  # noqa: E402
 
 # two passes over the calibration clips per pair of recorded units dominate on CPU: 8 units per pair,
 # the passes on 4 of the 12 calibration windows (the initial ranges see all 12)
 CPU = {"group": 8, "windows": 4}
 CPU_NOTE = "8 units per pass, 4 windows"
+BLOCK_WISE = ("brecq", "qdrop")  # the methods that take those shortcuts
+FEATURES = "*_trunk.main.0.parts.1"  # each trunk's input conv, the part that reads the propagated features
+FEATURES_W8A8 = LayerRule(FEATURES, wbits=8, abits=8)
 BORROWED = {"ptq_vid4": ("fp", "minmax", "omse", "dbdc"), "qbasicvsr_vid4": ("minmax+ft", "dbdc+ft", "qbasicvsr")}
 
 
 def plan() -> list[tuple[str, str, int, dict, tuple[LayerRule, ...], str]]:
     """(label, method, bits, options, layer rules, notes), most important rows first."""
     rows = [(f"tarq-w{b}a{b}", "tarq", b, {"fab_budget": float(b)}, (), f"FAB budget {b}.0") for b in (4, 6)]
-    # the W6A6 ablations measured while TARQ's activation floor was 3 bits keep it (min_abits 3)
+    # the W6A6 ablations measured while TARQ's activation floor was 3 bits keep it (min_abits 3), and those measured
+    # before the state parts joined the ends at W6A6 keep them out (edge_state false)
+    old_w6 = {"min_abits": 3, "edge_state": False}
     rows += [(f"ablation tarq-w{b}a{b} edges-w{b}a8", "tarq", b,
-              {"fab_budget": float(b), "edge_wbits": None, **({"min_abits": 3} if b == 6 else {})}, (),
+              {"fab_budget": float(b), "edge_wbits": None, **(old_w6 if b == 6 else {})}, (),
               f"FAB budget {b}.0; ablation: the ends' weights at {b} bits (edge_wbits null)") for b in (4, 6)]
     # ours: does a longer rounding stage close W6A6's last 0.03 dB (5 epochs of 12 one-window steps by default)?
-    rows.append(("ablation tarq-w6a6 rounding-10", "tarq", 6, {"fab_budget": 6.0, "round_epochs": 10, "min_abits": 3}, (),
+    rows.append(("ablation tarq-w6a6 rounding-10", "tarq", 6, {"fab_budget": 6.0, "round_epochs": 10, **old_w6}, (),
                  "FAB budget 6.0; ablation: 10 rounding epochs (round_epochs 10)"))
     # ours: a per-channel bias learned with the rounding (lr_bias), folded into each conv's bias
-    rows += [(f"ablation tarq-w6a6 bias-{lr:g}", "tarq", 6, {"fab_budget": 6.0, "lr_bias": lr, "min_abits": 3}, (),
+    rows += [(f"ablation tarq-w6a6 bias-{lr:g}", "tarq", 6, {"fab_budget": 6.0, "lr_bias": lr, **old_w6}, (),
               f"FAB budget 6.0; ablation: a bias learned with the rounding (lr_bias {lr:g})") for lr in (1e-3, 1e-4)]
     # ours: at W6A6 a floor of 3 bits let the budget take 14 layers to 4-bit activations to pay for the 8-bit ends;
     # the default floor is one bit under the config's (5 here)
-    rows.append(("ablation tarq-w6a6 min-a3", "tarq", 6, {"fab_budget": 6.0, "min_abits": 3}, (),
+    rows.append(("ablation tarq-w6a6 min-a3", "tarq", 6, {"fab_budget": 6.0, **old_w6}, (),
                  "FAB budget 6.0; ablation: activations down to 3 bits (min_abits 3)"))
-    rows.append(("ablation tarq-w6a6 min-a5", "tarq", 6, {"fab_budget": 6.0, "min_abits": 5}, (),
+    rows.append(("ablation tarq-w6a6 min-a5", "tarq", 6, {"fab_budget": 6.0, "min_abits": 5, "edge_state": False}, (),
                  "FAB budget 6.0; ablation: no activation below 5 bits (min_abits 5)"))
+    # ours: with the checkpoint's activations in float but for one group, each trunk's feature part of its input
+    # conv (2 layers, where the recurrence's state re-enters) held as much of W6A6's activation loss as all 60
+    # stream convs together (tested on quick frames): the same part at W8A8 too, paid under the budget
+    rows.append(("ablation tarq-w6a6 features-w8a8", "tarq", 6, {"fab_budget": 6.0, "edge_state": False},
+                 (FEATURES_W8A8,), "FAB budget 6.0; ablation: each trunk's feature part of its input conv at W8A8 too"))
+    # that made the state parts ends from 6 activation bits up (edge_state); the default until then, without them
+    rows.append(("ablation tarq-w6a6 no-state", "tarq", 6, {"fab_budget": 6.0, "edge_state": False}, (),
+                 "FAB budget 6.0; ablation: the state parts at the config's bits (edge_state false)"))
+    rows.append(("ablation tarq-w4a4 features-w8a8", "tarq", 4, {"fab_budget": 4.0, "edge_state": False}, (FEATURES_W8A8,),
+                 "FAB budget 4.0; ablation: each trunk's feature part of its input conv at W8A8 too"))
     rows.append(("tarq-w4a4 ends-a8", "tarq", 4, {"fab_budget": 4.0, "edge_abits": None, "edge_wbits": None},
                  ENDS_A8, "FAB budget 4.0; frame parts and tail at A8, paid by the other layers (A3 at least)"))
     rows += [(f"{m}-w{b}a{b}", m, b, {}, (), "") for b in (4, 6) for m in ("brecq", "qdrop")]
@@ -81,6 +97,14 @@ def plan() -> list[tuple[str, str, int, dict, tuple[LayerRule, ...], str]]:
          "ablation: round to nearest, weight and activation ranges learned"),
     ]
     return rows
+
+
+def row_config(method: str, bits: int, options: dict, rules: tuple[LayerRule, ...], calib: CalibConfig = BENCH_CALIB,
+               split_concat: bool = False) -> QuantConfig:
+    """A plan row's config, FQ at W{bits}A{bits}; the block-wise methods take the CPU shortcuts."""
+    return QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules, calib=calib,
+                       options={**CPU, **options} if method in BLOCK_WISE else options,
+                       split_concat=split_concat)
 
 
 def main() -> int:
@@ -101,14 +125,12 @@ def main() -> int:
                 print(f"fp on bikes: {bench.fp_row().psnr_y:.3f} dB", flush=True)
                 bench.write(RESULTS)
     for label, method, bits, options, row_rules, notes in plan():
-        block_wise = method in ("brecq", "qdrop")  # the CPU shortcuts of the recording passes
-        notes = with_variant(with_variant(notes, suffix), CPU_NOTE if block_wise else "")
+        notes = with_variant(with_variant(notes, suffix), CPU_NOTE if method in BLOCK_WISE else "")
         done = bench.has(method, bits, bits, "fq", notes) and (
             bikes is None or bench.has(method, bits, bits, "fq", notes, "bikes"))
         if not wanted(args, label) or (done and not args.calibrate_only):
             continue
-        config = QuantConfig(method=method, wbits=bits, abits=bits, scope="fq", rules=rules + row_rules, calib=calib,
-                             options={**CPU, **options} if block_wise else options, split_concat=args.split_concat)
+        config = row_config(method, bits, options, rules + row_rules, calib, args.split_concat)
         if args.calibrate_only:
             bench.quantize(config)
             print(f"{label}: calibrated, checkpoint {bench.checkpoint_path(config).name}", flush=True)

@@ -162,3 +162,39 @@ def test_a_deploy_run_replaces_earlier_rows_of_its_own_cpu_only():
     kept = earlier_runs(old, run("c", "amx", ("pt-int8-w8a8", "pt-int8-w4a8")))
     assert {(r["commit"], r["backend"]) for r in kept} == {("a", "torch-fp32"), ("a", "pt-int8-w8a8"),
                                                            ("a", "ort-w8a8")}
+
+
+def test_putting_every_part_back_to_float_gives_the_float_model_and_a_kept_group_keeps_its_codes(tmp_path):
+    """bench/loss_split.py: with every activation and weight put back (a split conv's parts take their slices of
+    the float weight), a saved W4A4 checkpoint computes what the float model computes; a group whose weights stay
+    quantized keeps the checkpoint's dequantized weight exactly."""
+    import torch
+    from loss_split import members, put_back, selection
+
+    from tests.test_quant_layers import _loaded, _synthetic_calib
+    from vsrq import checkpoint
+    from vsrq.config import QuantConfig
+    from vsrq.methods.pipeline import quantize_model
+    from vsrq.quant.layers import QuantLayer
+
+    loaded = _loaded()
+    cfg = QuantConfig(method="minmax", wbits=4, abits=4, scope="fq", split_concat=True)
+    path = checkpoint.save(quantize_model(loaded, cfg, _synthetic_calib(), log=lambda s: None, show_progress=False),
+                           tmp_path / "m.vsrq")
+    x = _synthetic_calib(1).clips[0][None]
+    with torch.no_grad():
+        fp = loaded.model(x)
+        qm = checkpoint.load(path)
+        quantized = qm(x)
+        layers = {n: m for n, m in qm.base.named_modules() if isinstance(m, QuantLayer)}
+        assert len(members(layers, "features")) == 2 and len(members(layers, "all")) == len(layers)
+        put_back(qm, loaded.model, *selection("weights only", "all", layers))  # weights quantized, acts float
+        assert not torch.allclose(qm(x), fp, atol=1e-3)
+        qm = checkpoint.load(path)
+        layers = {n: m for n, m in qm.base.named_modules() if isinstance(m, QuantLayer)}
+        kept = layers["forward_trunk.main.0.parts.1"].quantized_weight().clone()
+        put_back(qm, loaded.model, *selection("weights only", "features", layers))
+        assert torch.equal(layers["forward_trunk.main.0.parts.1"].quantized_weight(), kept)
+        assert layers["forward_trunk.main.0.parts.1"].input_quantizer is None
+        put_back(qm, loaded.model, *selection("weights float", "", layers))
+        assert torch.allclose(qm(x), fp, atol=1e-5) and not torch.allclose(quantized, fp, atol=1e-3)

@@ -47,9 +47,11 @@ def test_rounding_that_learns_nothing_is_round_to_nearest():
 
 
 def test_the_budget_takes_no_activation_more_than_one_bit_under_the_configs_by_default():
-    """min_abits defaults to the config's activation bits minus one and is written into the manifest's config."""
+    """min_abits defaults to the config's activation bits minus one, edge_state to on from 6 activation bits; both
+    are written into the manifest's config."""
     for bits, floor in ((4, 3), (6, 5), (2, 2)):
-        assert TARQ(QuantConfig(method="tarq", wbits=bits, abits=bits)).config.options["min_abits"] == floor
+        options = TARQ(QuantConfig(method="tarq", wbits=bits, abits=bits)).config.options
+        assert options["min_abits"] == floor and options["edge_state"] is (bits >= 6)
     assert TARQ(QuantConfig(method="tarq", wbits=6, abits=6, options={"min_abits": 3})).options["min_abits"] == 3
     with pytest.raises(VsrqError, match="min_abits"):
         TARQ(QuantConfig(method="tarq", wbits=6, abits=6, options={"min_abits": 1}))
@@ -79,22 +81,30 @@ def test_a_learned_bias_folds_into_the_conv_bias_and_moves_no_further_than_adam_
             TARQ(QuantConfig(method="tarq", wbits=4, abits=4, options={"lr_bias": bad}))
 
 
-def test_the_hosts_edge_layers_are_pinned_at_w8a8():
-    """BasicVSR's LR-frame parts of the trunk inputs and the tail hold 8-bit weights and read 8-bit
-    activations, every other layer stays at the config's 4 (activations 4 +- TS-LBA); the manifest's config
-    holds the added rules (checkpoints rebuild the same layers); a user's rule for one of them wins;
+def test_the_hosts_edge_and_state_layers_are_pinned_at_w8a8():
+    """BasicVSR's trunk inputs (the LR-frame parts and the parts that read the propagated state) and the tail
+    hold 8-bit weights and read 8-bit activations, every other layer stays at the config's 4 (activations 4 +-
+    TS-LBA); the manifest's config holds the added rules (checkpoints rebuild the same layers); a user's rule
+    for one of them wins; edge_state=false (at 4 bits the default) leaves the state parts to the config;
     edge_wbits=null keeps the config's weight bits; both null pin nothing."""
-    qm = _tarq(finetune=False, rounding=False)
+    qm = _tarq(finetune=False, rounding=False, edge_state=True)
     bits = {n: l.input_quantizer.current_bits() for n, l in qm.layers().items()}
-    edges = {"backward_trunk.main.0.parts.0", "forward_trunk.main.0.parts.0", "fusion.parts.0", "fusion.parts.1",
-             "upconv1", "upconv2", "conv_hr", "conv_last"}
+    ends = {"backward_trunk.main.0.parts.0", "forward_trunk.main.0.parts.0", "fusion.parts.0", "fusion.parts.1",
+            "upconv1", "upconv2", "conv_hr", "conv_last"}
+    state = {"backward_trunk.main.0.parts.1", "forward_trunk.main.0.parts.1"}
+    edges = ends | state
     assert {n for n, b in bits.items() if b == 8} == edges
     assert all(3 <= b <= 5 for n, b in bits.items() if n not in edges)
     assert {n for n, l in qm.layers().items() if l.weight_quantizer.current_bits() == 8} == edges
     assert all(l.weight_quantizer.current_bits() == 4 for n, l in qm.layers().items() if n not in edges)
     rules = [r["pattern"] for r in qm.manifest["config"]["rules"]]
     assert rules == ["backward_trunk.main.0.parts.0", "forward_trunk.main.0.parts.0", "fusion", "upconv1",
-                     "upconv2", "conv_hr", "conv_last"]
+                     "upconv2", "conv_hr", "conv_last", "backward_trunk.main.0.parts.1", "forward_trunk.main.0.parts.1"]
+    stateless = _tarq(finetune=False, rounding=False)
+    assert {n for n, l in stateless.layers().items() if l.input_quantizer.current_bits() == 8} == ends
+    assert {n for n, l in stateless.layers().items() if l.weight_quantizer.current_bits() == 8} == ends
+    with pytest.raises(VsrqError, match="edge_state"):
+        _tarq(edge_state="no")
     config = QuantConfig(method="tarq", wbits=4, abits=4, rules=(LayerRule("conv_last", abits=6),),
                          options={**SMALL, "finetune": False, "rounding": False})
     mine = quantize_model(_loaded(), config, _synthetic_calib(2, 3), **QUIET)
@@ -107,11 +117,12 @@ def test_the_hosts_edge_layers_are_pinned_at_w8a8():
         _tarq(edge_abits=9)
     narrow = _tarq(finetune=False, rounding=False, edge_wbits=None)
     assert max(l.weight_quantizer.current_bits() for l in narrow.layers().values()) == 4
-    assert {n for n, l in narrow.layers().items() if l.input_quantizer.current_bits() == 8} == edges
+    assert {n for n, l in narrow.layers().items() if l.input_quantizer.current_bits() == 8} == ends
 
 
 def test_edge_layers_of_each_recurrent_family_name_real_modules():
-    """Split or not, every glob an edge rule uses names a module (plan_layers refuses one that matches none)."""
+    """Split or not, every glob an edge rule uses names a module (plan_layers refuses one that matches none); the
+    state parts exist only once split (unsplit, the conv that reads the state is an edge layer whole)."""
     for host, make in ((BasicVSRHost(), lambda: tiny_basicvsr(0, num_feat=8)),
                        (AnimeSRHost(), lambda: AnimeSR(num_feat=8, num_block=(2, 1, 1)))):
         for split in (False, True):
@@ -119,6 +130,8 @@ def test_edge_layers_of_each_recurrent_family_name_real_modules():
             if split:
                 split_concat_inputs(model, host.concat_inputs(model))
             names = dict(model.named_modules())
-            edges = host.edge_layers(model)
-            assert edges and all(e in names for e in edges), (host.name, split, edges)
+            edges, state = host.edge_layers(model), host.state_layers(model)
+            assert edges and all(e in names for e in edges + state), (host.name, split, edges, state)
             assert any("parts" in e for e in edges) == split
+            trunks = 2 if getattr(model, "bidirectional", False) else 1  # AnimeSR: one cell
+            assert len(state) == (trunks if split else 0), (host.name, split, state)

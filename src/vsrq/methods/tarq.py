@@ -30,6 +30,12 @@ What each part takes from where (issue 24; the ablation is in ``bench/reconstruc
    2% of the checkpoint (the edges hold 8% of BasicVSR's weights); null keeps the config's bits. At W6A6 a
    floor of 3 let the budget take 14 layers to 4 bits: 27.11 dB on every Vid4 frame; with the floor at 5
    (none below 5: 48 layers at 5) 27.13.
+   From 6 activation bits up (``edge_state``; null: on when the config's activation bits are 6 or more) the layers
+   where the recurrent state re-enters each step join the ends (the host's ``state_layers``: on BasicVSR each trunk
+   input conv's part that reads the propagated features). At W6A6 those two parts' 6-bit weights held 0.06 of the
+   0.07 dB that every weight cost (bench/loss_split.py); at W8A8, paid for by 4 more layers at 5 bits: 27.19 dB on
+   every Vid4 frame (27.13 without). At W4A4 the same 8 bits of budget take 8 more layers to 3 bits: 26.18 against
+   26.20 (foliage -0.78 dB, the other clips +0.15 to +0.26), so it stays off there.
 5. Optionally (``lr_bias`` > 0; off by default) a per-channel bias learned with the rounding, as QuantVSR's LBA
    learns its A_bias, folded into the conv's bias (a split conv's parts add up, so the part that holds the bias
    takes it): no cost at run time. Measured, it loses: W6A6 (floor 3) on every Vid4 frame 27.11 dB without, 27.09 at
@@ -66,29 +72,40 @@ class TARQ(QBasicVSR):
     fixed = {"split_concat": True}
     default_options = {**QBasicVSR.default_options, "omse_refresh": False, "rounding": True, "round_epochs": 5,
                        "round_batch": 1, "lr_round": 1e-2, "lr_act_round": 1e-3, "round_weight": 1.0,
-                       "warmup": 0.2, "edge_abits": 8, "edge_wbits": 8, "min_abits": None, "lr_bias": 0.0}
+                       "warmup": 0.2, "edge_abits": 8, "edge_wbits": 8, "edge_state": None, "min_abits": None,
+                       "lr_bias": 0.0}
 
     def __init__(self, config: QuantConfig) -> None:
-        if config.options.get("min_abits") is None:  # one bit under the config's (W4A4: 3, W6A6: 5), written down
-            config = replace(config, options={**config.options, "min_abits": max(MIN_BITS, config.abits - 1)})
+        resolved = {}  # defaults that depend on the bits, written into the config (and so the manifest)
+        if config.options.get("min_abits") is None:  # one bit under the config's (W4A4: 3, W6A6: 5)
+            resolved["min_abits"] = max(MIN_BITS, config.abits - 1)
+        if config.options.get("edge_state") is None:  # from 6 activation bits up, where it was measured to pay
+            resolved["edge_state"] = config.abits >= 6
+        if resolved:
+            config = replace(config, options={**config.options, **resolved})
         super().__init__(config)
         for key in ("edge_abits", "edge_wbits"):
             bits = self.options[key]
             if bits is not None and bits not in range(MIN_BITS, MAX_BITS + 1):
                 raise VsrqError(f"option {key} must be null (the config's bits) or an integer {MIN_BITS}..{MAX_BITS}, "
                                 f"got {bits!r}")
+        if not isinstance(self.options["edge_state"], bool):
+            raise VsrqError(f"option edge_state must be true, false or null (on from 6 activation bits), "
+                            f"got {self.options['edge_state']!r}")
         lr_bias = self.options["lr_bias"]
         if isinstance(lr_bias, bool) or not isinstance(lr_bias, (int, float)) or lr_bias < 0:
             raise VsrqError(f"option lr_bias must be a learning rate >= 0 (0: no learned bias), "
                             f"got {lr_bias!r}")
 
     def host_rules(self, host: ModelHost, model: nn.Module) -> tuple[LayerRule, ...]:
-        """The host's edge layers with ``edge_abits`` activation bits (pinned) and ``edge_wbits`` weight bits."""
+        """The host's edge layers (and its state layers, ``edge_state``) with ``edge_abits`` activation bits
+        (pinned) and ``edge_wbits`` weight bits."""
         wbits, abits = self.options["edge_wbits"], self.options["edge_abits"]
         if wbits is None and abits is None:
             return ()
+        globs = host.edge_layers(model) + (host.state_layers(model) if self.options["edge_state"] else ())
         return tuple(LayerRule(g, wbits=None if wbits is None else int(wbits), abits=None if abits is None else int(abits))
-                     for g in host.edge_layers(model))
+                     for g in globs)
 
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         controller = super().calibrate(ctx)

@@ -208,6 +208,11 @@ class AnimeSRHost(RecurrentHost):
         split = f"{first}.parts.0" in dict(model.named_modules())
         return ((f"{first}.parts.0", f"{first}.parts.1") if split else (first,)) + ("recurrent_cell.fusion",)
 
+    def state_layers(self, model: nn.Module) -> tuple[str, ...]:
+        """The first conv's part that reads the state the cell passed on, once split."""
+        state = "recurrent_cell.conv_s1_first.0.parts.2"
+        return (state,) if state in dict(model.named_modules()) else ()
+
     def feature_blocks(self, model: nn.Module) -> str:
         return r"^recurrent_cell\.body_s1_first\.\d+$"
 

@@ -305,6 +305,12 @@ class BasicVSRHost(RecurrentHost):
         frames = tuple(f"{t}.main.0.parts.0" if f"{t}.main.0.parts.0" in names else f"{t}.main.0" for t in trunks)
         return frames + (("fusion",) if model.bidirectional else ()) + ("upconv1", "upconv2", "conv_hr", "conv_last")
 
+    def state_layers(self, model: nn.Module) -> tuple[str, ...]:
+        """Each trunk input conv's part that reads the propagated (warped) features, once split."""
+        names = dict(model.named_modules())
+        trunks = ("backward_trunk", "forward_trunk") if model.bidirectional else ("forward_trunk",)
+        return tuple(f"{t}.main.0.parts.1" for t in trunks if f"{t}.main.0.parts.1" in names)
+
     def feature_blocks(self, model: nn.Module) -> str:
         # QBasicVSR's normalized feature loss hooks every residual block of both propagation trunks
         return r"^(forward|backward)_trunk\.main\.2\.\d+$"

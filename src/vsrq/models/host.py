@@ -148,6 +148,12 @@ class ModelHost:
         layers at 8 bits; recipes may pin their activations there (none declared: nothing is pinned)."""
         return ()
 
+    def state_layers(self, model: nn.Module) -> tuple[str, ...]:
+        """Globs of the layers that read the recurrent state where it re-enters each step (once a concatenation is
+        split: the state's part; unsplit, the whole conv is an edge layer already). Its error is fed back every
+        step; recipes may treat these layers as ends too (none declared: none)."""
+        return ()
+
     def check_calibration(self, model: nn.Module, calib: Any) -> None:
         """Fail at once, by name, on calibration data that cannot belong to ``model`` (before any work)."""
 

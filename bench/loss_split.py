@@ -1,0 +1,118 @@
+"""Where a calibrated checkpoint loses against FP, by halves and by layer group (issue 24; a diagnosis, not goal rows).
+
+One row of ``bench/reconstruct_vid4.py`` (its cached checkpoint, or a new calibration kept there), scored on Vid4 BI
+with parts of it put back to float:
+
+- ``acts float <group>``: that group's activations read in float, everything else as calibrated;
+- ``weights float``: every weight back to the float model's, the activations as calibrated;
+- ``weights only <group>``: every activation in float and every weight float but the group's, as calibrated.
+
+Groups are BasicVSR's layer kinds (``frame`` and ``features``: each trunk input conv's two parts; ``stream`` and
+``inner``: the residual blocks' first and second convs; ``tail``: fusion and the upsampler) and the activation
+bit-widths the calibration chose (``a5`` ... ``a8``). The rows are marked ``"deployable": false``: they are
+simulations with float parts, scored to say where the loss sits.
+
+    python bench/loss_split.py --row tarq-w6a6          # quick: first 10 frames per clip
+    python bench/loss_split.py --row tarq-w6a6 --only 'weights*'
+"""
+
+from __future__ import annotations
+
+import sys
+from fnmatch import fnmatchcase
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import RESULTS, TAIL, parse_args, wanted  # noqa: E402
+from harness import Bench  # noqa: E402
+from reconstruct_vid4 import plan, row_config  # noqa: E402
+from torch import nn  # noqa: E402
+
+from vsrq.quant.layers import QuantLayer  # noqa: E402
+from vsrq.quant.qmodel import QuantizedModel  # noqa: E402
+from vsrq.quant.split import SplitInputConv  # noqa: E402
+
+GROUPS = {"all": ("*",), "frame": ("*_trunk.main.0.parts.0",), "features": ("*_trunk.main.0.parts.1",),
+          "stream": ("*_trunk.main.2.*.conv1",), "inner": ("*_trunk.main.2.*.conv2",), "tail": TAIL}
+BITS = (5, 6, 7, 8)
+
+
+def members(layers: dict[str, QuantLayer], group: str) -> list[str]:
+    """The quantized layers of a kind group (globs) or of a bit group (``a6``: activations at 6 bits)."""
+    if group in GROUPS:
+        return [n for n in layers if any(fnmatchcase(n, g) or fnmatchcase(n, f"{g}.parts.*") for g in GROUPS[group])]
+    return [n for n, l in layers.items() if l.input_quantizer is not None and f"a{l.input_quantizer.bits}" == group]
+
+
+def float_weight(fp: nn.Module, qm: QuantizedModel, name: str) -> nn.Parameter:
+    """The float model's weight for a quantized layer; a split conv's part takes its slice of input channels."""
+    conv, _, part = name.rpartition(".parts.")
+    if not conv:
+        return nn.Parameter(fp.get_submodule(name).weight.detach().clone(), requires_grad=False)
+    split = qm.base.get_submodule(conv)
+    if not isinstance(split, SplitInputConv):
+        raise SystemExit(f"{conv} is not a split conv")
+    start = sum(split.sizes[:int(part)])
+    weight = fp.get_submodule(conv).weight.detach()[:, start:start + split.sizes[int(part)]]
+    return nn.Parameter(weight.clone(), requires_grad=False)
+
+
+def put_back(qm: QuantizedModel, fp: nn.Module, acts: list[str], weights: list[str]) -> None:
+    """Activations of ``acts`` read in float; layers in ``weights`` get the float model's weight back."""
+    layers = dict(qm.base.named_modules())
+    for name in acts:
+        layers[name].input_quantizer = None
+    for name in weights:
+        layer = layers[name]
+        layer.weight, layer.weight_quantizer = float_weight(fp, qm, name), None
+    for name in {*acts, *weights}:
+        layers[name]._cache = None
+
+
+def selection(kind: str, group: str, layers: dict[str, QuantLayer]) -> tuple[list[str], list[str]]:
+    """(layers whose activations go float, layers whose weights go float) of one variant."""
+    every = list(layers)
+    if kind == "weights float":
+        return [], every
+    if kind == "acts float":
+        return members(layers, group), []
+    if kind == "weights only":
+        kept = set(members(layers, group))
+        return every, [n for n in every if n not in kept]
+    return [], []
+
+
+def main() -> int:
+    args = parse_args(__doc__, row="tarq-w6a6")
+    rows = {label: (method, bits, options, rules, notes) for label, method, bits, options, rules, notes in plan()}
+    if args.row not in rows:
+        raise SystemExit(f"--row: no row {args.row!r} in bench/reconstruct_vid4.py's plan")
+    method, bits, options, rules, notes = rows[args.row]
+    config = row_config(method, bits, options, rules)
+    bench = Bench("loss_split", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, config.calib, device=args.device)
+    if args.resume:
+        bench.resume(RESULTS)
+    groups = list(GROUPS) + [f"a{b}" for b in BITS]
+    plan_ = ([("as calibrated", ""), ("weights float", "")] + [("acts float", g) for g in groups]
+             + [("weights only", g) for g in groups if g != "all"])  # "weights only all" is "acts float all"
+    for kind, group in plan_:
+        label = f"{kind} {group}".strip()
+        row_notes = f"{args.row}; {label}"
+        if not wanted(args, label) or bench.has(method, bits, bits, "fq", row_notes):
+            continue
+        qm, calib_s = bench.quantize(config)  # a fresh load of the kept checkpoint for every variant
+        layers = {n: m for n, m in qm.base.named_modules() if isinstance(m, QuantLayer)}
+        if group and not members(layers, group):
+            continue  # a bit-width the calibration gave no layer
+        acts, weights = selection(kind, group, layers)
+        put_back(qm, bench.loaded.model, acts, weights)
+        row = bench.row(qm, method, bits, bits, "fq", calib_s, row_notes, deployable=False, variant=label,
+                        float_acts=len(acts), float_weights=len(weights), source_notes=notes)
+        print(f"{row_notes}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}", flush=True)
+        bench.write(RESULTS)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
