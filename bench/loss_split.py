@@ -9,7 +9,7 @@ with parts of it put back to float:
 
 Groups are BasicVSR's layer kinds (``frame`` and ``features``: each trunk input conv's two parts; ``stream`` and
 ``inner``: the residual blocks' first and second convs; ``tail``: fusion and the upsampler) and the activation
-bit-widths the calibration chose (``a5`` ... ``a8``). The rows are marked ``"deployable": false``: they are
+bit-widths the calibration chose (``a3`` ... ``a8``). The rows are marked ``"deployable": false``: they are
 simulations with float parts, scored to say where the loss sits.
 
     python bench/loss_split.py --row tarq-w6a6          # quick: first 10 frames per clip
@@ -35,7 +35,7 @@ from vsrq.quant.split import SplitInputConv  # noqa: E402
 
 GROUPS = {"all": ("*",), "frame": ("*_trunk.main.0.parts.0",), "features": ("*_trunk.main.0.parts.1",),
           "stream": ("*_trunk.main.2.*.conv1",), "inner": ("*_trunk.main.2.*.conv2",), "tail": TAIL}
-BITS = (5, 6, 7, 8)
+BITS = (3, 4, 5, 6, 7, 8)
 
 
 def members(layers: dict[str, QuantLayer], group: str) -> list[str]:
