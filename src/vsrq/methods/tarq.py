@@ -79,8 +79,8 @@ class TARQ(QBasicVSR):
         resolved = {}  # defaults that depend on the bits, written into the config (and so the manifest)
         if config.options.get("min_abits") is None:  # one bit under the config's (W4A4: 3, W6A6: 5)
             resolved["min_abits"] = max(MIN_BITS, config.abits - 1)
-        if config.options.get("edge_state") is None:  # from 6 activation bits up, where it was measured to pay
-            resolved["edge_state"] = config.abits >= 6
+        if config.options.get("edge_state") is None:  # W8A8 from 6 activation bits up, 8-bit weights below
+            resolved["edge_state"] = True if config.abits >= 6 else "weights"
         if resolved:
             config = replace(config, options={**config.options, **resolved})
         super().__init__(config)
@@ -89,23 +89,27 @@ class TARQ(QBasicVSR):
             if bits is not None and bits not in range(MIN_BITS, MAX_BITS + 1):
                 raise VsrqError(f"option {key} must be null (the config's bits) or an integer {MIN_BITS}..{MAX_BITS}, "
                                 f"got {bits!r}")
-        if not isinstance(self.options["edge_state"], bool):
-            raise VsrqError(f"option edge_state must be true, false or null (on from 6 activation bits), "
-                            f"got {self.options['edge_state']!r}")
+        if not (isinstance(self.options["edge_state"], bool) or self.options["edge_state"] == "weights"):
+            raise VsrqError(f"option edge_state must be true, false, \"weights\" or null (true from 6 activation bits, "
+                            f"\"weights\" below), got {self.options['edge_state']!r}")
         lr_bias = self.options["lr_bias"]
         if isinstance(lr_bias, bool) or not isinstance(lr_bias, (int, float)) or lr_bias < 0:
             raise VsrqError(f"option lr_bias must be a learning rate >= 0 (0: no learned bias), "
                             f"got {lr_bias!r}")
 
     def host_rules(self, host: ModelHost, model: nn.Module) -> tuple[LayerRule, ...]:
-        """The host's edge layers (and its state layers, ``edge_state``) with ``edge_abits`` activation bits
-        (pinned) and ``edge_wbits`` weight bits."""
+        """The host's edge layers (and its state layers, ``edge_state`` true) with ``edge_abits`` activation bits
+        (pinned) and ``edge_wbits`` weight bits; ``edge_state`` "weights" gives the state layers the weight bits
+        only, their activations left to the budget."""
         wbits, abits = self.options["edge_wbits"], self.options["edge_abits"]
         if wbits is None and abits is None:
             return ()
-        globs = host.edge_layers(model) + (host.state_layers(model) if self.options["edge_state"] else ())
-        return tuple(LayerRule(g, wbits=None if wbits is None else int(wbits), abits=None if abits is None else int(abits))
-                     for g in globs)
+        wbits, abits = None if wbits is None else int(wbits), None if abits is None else int(abits)
+        state, edge_state = host.state_layers(model), self.options["edge_state"]
+        rules = [LayerRule(g, wbits=wbits, abits=abits) for g in host.edge_layers(model) + (state if edge_state is True else ())]
+        if edge_state == "weights" and wbits is not None:
+            rules += [LayerRule(g, wbits=wbits) for g in state]
+        return tuple(rules)
 
     def calibrate(self, ctx: CalibContext) -> InputController | None:
         controller = super().calibrate(ctx)
