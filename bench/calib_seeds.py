@@ -3,8 +3,7 @@ Vid4 BI, each recipe calibrated on 5 samples (seeds 0-4 cut different windows of
 giving the mean and the sample standard deviation of Y-PSNR / SSIM.
 
 Recipes: QBasicVSR (its defaults), QuantVSR's best recipe on BasicVSR (refined SVD branch + activation
-clip search, bench/quantvsr_basicvsr.py) and TARQ under the FAB budget 4.0 (bench/reconstruct_vid4.py; also
-with its state parts at 4 bits, ``tarq-no-state``). Each seed's row is recorded in the results (notes "...; seed k")
+clip search, bench/quantvsr_basicvsr.py) and TARQ under the FAB budget 4.0 (bench/reconstruct_vid4.py). Each seed's row is recorded in the results (notes "...; seed k")
 as it is measured, so a sweep of hours goes on where it stopped, in this session or a later one; the
 summary row ("...; 5 calibration samples") appears when all five exist.
 
@@ -37,8 +36,6 @@ RECIPES = (  # (label, method, options, notes)
     ("quantvsr-best", "quantvsr", {"branch": "svd", "refine": True, "lba": False, "act_clip": True},
      "SVD branch + refinement + activation clip search"),
     ("tarq", "tarq", {"fab_budget": 4.0}, "FAB budget 4.0"),
-    # TARQ's default until its state parts took 8-bit weights at W4A4 (edge_state "weights"), as first swept
-    ("tarq-no-state", "tarq", {"fab_budget": 4.0, "edge_state": False}, "FAB budget 4.0; edge_state false"),
 )
 
 
