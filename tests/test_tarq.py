@@ -47,11 +47,11 @@ def test_rounding_that_learns_nothing_is_round_to_nearest():
 
 
 def test_the_budget_takes_no_activation_more_than_one_bit_under_the_configs_by_default():
-    """min_abits defaults to the config's activation bits minus one, edge_state to W8A8 from 6 activation bits and
-    to 8-bit weights only below; both are written into the manifest's config."""
-    for bits, floor, state in ((4, 3, "weights"), (6, 5, True), (2, 2, "weights")):
+    """min_abits defaults to the config's activation bits minus one, edge_state to on from 6 activation bits; both
+    are written into the manifest's config."""
+    for bits, floor in ((4, 3), (6, 5), (2, 2)):
         options = TARQ(QuantConfig(method="tarq", wbits=bits, abits=bits)).config.options
-        assert options["min_abits"] == floor and options["edge_state"] == state
+        assert options["min_abits"] == floor and options["edge_state"] is (bits >= 6)
     assert TARQ(QuantConfig(method="tarq", wbits=6, abits=6, options={"min_abits": 3})).options["min_abits"] == 3
     with pytest.raises(VsrqError, match="min_abits"):
         TARQ(QuantConfig(method="tarq", wbits=6, abits=6, options={"min_abits": 1}))
@@ -85,9 +85,9 @@ def test_the_hosts_edge_and_state_layers_are_pinned_at_w8a8():
     """BasicVSR's trunk inputs (the LR-frame parts and the parts that read the propagated state) and the tail
     hold 8-bit weights and read 8-bit activations, every other layer stays at the config's 4 (activations 4 +-
     TS-LBA); the manifest's config holds the added rules (checkpoints rebuild the same layers); a user's rule
-    for one of them wins; edge_state="weights" (at 4 bits the default) gives the state parts 8-bit weights and
-    leaves their activations to the budget, false leaves them to the config; edge_wbits=null keeps the config's
-    weight bits; both null pin nothing."""
+    for one of them wins; edge_state="weights" gives the state parts 8-bit weights and leaves their activations to
+    the budget, false (at 4 bits the default) leaves them to the config; edge_wbits=null keeps the config's weight
+    bits; both null pin nothing."""
     qm = _tarq(finetune=False, rounding=False, edge_state=True)
     bits = {n: l.input_quantizer.current_bits() for n, l in qm.layers().items()}
     ends = {"backward_trunk.main.0.parts.0", "forward_trunk.main.0.parts.0", "fusion.parts.0", "fusion.parts.1",
@@ -101,12 +101,12 @@ def test_the_hosts_edge_and_state_layers_are_pinned_at_w8a8():
     rules = [r["pattern"] for r in qm.manifest["config"]["rules"]]
     assert rules == ["backward_trunk.main.0.parts.0", "forward_trunk.main.0.parts.0", "fusion", "upconv1",
                      "upconv2", "conv_hr", "conv_last", "backward_trunk.main.0.parts.1", "forward_trunk.main.0.parts.1"]
-    weights = _tarq(finetune=False, rounding=False)
-    assert weights.manifest["config"]["options"]["edge_state"] == "weights"
+    weights = _tarq(finetune=False, rounding=False, edge_state="weights")
     assert {n for n, l in weights.layers().items() if l.input_quantizer.current_bits() == 8} == ends
     assert all(3 <= weights.layers()[n].input_quantizer.current_bits() <= 5 for n in state)
     assert {n for n, l in weights.layers().items() if l.weight_quantizer.current_bits() == 8} == edges
-    stateless = _tarq(finetune=False, rounding=False, edge_state=False)
+    stateless = _tarq(finetune=False, rounding=False)
+    assert stateless.manifest["config"]["options"]["edge_state"] is False
     assert {n for n, l in stateless.layers().items() if l.input_quantizer.current_bits() == 8} == ends
     assert {n for n, l in stateless.layers().items() if l.weight_quantizer.current_bits() == 8} == ends
     for bad in ("no", 1, 0):

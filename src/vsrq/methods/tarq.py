@@ -35,7 +35,11 @@ What each part takes from where (issue 24; the ablation is in ``bench/reconstruc
    input conv's part that reads the propagated features). At W6A6 those two parts' 6-bit weights held 0.06 of the
    0.07 dB that every weight cost (bench/loss_split.py); at W8A8, paid for by 4 more layers at 5 bits: 27.19 dB on
    every Vid4 frame (27.13 without). At W4A4 the same 8 bits of budget take 8 more layers to 3 bits: 26.18 against
-   26.20 (foliage -0.78 dB, the other clips +0.15 to +0.26), so it stays off there.
+   26.20 (foliage -0.78 dB, the other clips +0.15 to +0.26), so it stays off there. ``edge_state`` "weights" gives
+   them 8-bit weights only (free under the budget: with every activation in float their 4-bit weights alone cost
+   0.72 dB at W4A4, bench/loss_split.py); on every Vid4 frame 25.98: calendar, city and walk +0.2 dB each, foliage
+   -1.53, its first 10 frames unharmed. Both lose on foliage's long run, which the 8-frame training windows never
+   reach.
 5. Optionally (``lr_bias`` > 0; off by default) a per-channel bias learned with the rounding, as QuantVSR's LBA
    learns its A_bias, folded into the conv's bias (a split conv's parts add up, so the part that holds the bias
    takes it): no cost at run time. Measured, it loses: W6A6 (floor 3) on every Vid4 frame 27.11 dB without, 27.09 at
@@ -79,8 +83,8 @@ class TARQ(QBasicVSR):
         resolved = {}  # defaults that depend on the bits, written into the config (and so the manifest)
         if config.options.get("min_abits") is None:  # one bit under the config's (W4A4: 3, W6A6: 5)
             resolved["min_abits"] = max(MIN_BITS, config.abits - 1)
-        if config.options.get("edge_state") is None:  # W8A8 from 6 activation bits up, 8-bit weights below
-            resolved["edge_state"] = True if config.abits >= 6 else "weights"
+        if config.options.get("edge_state") is None:  # from 6 activation bits up, where it was measured to pay
+            resolved["edge_state"] = config.abits >= 6
         if resolved:
             config = replace(config, options={**config.options, **resolved})
         super().__init__(config)
@@ -90,8 +94,8 @@ class TARQ(QBasicVSR):
                 raise VsrqError(f"option {key} must be null (the config's bits) or an integer {MIN_BITS}..{MAX_BITS}, "
                                 f"got {bits!r}")
         if not (isinstance(self.options["edge_state"], bool) or self.options["edge_state"] == "weights"):
-            raise VsrqError(f"option edge_state must be true, false, \"weights\" or null (true from 6 activation bits, "
-                            f"\"weights\" below), got {self.options['edge_state']!r}")
+            raise VsrqError(f"option edge_state must be true, false, \"weights\" or null (true from 6 activation bits), "
+                            f"got {self.options['edge_state']!r}")
         lr_bias = self.options["lr_bias"]
         if isinstance(lr_bias, bool) or not isinstance(lr_bias, (int, float)) or lr_bias < 0:
             raise VsrqError(f"option lr_bias must be a learning rate >= 0 (0: no learned bias), "
