@@ -118,7 +118,7 @@ def test_static_methods_end_to_end_and_checkpoint_round_trip(method: str, tmp_pa
         assert torch.equal(loaded(x), y)
     m = loaded.manifest
     assert m["method"] == method and m["calibration"]["clips"] == ["synthetic0", "synthetic1"]
-    assert m["seed"] == 0 and "torch" in m["versions"]
+    assert m["seed"] == 0 and "torch" in m["versions"] and m["calibration"]["threads"] == torch.get_num_threads()
     assert all(e["weight"]["bits"] == 4 for e in m["layers"].values())
 
 
