@@ -173,7 +173,7 @@ def quantize_model(
         "layers": {name: layer_manifest(layer) for name, layer in layers.items()},
         "skipped": {c.name: c.reason for c in choices if not c.quantize},
         # float reductions follow the thread count, and fine-tuning carries their last bits on: the same input and
-        # seed give the same bytes at the same count (a BasicVSR TARQ run at 1 and at 2 threads: 503 of 842 tensors differ)
+        # seed give the same bytes at the same count only
         "calibration": {**calib.manifest(), "seconds": round(seconds, 2), "threads": torch.get_num_threads()},
         "seed": config.seed,
         "notes": ctx.notes,

@@ -38,7 +38,7 @@ What each part takes from where (issue 24; the ablation is in ``bench/reconstruc
    26.20 (foliage -0.78 dB, the other clips +0.15 to +0.26), so it stays off there. ``edge_state`` "weights" gives
    them 8-bit weights only (free under the budget: with every activation in float their 4-bit weights alone cost
    0.72 dB at W4A4, bench/loss_split.py); on every Vid4 frame 25.98: calendar, city and walk +0.2 dB each, foliage
-   -1.53, its first 10 frames unharmed. Both lose on foliage's long run, which the 8-frame training windows never
+   -1.53; on the first 10 frames of each clip 26.43 against 26.23 (foliage +0.20). Both lose on foliage's long run, which the 8-frame training windows never
    reach.
 5. Optionally (``lr_bias`` > 0; off by default) a per-channel bias learned with the rounding, as QuantVSR's LBA
    learns its A_bias, folded into the conv's bias (a split conv's parts add up, so the part that holds the bias
@@ -110,7 +110,8 @@ class TARQ(QBasicVSR):
             return ()
         wbits, abits = None if wbits is None else int(wbits), None if abits is None else int(abits)
         state, edge_state = host.state_layers(model), self.options["edge_state"]
-        rules = [LayerRule(g, wbits=wbits, abits=abits) for g in host.edge_layers(model) + (state if edge_state is True else ())]
+        pinned = host.edge_layers(model) + (state if edge_state is True else ())
+        rules = [LayerRule(g, wbits=wbits, abits=abits) for g in pinned]
         if edge_state == "weights" and wbits is not None:
             rules += [LayerRule(g, wbits=wbits) for g in state]
         return tuple(rules)
