@@ -96,15 +96,20 @@ def main() -> int:
     groups = list(GROUPS) + [f"a{b}" for b in BITS]
     plan_ = ([("as calibrated", ""), ("weights float", "")] + [("acts float", g) for g in groups]
              + [("weights only", g) for g in groups if g != "all"])  # "weights only all" is "acts float all"
+    present: set[str] | None = None  # the groups that have layers, known from the first load
     for kind, group in plan_:
         label = f"{kind} {group}".strip()
         row_notes = f"{args.row}; {label}"
         if not wanted(args, label) or bench.has(method, bits, bits, "fq", row_notes):
             continue
+        if group and present is not None and group not in present:
+            continue  # a bit-width the calibration gave no layer
         qm, calib_s = bench.quantize(config)  # a fresh load of the kept checkpoint for every variant
         layers = {n: m for n, m in qm.base.named_modules() if isinstance(m, QuantLayer)}
-        if group and not members(layers, group):
-            continue  # a bit-width the calibration gave no layer
+        if present is None:
+            present = {g for g in groups if members(layers, g)}
+        if group and group not in present:
+            continue
         acts, weights = selection(kind, group, layers)
         put_back(qm, bench.loaded.model, acts, weights)
         row = bench.row(qm, method, bits, bits, "fq", calib_s, row_notes, deployable=False, variant=label,
