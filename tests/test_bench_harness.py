@@ -198,3 +198,44 @@ def test_putting_every_part_back_to_float_gives_the_float_model_and_a_kept_group
         assert layers["forward_trunk.main.0.parts.1"].input_quantizer is None
         put_back(qm, loaded.model, *selection("weights float", "", layers))
         assert torch.allclose(qm(x), fp, atol=1e-5) and not torch.allclose(quantized, fp, atol=1e-3)
+
+
+def test_drift_scores_each_half_alone_and_its_gaps_are_per_frame_differences():
+    """bench/drift.py: the halves are the clip cut at K; a per-frame row holds what score_clip gives each frame of
+    the model's output on that piece alone; a model's gaps are its per-frame PSNR minus FP's, averaged by half."""
+    from dataclasses import replace
+
+    import numpy as np
+    from drift import gaps, pieces
+    from harness import Bench
+
+    from tests.test_quant_layers import _loaded
+    from vsrq.benchmark import super_resolve
+    from vsrq.data.datasets import PairedClip
+    from vsrq.metrics.report import score_clip
+
+    rng = np.random.default_rng(3)
+    gt = rng.integers(0, 256, (5, 256, 256, 3), dtype=np.uint8)
+    parts = pieces(PairedClip("c", gt, gt[:, ::4, ::4].copy()), 2)
+    names = list(parts)
+    assert names == ["vid4 c", "vid4 c[0:2]", "vid4 c[2:5]"]
+    assert np.array_equal(np.concatenate([parts[names[1]].gt, parts[names[2]].gt]), gt)
+    bench = Bench("t", "basicvsr-vimeo-bi", "no-such-dataset", "bi", False)
+    model = _loaded().model
+    rows = {}
+    for name, piece in parts.items():
+        bench.clips = [piece]
+        rows[name] = bench.row(model, "fp", 32, 32, None, None, per_frame=True)
+        direct = score_clip(piece.name, list(super_resolve(model, piece.lr)), list(piece.gt), y=True, crop=0)
+        assert rows[name].extra["clips"][piece.name]["psnr_y_frames"] == [round(v, 4) for v in direct.psnr]
+    # the whole run and the second half alone differ: the forward recurrence starts afresh at the cut
+    whole, second = (rows[n].extra["clips"][c]["psnr_y_frames"] for n, c in ((names[0], "c"), (names[2], "c[2:5]")))
+    assert whole[2:] != second
+    shifted = {}  # a "model" losing 0.5 dB more each frame of the whole run, 0.25 more each frame of a half alone
+    for name, row in rows.items():
+        (frames,) = (e["psnr_y_frames"] for e in row.extra["clips"].values())
+        step = -0.5 if name == names[0] else -0.25
+        lower = [v + step * i for i, v in enumerate(frames)]
+        shifted[name] = replace(row, extra={"clips": {"x": {"psnr_y_frames": lower}}})
+    summary = gaps(rows, shifted, 2)
+    assert np.allclose(list(summary.values()), [-0.25, -0.125, -1.5, -0.25])

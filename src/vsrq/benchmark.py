@@ -169,8 +169,9 @@ class Bench:
         return "quick" if self.quick else "full"
 
     def row(self, model: nn.Module, method: str, wbits: int, abits: int, scope: str | None,
-            calib_s: float | None, notes: str = "", **extra: Any) -> Row:
-        """Score ``model`` on the benchmark clips and record a row."""
+            calib_s: float | None, notes: str = "", per_frame: bool = False, **extra: Any) -> Row:
+        """Score ``model`` on the benchmark clips and record a row; ``per_frame`` keeps each clip's per-frame
+        Y-PSNR too (``psnr_y_frames``: where along a clip a model loses)."""
         dev = check_device(self.device)
         calibrated_on = model.manifest.get("notes", {}).get("calibrated_on") if isinstance(model, QuantizedModel) else None
         if dev.type != "cpu" or calibrated_on:  # a GPU calibrated or scored the row
@@ -184,6 +185,9 @@ class Bench:
         psnr, ssim = mean_scores(scores)
         per_clip = {s.name: {"psnr_y": round(s.mean_psnr, 4), "ssim_y": round(s.mean_ssim, 5), "fab": round(f, 3)}
                     for s, f in zip(scores, fabs)}
+        if per_frame:
+            for s in scores:
+                per_clip[s.name]["psnr_y_frames"] = [round(v, 4) for v in s.psnr]
         row = Row(self.model_name, method, wbits, abits, scope, self.dataset, self.degradation, self.frames,
                   round(psnr, 4), round(ssim, 5), round(float(np.mean(fabs)), 3), round(size_mb(model), 4),
                   None if calib_s is None else round(calib_s, 1), notes, self.commit, self.date,
