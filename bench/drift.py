@@ -93,7 +93,7 @@ def main() -> int:
     parser.add_argument("--cut", type=int, default=0, help="the frame where the second half starts (default: middle)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     args = parser.parse_args()
-    apply_threads(args.threads)
+    apply_threads(args)
     manifests = {}
     for path in args.checkpoints:  # every file checked before any scoring
         try:
