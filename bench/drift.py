@@ -59,6 +59,14 @@ def gaps(fp: dict[str, Row], q: dict[str, Row], cut: int) -> dict[str, float]:
             "second half, whole run": float(whole[cut:].mean()), "second half, alone": float(second.mean())}
 
 
+def labels(manifests: dict[Path, dict]) -> dict[Path, str]:
+    """Each checkpoint named by what sets it apart from the others: the options and calibration windows that differ."""
+    facts = {p: {**m["config"]["options"], "windows": f"{m['config']['calib']['clips']}x{m['config']['calib']['frames']}"}
+             for p, m in manifests.items()}
+    keys = sorted({k for f in facts.values() for k in f if len({str(g.get(k)) for g in facts.values()}) > 1})
+    return {p: ", ".join(f"{k} {f.get(k)}" for k in keys) or p.stem for p, f in facts.items()}
+
+
 def draw(fp: dict[str, Row], runs: dict[str, dict[str, Row]], cut: int, path: Path) -> None:
     """The gap to FP per frame of every checkpoint: the whole run solid, the halves alone dashed."""
     import matplotlib
@@ -122,13 +130,13 @@ def main() -> int:
         return out
 
     fp = score(bench.loaded.model, "fp", 32, 32, None, None, "")
-    runs = {}
+    runs, names = {}, labels(manifests)
     for path, manifest in manifests.items():
         facts = path.with_suffix(".json")
         known = json.loads(facts.read_text()) if facts.is_file() else {}
         config = manifest["config"]
         notes = f"checkpoint {path.name}, calibrated at {known.get('commit', 'unknown commit')}"
-        runs[path.stem] = q = score(checkpoint.load(path), manifest["method"], config["wbits"], config["abits"],
+        runs[names[path]] = q = score(checkpoint.load(path), manifest["method"], config["wbits"], config["abits"],
                                     config["scope"], known.get("calib_s"), notes, options=config["options"],
                                     calib=config["calib"])
         summary = gaps(fp, q, cut)

@@ -206,7 +206,7 @@ def test_drift_scores_each_half_alone_and_its_gaps_are_per_frame_differences():
     from dataclasses import replace
 
     import numpy as np
-    from drift import gaps, pieces
+    from drift import gaps, labels, pieces
     from harness import Bench
 
     from tests.test_quant_layers import _loaded
@@ -239,3 +239,7 @@ def test_drift_scores_each_half_alone_and_its_gaps_are_per_frame_differences():
         shifted[name] = replace(row, extra={"clips": {"x": {"psnr_y_frames": lower}}})
     summary = gaps(rows, shifted, 2)
     assert np.allclose(list(summary.values()), [-0.25, -0.125, -1.5, -0.25])
+    manifest = {"config": {"options": {"a": 1, "b": 2}, "calib": {"clips": 12, "frames": 8}}}
+    other = {"config": {"options": {"a": 1, "b": 3}, "calib": {"clips": 6, "frames": 16}}}
+    assert list(labels({Path("x.vsrq"): manifest, Path("y.vsrq"): other}).values()) == ["b 2, windows 12x8",
+                                                                                         "b 3, windows 6x16"]
