@@ -38,8 +38,10 @@ What each part takes from where (issue 24; the ablation is in ``bench/reconstruc
    26.20 (foliage -0.78 dB, the other clips +0.15 to +0.26), so it stays off there. ``edge_state`` "weights" gives
    them 8-bit weights only (free under the budget: with every activation in float their 4-bit weights alone cost
    0.72 dB at W4A4, bench/loss_split.py); on every Vid4 frame 25.98: calendar, city and walk +0.2 dB each, foliage
-   -1.53; on the first 10 frames of each clip 26.43 against 26.23 (foliage +0.20). Both lose on foliage's long run, which the 8-frame training windows never
-   reach.
+   -1.53; on the first 10 frames of each clip 26.43 against 26.23 (foliage +0.20). Both lose on foliage's long run,
+   which the 8-frame training windows never reach: its gap to FP grows about 0.1 dB a frame along the forward pass
+   (bench/drift.py). Calibrated on 16-frame windows (6 of them, the same 96 frames) "weights" scores 26.39 on every
+   Vid4 frame, the best W4A4 here (the default on those windows: 26.25), so the option pays with longer windows.
 5. Optionally (``lr_bias`` > 0; off by default) a per-channel bias learned with the rounding, as QuantVSR's LBA
    learns its A_bias, folded into the conv's bias (a split conv's parts add up, so the part that holds the bias
    takes it): no cost at run time. Measured, it loses: W6A6 (floor 3) on every Vid4 frame 27.11 dB without, 27.09 at
