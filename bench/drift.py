@@ -49,12 +49,14 @@ def frames_of(row: Row) -> list[float]:
     return entry["psnr_y_frames"]
 
 
+def gap(fp: Row, q: Row) -> np.ndarray:
+    """Per-frame Y-PSNR of ``q`` minus FP's on the same piece (dB)."""
+    return np.array(frames_of(q)) - np.array(frames_of(fp))
+
+
 def gaps(fp: dict[str, Row], q: dict[str, Row], cut: int) -> dict[str, float]:
     """Mean gap to FP (dB) on each half, in the whole run and with the half run alone."""
-    names = list(fp)
-    whole = np.array(frames_of(q[names[0]])) - np.array(frames_of(fp[names[0]]))
-    first = np.array(frames_of(q[names[1]])) - np.array(frames_of(fp[names[1]]))
-    second = np.array(frames_of(q[names[2]])) - np.array(frames_of(fp[names[2]]))
+    whole, first, second = (gap(fp[n], q[n]) for n in fp)
     return {"first half, whole run": float(whole[:cut].mean()), "first half, alone": float(first.mean()),
             "second half, whole run": float(whole[cut:].mean()), "second half, alone": float(second.mean())}
 
@@ -77,11 +79,10 @@ def draw(fp: dict[str, Row], runs: dict[str, dict[str, Row]], cut: int, path: Pa
     names = list(fp)
     fig, ax = plt.subplots(figsize=(8, 4))
     for label, q in runs.items():
-        whole = np.array(frames_of(q[names[0]])) - np.array(frames_of(fp[names[0]]))
+        whole, first, second = (gap(fp[n], q[n]) for n in names)
         (line,) = ax.plot(range(len(whole)), whole, label=label)
-        halves = [np.array(frames_of(q[n])) - np.array(frames_of(fp[n])) for n in names[1:]]
-        ax.plot(range(cut), halves[0], "--", color=line.get_color())
-        ax.plot(range(cut, cut + len(halves[1])), halves[1], "--", color=line.get_color())
+        ax.plot(range(cut), first, "--", color=line.get_color())
+        ax.plot(range(cut, cut + len(second)), second, "--", color=line.get_color())
     ax.axvline(cut - 0.5, color="grey", linewidth=0.5)
     ax.set_xlabel("frame")
     ax.set_ylabel("Y-PSNR minus FP (dB)")
@@ -106,8 +107,10 @@ def main() -> int:
     for path in args.checkpoints:  # every file checked before any scoring
         try:
             manifests[path] = checkpoint.read_manifest(path)
-        except (VsrqError, OSError) as exc:
-            raise SystemExit(f"{path}: {exc}") from None
+        except VsrqError as exc:
+            raise SystemExit(str(exc)) from None
+        except OSError as exc:
+            raise SystemExit(f"{path}: {exc.strerror or exc}") from None
     models = {(m["model"]["name"], m["model"]["degradation"]) for m in manifests.values()}
     if len(models) != 1:
         raise SystemExit(f"the checkpoints are of more than one model: {sorted(models)}")
