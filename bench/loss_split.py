@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, TAIL, parse_args, wanted  # noqa: E402
 from harness import Bench  # noqa: E402
-from reconstruct_vid4 import plan, row_config  # noqa: E402
+from reconstruct_vid4 import bit_pair, plan, row_config  # noqa: E402
 from torch import nn  # noqa: E402
 
 from vsrq.quant.layers import QuantLayer  # noqa: E402
@@ -90,6 +90,7 @@ def main() -> int:
         raise SystemExit(f"--row: no row {args.row!r} in bench/reconstruct_vid4.py's plan")
     method, bits, options, rules, notes = rows[args.row]
     config = row_config(method, bits, options, rules)
+    wbits, abits = bit_pair(bits)
     bench = Bench("loss_split", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, config.calib, device=args.device)
     if args.resume:
         bench.resume(RESULTS)
@@ -100,7 +101,7 @@ def main() -> int:
     for kind, group in plan_:
         label = f"{kind} {group}".strip()
         row_notes = f"{args.row}; {label}"
-        if not wanted(args, label) or bench.has(method, bits, bits, "fq", row_notes):
+        if not wanted(args, label) or bench.has(method, wbits, abits, "fq", row_notes):
             continue
         if group and present is not None and group not in present:
             continue  # a bit-width the calibration gave no layer
@@ -112,7 +113,7 @@ def main() -> int:
             continue
         acts, weights = selection(kind, group, layers)
         put_back(qm, bench.loaded.model, acts, weights)
-        row = bench.row(qm, method, bits, bits, "fq", calib_s, row_notes, deployable=False, variant=label,
+        row = bench.row(qm, method, wbits, abits, "fq", calib_s, row_notes, deployable=False, variant=label,
                         float_acts=len(acts), float_weights=len(weights), source_notes=notes)
         print(f"{row_notes}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}", flush=True)
         bench.write(RESULTS)
