@@ -49,12 +49,12 @@ def apply_threads(args: argparse.Namespace) -> argparse.Namespace:
 
 
 def parse_args(description: str, per_token: bool = False, holdout: bool = False,
-               calibrate_only: bool = False, bikes: bool = False, row: str | None = None) -> argparse.Namespace:
+               calibrate_only: bool = False, bikes: bool | str = False, row: str | None = None) -> argparse.Namespace:
     """The flags every benchmark takes; ``per_token`` adds ``--per-token`` and ``--act-clip`` (QuantVSR-family
     methods), ``holdout`` adds ``--holdout K`` (methods that fine-tune), ``calibrate_only`` adds
     ``--calibrate-only`` (benchmarks that keep their checkpoints and can score them later), ``bikes`` adds
-    ``--bikes`` (score each setting on unseen natural footage too), ``row`` adds ``--row LABEL`` (a row of another
-    benchmark's plan, ``row`` the default label)."""
+    ``--bikes`` (score each setting on unseen natural footage too; a string is the flag's help), ``row`` adds
+    ``--row LABEL`` (a row of another benchmark's plan, ``row`` the default label)."""
     parser = argparse.ArgumentParser(description=description)
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="first 10 frames of each clip (default)")
@@ -82,8 +82,9 @@ def parse_args(description: str, per_token: bool = False, holdout: bool = False,
                                  "machine without the test data, e.g. a lent GPU; a later run scores the checkpoints)")
     if bikes:
         parser.add_argument("--bikes", action="store_true",
-                            help="also score each setting (and FP) on three 10-frame windows of bikes.mp4, footage "
-                                 "unlike Vid4 that calibration never sees (dataset bikes, BI x4 of the decoded frames)")
+                            help=bikes if isinstance(bikes, str) else
+                            "also score each setting (and FP) on three 10-frame windows of bikes.mp4, footage "
+                            "unlike Vid4 that calibration never sees (dataset bikes, BI x4 of the decoded frames)")
     if row is not None:
         parser.add_argument("--row", default=row, metavar="LABEL", help=f"which row's checkpoint (default {row})")
     if holdout:

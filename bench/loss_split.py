@@ -9,26 +9,31 @@ with parts of it put back to float:
 
 Groups are BasicVSR's layer kinds (``frame`` and ``features``: each trunk input conv's two parts; ``stream`` and
 ``inner``: the residual blocks' first and second convs; ``tail``: fusion and the upsampler) and the activation
-bit-widths the calibration chose (``a3`` ... ``a8``). The rows are marked ``"deployable": false``: they are
+bit-widths the calibration chose (``a3`` ... ``a8``). ``--bikes`` scores on the three bikes.mp4 windows instead (unseen
+footage, with an FP row there), so the groups that lose on footage unlike Vid4 show. The rows are marked ``"deployable": false``: they are
 simulations with float parts, scored to say where the loss sits.
 
     python bench/loss_split.py --row tarq-w6a6          # quick: first 10 frames per clip
     python bench/loss_split.py --row tarq-w6a6 --only 'weights*'
+    python bench/loss_split.py --row "ablation tarq-w4a4 state-weights" --calib 6x16x64 --bikes   # on bikes.mp4
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
+from contextlib import nullcontext
 from fnmatch import fnmatchcase
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import RESULTS, TAIL, parse_args, wanted  # noqa: E402
+from common import RESULTS, TAIL, bikes_clips, on_dataset, parse_args, variant, wanted, with_variant  # noqa: E402
 from harness import Bench  # noqa: E402
 from reconstruct_vid4 import bit_pair, plan, row_config  # noqa: E402
 from torch import nn  # noqa: E402
 
+from vsrq.config import QuantConfig  # noqa: E402
 from vsrq.quant.layers import QuantLayer  # noqa: E402
 from vsrq.quant.qmodel import QuantizedModel  # noqa: E402
 from vsrq.quant.split import SplitInputConv  # noqa: E402
@@ -84,23 +89,38 @@ def selection(kind: str, group: str, layers: dict[str, QuantLayer]) -> tuple[lis
 
 
 def main() -> int:
-    args = parse_args(__doc__, row="tarq-w6a6")
+    args = parse_args(__doc__, row="tarq-w6a6", bikes="score on three 10-frame windows of bikes.mp4 instead of Vid4 "
+                                                      "(footage calibration never sees; an FP row there too)")
+    calib, extra_rules, suffix = variant(args)
     rows = {label: (method, bits, options, rules, notes) for label, method, bits, options, rules, notes in plan()}
     if args.row not in rows:
         raise SystemExit(f"--row: no row {args.row!r} in bench/reconstruct_vid4.py's plan")
     method, bits, options, rules, notes = rows[args.row]
-    config = row_config(method, bits, options, rules)
+    config = row_config(method, bits, options, rules + extra_rules, calib, args.split_concat)
     wbits, abits = bit_pair(bits)
     bench = Bench("loss_split", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, config.calib, device=args.device)
     if args.resume:
         bench.resume(RESULTS)
+    if args.bikes and args.full:
+        raise SystemExit("--bikes scores three fixed 10-frame windows (quick frames): run it without --full")
+    with on_dataset(bench, "bikes", bikes_clips()) if args.bikes else nullcontext():
+        if args.bikes and not bench.has("fp", 32, 32, None):
+            print(f"fp on bikes: {bench.fp_row().psnr_y:.3f} dB", flush=True)
+            bench.write(RESULTS)
+        split(args, bench, config, method, wbits, abits, with_variant(notes, suffix), suffix)
+    return 0
+
+
+def split(args: argparse.Namespace, bench: Bench, config: QuantConfig, method: str, wbits: int, abits: int,
+          notes: str, suffix: str) -> None:
+    """Score every variant of the row's checkpoint on the bench's current clips."""
     groups = list(GROUPS) + [f"a{b}" for b in BITS]
     plan_ = ([("as calibrated", ""), ("weights float", "")] + [("acts float", g) for g in groups]
              + [("weights only", g) for g in groups if g != "all"])  # "weights only all" is "acts float all"
     present: set[str] | None = None  # the groups that have layers, known from the first load
     for kind, group in plan_:
         label = f"{kind} {group}".strip()
-        row_notes = f"{args.row}; {label}"
+        row_notes = with_variant(f"{args.row}; {label}", suffix)
         if not wanted(args, label) or bench.has(method, wbits, abits, "fq", row_notes):
             continue
         if group and present is not None and group not in present:
@@ -117,7 +137,6 @@ def main() -> int:
                         float_acts=len(acts), float_weights=len(weights), source_notes=notes)
         print(f"{row_notes}: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}", flush=True)
         bench.write(RESULTS)
-    return 0
 
 
 if __name__ == "__main__":
