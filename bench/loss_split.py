@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS, TAIL, bikes_clips, on_dataset, parse_args, variant, wanted, with_variant  # noqa: E402
 from harness import Bench  # noqa: E402
-from reconstruct_vid4 import bit_pair, plan, row_config  # noqa: E402
+from reconstruct_vid4 import plan, row_config  # noqa: E402
 from torch import nn  # noqa: E402
 
 from vsrq.config import QuantConfig  # noqa: E402
@@ -98,7 +98,7 @@ def main() -> int:
         raise SystemExit(f"--row: no row {args.row!r} in bench/reconstruct_vid4.py's plan")
     method, bits, options, rules, notes = rows[args.row]
     config = row_config(method, bits, options, rules + extra_rules, calib, args.split_concat)
-    wbits, abits = bit_pair(bits)
+    wbits, abits = config.wbits, config.abits
     bench = Bench("loss_split", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, config.calib, device=args.device)
     if args.resume:
         bench.resume(RESULTS)
