@@ -93,10 +93,12 @@ def main() -> int:
     args = parse_args(__doc__, row="tarq-w6a6", bikes="score on three 10-frame windows of bikes.mp4 instead of Vid4 "
                                                       "(footage calibration never sees; an FP row there too)")
     calib, extra_rules, suffix = variant(args)
-    rows = {label: (method, bits, options, rules, notes) for label, method, bits, options, rules, notes in plan()}
+    rows = {r.label: r for r in plan()}
     if args.row not in rows:
         raise SystemExit(f"--row: no row {args.row!r} in bench/reconstruct_vid4.py's plan")
-    method, bits, options, rules, notes = rows[args.row]
+    method, bits, options, rules, notes, scope = rows[args.row][1:]
+    if scope != "fq":
+        raise SystemExit(f"--row: {args.row!r} is a {scope} row; the split's groups are FQ layers")
     config = row_config(method, bits, options, rules + extra_rules, calib, args.split_concat)
     wbits, abits = config.wbits, config.abits
     bench = Bench("loss_split", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, config.calib, device=args.device)

