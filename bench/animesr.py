@@ -9,8 +9,8 @@ also carries temporal scores on SpyNet flow over the first 10 HR frames (SpyNet 
 a pair on 2 cores): E_warp (x1e-3) of the quantized and of the FP output, both warped by the FP output's
 flow, and the tOF between the two. Rows run in the order the acceptance needs them (W8A8 MinMax, then W4A4).
 
-    python bench/animesr.py                 # MinMax, OMSE, QBasicVSR, QuantVSR (paper and best), TARQ, BRECQ,
-                                            # QDrop x W8/6/4
+    python bench/animesr.py                 # MinMax, OMSE, QBasicVSR, QuantVSR (paper and best), TARQ (also
+                                            # under the FAB budget), BRECQ, QDrop x W8/6/4
     python bench/animesr.py --resume --only qbasicvsr-w4
 """
 
@@ -55,11 +55,18 @@ METHODS = (  # (label, method, options, notes)
     ("quantvsr", "quantvsr", {}, "STCA + LBA"),
     ("quantvsr-best", "quantvsr", BEST_ON_BASICVSR, "SVD branch + refinement + activation clip search"),
     ("tarq", "tarq", {}, ""),
+    ("tarq-fab", "tarq", {}, "FAB budget of its bits (deployable)"),
     ("brecq", "brecq", BLOCK_WISE_CPU, "8 units per pass, 4 windows"),
     ("qdrop", "qdrop", BLOCK_WISE_CPU, "8 units per pass, 4 windows"),
 )
 BITS = (8, 6, 4)
 TEMPORAL_FRAMES = 10
+
+
+def row_options(label: str, options: dict, bits: int) -> dict:
+    """A row's options at ``bits``: a "-fab" label runs under the FAB budget of its bits, what integer kernels
+    of that width run (TARQ's 8-bit ends paid for by the other layers)."""
+    return {**options, "fab_budget": float(bits)} if label.endswith("-fab") else options
 
 
 def test_clip() -> np.ndarray:
@@ -172,6 +179,7 @@ def main() -> int:
         key = f"{label}-w{bits}"
         if key in done or (args.only is not None and not any(o in key for o in args.only)):
             continue
+        options = row_options(label, options, bits)
         config = QuantConfig(method=method, wbits=bits, abits=bits, calib=CALIB, options=options)
         start = time.perf_counter()
         qm = quantize_model(loaded, config, calib, log=lambda s: None, show_progress=True)
