@@ -243,3 +243,17 @@ def test_drift_scores_each_half_alone_and_its_gaps_are_per_frame_differences():
     other = {"config": {"options": {"a": 1, "b": 3}, "calib": {"clips": 6, "frames": 16}}}
     assert list(labels({Path("x.vsrq"): manifest, Path("y.vsrq"): other}).values()) == ["b 2, windows 12x8",
                                                                                          "b 3, windows 6x16"]
+
+
+def test_every_reconstruct_row_has_its_own_label_and_notes_and_builds_a_valid_config():
+    """A row is found again by its (method, bits, scope, notes) key and picked by its label: two rows sharing
+    either would overwrite or shadow each other in the results file."""
+    from reconstruct_vid4 import bit_pair, plan, row_config
+
+    rows = plan()
+    assert len({r.label for r in rows}) == len(rows)
+    assert len({(r.method, bit_pair(r.bits), r.scope, r.notes) for r in rows}) == len(rows)
+    for r in rows:
+        config = row_config(r.method, r.bits, r.options, r.rules, scope=r.scope)
+        assert (config.wbits, config.abits, config.scope) == (*bit_pair(r.bits), r.scope)
+        assert r.scope == "pq" if r.label.endswith(" pq") else r.scope == "fq"
