@@ -55,7 +55,7 @@ METHODS = (  # (label, method, options, notes)
     ("quantvsr", "quantvsr", {}, "STCA + LBA"),
     ("quantvsr-best", "quantvsr", BEST_ON_BASICVSR, "SVD branch + refinement + activation clip search"),
     ("tarq", "tarq", {}, ""),
-    ("tarq-fab", "tarq", {}, "FAB budget of its bits (deployable)"),
+    ("tarq-fab", "tarq", {}, "FAB budget of its bits, deployable (at 4 bits the ends at A6)"),
     ("brecq", "brecq", BLOCK_WISE_CPU, "8 units per pass, 4 windows"),
     ("qdrop", "qdrop", BLOCK_WISE_CPU, "8 units per pass, 4 windows"),
 )
