@@ -140,7 +140,8 @@ def plan() -> list[PlanRow]:
                  ("FAB budget 4.0; ablation: 5-bit weights, the state parts' at 8 bits, activations under the "
                   "budget (edge_state \"weights\"), the ends' activations at 6 bits (edge_abits 6), 10 rounding "
                   "epochs (round_epochs 10)")))
-    # the 60 steps took 2,006 s alone on 2 cores with them (25.7 s a step on the 16-frame windows): 48 fit 30 minutes
+    # the 60 steps took 2,006 s alone on 2 cores with them (25.7 s a step on the 16-frame windows): 48 should take
+    # about 1,690 s, inside 30 minutes (estimated from those steps)
     rows.append(("ablation tarq-w5a4 state-weights ends-a6 rounding-8", "tarq", (5, 4),
                  {"fab_budget": 4.0, "edge_state": "weights", "edge_abits": 6, "round_epochs": 8}, (),
                  ("FAB budget 4.0; ablation: 5-bit weights, the state parts' at 8 bits, activations under the "
