@@ -96,10 +96,11 @@ def main() -> int:
     rows = {r.label: r for r in plan()}
     if args.row not in rows:
         raise SystemExit(f"--row: no row {args.row!r} in bench/reconstruct_vid4.py's plan")
-    method, bits, options, rules, notes, scope = rows[args.row][1:]
-    if scope != "fq":
-        raise SystemExit(f"--row: {args.row!r} is a {scope} row; the split's groups are FQ layers")
-    config = row_config(method, bits, options, rules + extra_rules, calib, args.split_concat)
+    row = rows[args.row]
+    if row.scope != "fq":
+        raise SystemExit(f"--row: {args.row!r} is a {row.scope} row; the split's groups are FQ layers")
+    method, notes = row.method, row.notes
+    config = row_config(method, row.bits, row.options, row.rules + extra_rules, calib, args.split_concat)
     wbits, abits = config.wbits, config.abits
     bench = Bench("loss_split", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, config.calib, device=args.device)
     if args.resume:

@@ -140,7 +140,8 @@ def project_bit_budget(offsets: list[nn.Parameter], budget_sum: float, floors: l
                 lowered = True
         if not lowered:
             raise VsrqError("a FAB budget this low cannot be met: every layer whose bits may move is at its lowest "
-                            "(option min_abits)")
+                            "(option min_abits); pin fewer activation bits (rules' abits, TARQ's edge_abits) or "
+                            "raise the budget")
     for p, v, r in zip(offsets, values, rounded):
         if torch.round(v) != r:
             p.data.fill_(float(r))
