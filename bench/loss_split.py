@@ -100,7 +100,8 @@ def main() -> int:
     if row.scope != "fq":
         raise SystemExit(f"--row: {args.row!r} is a {row.scope} row; the split's groups are FQ layers")
     method, notes = row.method, row.notes
-    config = row_config(method, row.bits, row.options, row.rules + extra_rules, calib, args.split_concat)
+    config = row_config(method, row.bits, row.options, row.rules + extra_rules, calib, args.split_concat,
+                        equalize=row.equalize)
     wbits, abits = config.wbits, config.abits
     bench = Bench("loss_split", "basicvsr-vimeo-bi", "vid4", "bi", not args.full, config.calib, device=args.device)
     if args.resume:

@@ -254,6 +254,6 @@ def test_every_reconstruct_row_has_its_own_label_and_notes_and_builds_a_valid_co
     assert len({r.label for r in rows}) == len(rows)
     assert len({(r.method, bit_pair(r.bits), r.scope, r.notes) for r in rows}) == len(rows)
     for r in rows:
-        config = row_config(r.method, r.bits, r.options, r.rules, scope=r.scope)
+        config = row_config(r.method, r.bits, r.options, r.rules, scope=r.scope, equalize=r.equalize)
         assert (config.wbits, config.abits, config.scope) == (*bit_pair(r.bits), r.scope)
         assert r.scope == "pq" if r.label.endswith(" pq") else r.scope == "fq"

@@ -151,6 +151,7 @@ def _cmd_quantize(args: argparse.Namespace) -> int:
         rules=tuple(_parse_rule(r) for r in args.rule),
         quantize_auxiliary=args.quantize_auxiliary,
         split_concat=args.split_concat,
+        equalize=args.equalize,
         calib=CalibConfig(args.calib, args.calib_clips, args.calib_frames, args.calib_crop, args.calib_degrade),
         seed=args.seed,
         options=_budget_option(args.method, _parse_options(args.option), args.budget),
@@ -449,6 +450,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-concat", action="store_true",
                    help="run convs over concatenations (BasicVSR: frame + features) as one conv per source, "
                         "each with its own activation range")
+    p.add_argument("--equalize", type=float, metavar="ALPHA",
+                   help="first rescale the channel streams the model family declares (BasicVSR: each trunk's "
+                        "residual stream), moving range from activations (ALPHA 1) or weights (0) into the other; "
+                        "exact in float")
     p.add_argument("--option", action="append", default=[],
                    help="method option key=value (repeatable; `vsrq methods NAME` lists them)")
     p.add_argument("--budget", type=float, metavar="FAB",

@@ -124,7 +124,9 @@ class QuantConfig:
     quantizes what the host keeps in float by default (a flow network). ``options`` carries method-specific
     settings (each method documents and validates its own keys). ``split_concat`` runs every conv
     the model's host declares as reading a concatenation as one conv per source, each with its own
-    activation range (``vsrq.quant.split``).
+    activation range (``vsrq.quant.split``). ``equalize`` (alpha in [0, 1]; None: off) first rescales the channel
+    streams the host declares, moving range from activations into weights without changing the float network
+    (``vsrq.quant.equalize``).
     """
 
     method: str = "minmax"
@@ -136,6 +138,7 @@ class QuantConfig:
     rules: tuple[LayerRule, ...] = ()
     quantize_auxiliary: bool = False  # also quantize what the host keeps in float by default (a flow network)
     split_concat: bool = False
+    equalize: float | None = None
     calib: CalibConfig = field(default_factory=CalibConfig)
     seed: int = 0
     options: dict[str, Any] = field(default_factory=dict)
@@ -146,6 +149,9 @@ class QuantConfig:
                 raise VsrqError(f"{name}={bits} is outside the supported {MIN_BITS}..{MAX_BITS}")
         if self.scope not in ("pq", "fq"):
             raise VsrqError(f"unknown scope {self.scope!r}; use 'pq' (propagation bodies) or 'fq' (every layer)")
+        if self.equalize is not None and (isinstance(self.equalize, bool) or not isinstance(self.equalize, (int, float))
+                                          or not 0.0 <= self.equalize <= 1.0):
+            raise VsrqError(f"equalize must be null (off) or a strength alpha in [0, 1], got {self.equalize!r}")
         object.__setattr__(self, "include", tuple(self.include))
         object.__setattr__(self, "exclude", tuple(self.exclude))
         object.__setattr__(self, "rules", tuple(self.rules))

@@ -22,6 +22,7 @@ from vsrq.methods.base import CalibContext, Log, Method
 from vsrq.models.catalog import LoadedModel, build_model, host_for
 from vsrq.models.host import ModelHost
 from vsrq.models.info import info_spec
+from vsrq.quant.equalize import equalize_streams, stream_ranges
 from vsrq.quant.layers import QuantLayer
 from vsrq.quant.qmodel import QuantizedModel
 from vsrq.quant.split import split_concat_inputs
@@ -114,6 +115,20 @@ def check_finite_layers(layers: dict[str, QuantLayer]) -> None:
                                 "overflows on the calibration data, or training diverged); no checkpoint written")
 
 
+def equalize_model(host: ModelHost, model: nn.Module, calib: Any, alpha: float) -> dict[str, Any]:
+    """Rescale the host's channel streams of the float ``model`` in place from its ranges on ``calib`` (on the
+    CPU: one no-grad pass); what the manifest records of it."""
+    streams = host.channel_streams(model)
+
+    def run() -> None:
+        for call in host.calls(calib, 4, None, torch.device("cpu")):
+            host.forward(model, *call.args, **call.kwargs)
+
+    scales = equalize_streams(model, streams, stream_ranges(model, streams, run), alpha)
+    return {"alpha": alpha, "streams": len(streams),
+            "scales": [round(float(min(s.min() for s in scales)), 4), round(float(max(s.max() for s in scales)), 4)]}
+
+
 def quantize_model(
     loaded: LoadedModel,
     config: QuantConfig,
@@ -139,22 +154,30 @@ def quantize_model(
     method = get_method(config.method)(config)
     config = method.config  # with the fields the recipe fixes
     method.check_host(host, loaded.model)  # a fact the recipe needs and the host lacks fails before any work
+    if config.equalize is not None and not host.channel_streams(loaded.model):
+        raise VsrqError(f"equalize needs channel streams and the {host.name} host declares none: leave it off")
     base = (loaded.model if inplace else copy.deepcopy(loaded.model)).eval()
     for p in base.parameters():
         p.requires_grad_(False)
-    choices, layers = swap_model(base, host, config, method)
-    config = method.config  # with the recipe's rules for this family
-    base.to(dev)
-    teacher = None if inplace else loaded.model if dev.type == "cpu" else copy.deepcopy(loaded.model).to(dev)
-    log(summary(choices))
     if calib is None:
         config = replace(config, calib=calibration_for(config.calib, loaded.degradation))
         calib = host.default_calibration(loaded.model, config.calib, config.seed, log)
     else:  # the host's own calibration fits the model by construction; a caller's is checked before any work
         host.check_calibration(loaded.model, calib)
     check_finite_calibration(host, calib)
+    notes: dict[str, Any] = {}
+    teacher = None if inplace else loaded.model
+    if config.equalize is not None:  # the teacher is the equalized float network: feature losses compare streams
+        notes["equalize"] = equalize_model(host, base, calib, config.equalize)
+        teacher = None if inplace else copy.deepcopy(base)
+    choices, layers = swap_model(base, host, config, method)
+    config = method.config  # with the recipe's rules for this family
+    base.to(dev)
+    if teacher is not None and dev.type != "cpu":
+        teacher = copy.deepcopy(teacher).to(dev)
+    log(summary(choices))
     torch.manual_seed(config.seed)
-    ctx = CalibContext(teacher, base, layers, calib, config, host, log, show_progress, device=dev)
+    ctx = CalibContext(teacher, base, layers, calib, config, host, log, show_progress, notes=notes, device=dev)
     start = time.perf_counter()
     with trimming_heap():  # resident size near the live tensors inside a step (TARQ's rounding: 2.1 GB, not 4.5)
         controller = method.calibrate(ctx)

@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from vsrq.errors import VsrqError
-from vsrq.models.host import ModelCall, ModelSpec, Motion, NamedModel, RecurrentHost, register_host
+from vsrq.models.host import ChannelStream, ModelCall, ModelSpec, Motion, NamedModel, RecurrentHost, register_host
 from vsrq.models.spynet import SpyNet, flow_warp
 from vsrq.models.weights import extract_state_dict, load_state_dict_strict, read_checkpoint
 
@@ -300,6 +300,19 @@ class BasicVSRHost(RecurrentHost):
         if model.bidirectional:
             splits["fusion"] = (model.num_feat, model.num_feat)
         return splits
+
+    def channel_streams(self, model: nn.Module) -> tuple[ChannelStream, ...]:
+        """Each trunk's residual stream, which is also its recurrent state: written by the input conv (through a
+        LeakyReLU) and every block's second conv (summed in), read by every block's first conv, by the input conv
+        at the next step (warped, after the frame's 3 channels) and by the fusion (or, unidirectional, the first
+        upsampling conv)."""
+        streams = []
+        for i, trunk in enumerate(_trunks(model)):
+            blocks = [f"{trunk}.main.2.{k}" for k in range(model.num_block)]
+            tail = ("fusion", i * model.num_feat) if model.bidirectional else ("upconv1", 0)
+            streams.append(ChannelStream(model.num_feat, (f"{trunk}.main.0", *(f"{b}.conv2" for b in blocks)),
+                                         ((f"{trunk}.main.0", 3), *((f"{b}.conv1", 0) for b in blocks), tail)))
+        return tuple(streams)
 
     def edge_layers(self, model: nn.Module) -> tuple[str, ...]:
         """Each trunk's input conv (its LR frame's part once the concatenation is split) and the tail after

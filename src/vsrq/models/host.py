@@ -92,6 +92,18 @@ class Motion:
     forward_kwargs: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class ChannelStream:
+    """Channels written by some convs and read by others with nothing between that a positive per-channel scale
+    does not commute with (identity skips and sums, ReLU and LeakyReLU, warping, concatenation): a residual
+    stream, or a recurrent state. Dividing the writers' output channels (bias too) by ``s`` and multiplying the
+    readers' matching input channels by ``s`` leaves the float network unchanged (cross-layer equalization)."""
+
+    channels: int
+    writers: tuple[str, ...]  # convs whose output channels the stream is (or is summed from)
+    readers: tuple[tuple[str, int], ...]  # (conv, its first input channel that reads the stream)
+
+
 class ModelHost:
     """One model family's facts. Subclasses set the class attributes and override what differs."""
 
@@ -152,6 +164,11 @@ class ModelHost:
         """Globs of the layers that read the recurrent state where it re-enters each step (once a concatenation is
         split: the state's part; unsplit, the whole conv is an edge layer already). Its error is fed back every
         step; recipes may treat these layers as ends too (none declared: none)."""
+        return ()
+
+    def channel_streams(self, model: nn.Module) -> tuple[ChannelStream, ...]:
+        """The streams whose channels may be rescaled without changing the float network (before any conv is
+        split); none declared: recipes that equalize refuse the family."""
         return ()
 
     def check_calibration(self, model: nn.Module, calib: Any) -> None:
