@@ -104,3 +104,13 @@ def test_an_equalized_checkpoint_records_it_and_reloads_to_the_same_outputs(tmp_
     path = checkpoint.save(qm, tmp_path / "eq.vsrq")
     with torch.no_grad():
         assert torch.equal(checkpoint.load(path)(_clip()), qm(_clip()))
+
+
+def test_the_cli_refuses_a_bad_strength_in_one_line_and_writes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture):
+    from vsrq.cli import main
+
+    out = tmp_path / "q.vsrq"
+    assert main(["quantize", "--model", "basicvsr-vimeo-bi", "--equalize", "1.5", "-o", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "equalize must be null (off) or a strength alpha in [0, 1], got 1.5" in err[0]
+    assert not out.exists()

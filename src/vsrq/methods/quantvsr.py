@@ -55,6 +55,7 @@ from vsrq.methods.finetune import FinetuneConfig, Stage, run_stages
 from vsrq.methods.qbasicvsr import LayerSensitivity, assign_layer_bits
 from vsrq.models.host import RECURRENT, ModelHost
 from vsrq.quant.controller import InputController
+from vsrq.quant.equalize import migration_scale
 from vsrq.quant.layers import QuantLayer, layer_modes
 from vsrq.quant.swap import LayerChoice, covers
 
@@ -445,8 +446,7 @@ def smooth_channels(ctx: CalibContext, alpha: float) -> None:
     absmax = _input_absmax(ctx)
     for name, layer in ctx.layers.items():
         w = layer.weight.detach().movedim(layer.in_axis, 0).reshape(layer.in_channels, -1).abs().amax(dim=1)
-        scale = (absmax[name].clamp_min(1e-5) ** alpha) / (w.clamp_min(1e-5) ** (1 - alpha))
-        layer.add_smoothing(scale.clamp(1e-2, 1e2))
+        layer.add_smoothing(migration_scale(absmax[name], w, alpha).clamp(1e-2, 1e2))
 
 
 def _input_absmax(ctx: CalibContext) -> dict[str, torch.Tensor]:

@@ -21,7 +21,13 @@ from torch import nn
 from vsrq.errors import VsrqError
 from vsrq.models.host import ChannelStream
 
-EPS = 1e-8  # a channel silent on the calibration data (or a zero weight column) keeps a finite scale
+EPS = 1e-5  # a channel silent on the calibration data (or a zero weight column) keeps a finite scale
+
+
+def migration_scale(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alpha: float) -> torch.Tensor:
+    """SmoothQuant's per-channel scale ``a^alpha / w^(1 - alpha)``: dividing the activations by it and multiplying
+    the weights leaves ``alpha`` of each channel's activation range to the weights."""
+    return act_absmax.clamp_min(EPS) ** alpha / weight_absmax.clamp_min(EPS) ** (1.0 - alpha)
 
 
 def _conv(model: nn.Module, name: str) -> nn.Conv2d:
@@ -78,7 +84,7 @@ def equalize_streams(model: nn.Module, streams: tuple[ChannelStream, ...], range
             _check(model, stream)
             columns = [_conv(model, name).weight[:, first:first + stream.channels] for name, first in stream.readers]
             weight = torch.stack([c.abs().amax(dim=(0, 2, 3)).double().cpu() for c in columns]).amax(0)
-            s = act.clamp_min(EPS) ** alpha / weight.clamp_min(EPS) ** (1.0 - alpha)
+            s = migration_scale(act, weight, alpha)
             s = s / s.log().mean().exp()
             for column in columns:
                 column.mul_(s.to(column).view(1, -1, 1, 1))
