@@ -13,7 +13,7 @@ from vsrq import checkpoint
 from vsrq.config import QuantConfig
 from vsrq.errors import VsrqError
 from vsrq.methods.pipeline import equalize_model, quantize_model
-from vsrq.models.animesr import AnimeSR
+from vsrq.models.animesr import AnimeSR, AnimeSRHost
 from vsrq.models.basicvsr import BasicVSR, BasicVSRHost
 from vsrq.models.catalog import loaded_module
 from vsrq.quant.equalize import equalize_streams, stream_ranges
@@ -54,6 +54,19 @@ def test_equalized_streams_leave_the_float_network_unchanged(bidirectional: bool
         torch.testing.assert_close(model(_clip()), before, atol=2e-5, rtol=1e-4)
 
 
+def test_animesrs_three_scales_share_one_stream_and_stay_exact():
+    torch.manual_seed(5)
+    model = AnimeSR(num_feat=8, num_block=(3, 2, 2)).eval()  # every coarser scale feeds the finer ones
+    host = AnimeSRHost()
+    with torch.no_grad():
+        before = model(_clip())
+    ranges = stream_ranges(model, host.channel_streams(model), lambda: model(_clip()))
+    scales = equalize_streams(model, host.channel_streams(model), ranges, 1.0)
+    assert float(scales[0].max() / scales[0].min()) > 1.5  # a real rescaling, not the identity
+    with torch.no_grad():
+        torch.testing.assert_close(model(_clip()), before, atol=2e-5, rtol=1e-4)
+
+
 def test_alpha_one_gives_every_stream_channel_the_same_range():
     """s = a / geomean(a): every channel's range becomes the geometric mean of the ranges before."""
     model = _model()
@@ -90,7 +103,8 @@ def test_bad_strengths_and_split_models_are_refused():
         equalize_streams(_model(), host.channel_streams(_model()), _ranges(_model()), 2.0)
 
 
-def test_a_family_without_streams_refuses_equalization_before_any_work():
+def test_a_family_without_streams_refuses_equalization_before_any_work(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr(AnimeSRHost, "channel_streams", lambda self, model: ())
     loaded = loaded_module(AnimeSR(num_feat=8, num_block=(1, 1, 1)).eval(), name="tiny-animesr")
     with pytest.raises(VsrqError, match="declares none"):
         quantize_model(loaded, QuantConfig(method="minmax", wbits=8, abits=8, equalize=0.5), None, **QUIET)

@@ -43,7 +43,9 @@ What each part takes from where (issue 24; the ablation is in ``bench/reconstruc
    (bench/drift.py). Calibrated on 16-frame windows (6 of them, the same 96 frames) "weights" scores 26.39 on every
    Vid4 frame, the best W4A4 here (the default on those windows: 26.25), so the option pays with longer windows;
    with 5-bit weights (W5A4, 8.98 MB: inside 1.1 x MinMax W4's size) 26.61, 26.67 with ``round_epochs`` 10, and 26.70
-   with the ends' activations at 6 bits too (``edge_abits`` 6; 2,006 s alone on 2 cores).
+   with the ends' activations at 6 bits too (``edge_abits`` 6; 2,006 s alone on 2 cores). With each trunk's residual
+   stream equalized first (``QuantConfig.equalize`` 1, ``--equalize 1``: every stream channel given the same range,
+   exact in float, :mod:`vsrq.quant.equalize`) and 48 rounding steps (``round_epochs`` 8): 26.76 dB in 1,647 s.
 5. Optionally (``lr_bias`` > 0; off by default) a per-channel bias learned with the rounding, as QuantVSR's LBA
    learns its A_bias, folded into the conv's bias (a split conv's parts add up, so the part that holds the bias
    takes it): no cost at run time. Measured, it loses: W6A6 (floor 3) on every Vid4 frame 27.11 dB without, 27.09 at

@@ -24,7 +24,7 @@ from torch import nn
 
 from vsrq.errors import VsrqError
 from vsrq.models.basicvsr import ResidualBlockNoBN
-from vsrq.models.host import ModelCall, ModelSpec, Motion, NamedModel, RecurrentHost, register_host
+from vsrq.models.host import ChannelStream, ModelCall, ModelSpec, Motion, NamedModel, RecurrentHost, register_host
 from vsrq.models.spynet import SpyNet, official_spynet
 from vsrq.models.weights import extract_state_dict, load_state_dict_strict, read_checkpoint
 
@@ -200,6 +200,19 @@ class AnimeSRHost(RecurrentHost):
         (scale 1, upsampled scale 1/2, upsampled scale 1/4 features)."""
         f = model.num_feat
         return {"recurrent_cell.conv_s1_first.0": (9, model.sr_channels, f), "recurrent_cell.fusion.0": (f, f, f)}
+
+    def channel_streams(self, model: nn.Module) -> tuple[ChannelStream, ...]:
+        """The cell's features at its three scales, one stream: the scales are summed (after bilinear upsampling)
+        into each other's block inputs, so one scale per channel serves all three. Written by the three first
+        convs (through a LeakyReLU) and every block's second conv, read by the two strided first convs, every
+        block's first conv and the fusion's three parts. (The state the fusion passes on shares its output
+        conv with the SR frame's channels and is not declared.)"""
+        cell, f = "recurrent_cell", model.num_feat
+        blocks = [f"{cell}.body_s{s}_first.{i}" for s, n in zip((1, 2, 4), model.num_block) for i in range(n)]
+        firsts = [f"{cell}.conv_s{s}_first.0" for s in (1, 2, 4)]
+        return (ChannelStream(f, (*firsts, *(f"{b}.conv2" for b in blocks)),
+                              ((firsts[1], 0), (firsts[2], 0), *((f"{b}.conv1", 0) for b in blocks),
+                               *((f"{cell}.fusion.0", k * f) for k in range(3)))),)
 
     def edge_layers(self, model: nn.Module) -> tuple[str, ...]:
         """The first conv (its parts that read the LR frames and the previous SR frame once the concatenation

@@ -9,7 +9,8 @@ is one file and no edit to ``vsrq.methods`` or ``vsrq.quant``.
 A host says
 - how to build the family's models and load their weights (named checkpoints, other key layouts);
 - quantization scopes (``pq``, ``fq``), auxiliary networks kept in float unless asked (a flow net),
-  convs over concatenations, the blocks whose outputs feature losses compare;
+  convs over concatenations, the blocks whose outputs feature losses compare, the channel streams that a
+  per-channel scale passes through unchanged (equalization);
 - the **time layout**: ``recurrent`` (one call per time step, each carrying one frame of every clip)
   or ``batched`` (the T frames of each clip inside one call); :meth:`ModelHost.frames` turns any
   layer's input into ``(clips, T, C, ...)`` so that every temporal statistic is computed the same way;
