@@ -151,8 +151,8 @@ def plan() -> list[PlanRow]:
                   "epochs (round_epochs 8)")))
     # ours: a per-tensor range is set by the stream's widest channel (3 to 5 times the median's on BasicVSR's
     # trunks); rescaling each trunk's residual stream (exact in float, vsrq.quant.equalize) evens the channels out.
-    # As a cheap probe (OMSE, W5A4, the same ends, quick frames) 25.92 dB without, 25.91 / 25.95 / 26.09 / 26.18 /
-    # 26.25 at alpha 0.25 / 0.5 / 0.75 / 0.9 / 1
+    # As a cheap probe (bench/act_sensitivity.py: OMSE, W5A4, the same ends, quick frames) 25.92 dB without, 25.91 /
+    # 25.95 / 26.09 / 26.25 at alpha 0.25 / 0.5 / 0.75 / 1
     rows.append(("ablation tarq-w5a4 state-weights ends-a6 rounding-8 equalize-1", "tarq", (5, 4),
                  {"fab_budget": 4.0, "edge_state": "weights", "edge_abits": 6, "round_epochs": 8}, (),
                  ("FAB budget 4.0; ablation: 5-bit weights, the state parts' at 8 bits, activations under the "

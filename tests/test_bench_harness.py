@@ -95,29 +95,6 @@ def test_a_gpu_calibrated_checkpoint_is_scored_on_the_cpu_and_its_row_names_the_
     assert "device" not in cpu.row(plain, "minmax", 4, 4, "fq", 1.0).extra
 
 
-@pytest.mark.parametrize("bidirectional", [True, False])
-def test_residual_stream_equalization_keeps_the_float_output(bidirectional: bool):
-    """bench/act_sensitivity.py's equalization is a reparameterization: the float model computes the same, while
-    the stream (every block's input) has its per-channel ranges moved towards each other."""
-    import torch
-
-    from act_sensitivity import equalize, stream_maxima
-
-    from tests.conftest import smooth_frames, tiny_basicvsr
-
-    model = tiny_basicvsr(3, bidirectional=bidirectional, num_feat=16)
-    with torch.no_grad():  # uneven channels, as trained streams have
-        model.forward_trunk.main[0].weight[:8].mul_(6.0)
-        model.forward_trunk.main[0].bias[:8].mul_(6.0)
-    clips = [torch.from_numpy(smooth_frames(3, 64, 64, seed=s)).float().div(255).permute(0, 3, 1, 2) for s in (1, 2)]
-    equalized = equalize(model, clips, 1.0)
-    with torch.no_grad():
-        assert torch.allclose(equalized(clips[0][None]), model(clips[0][None]), atol=1e-5)
-    spread = {name: float(m.max() / m.min()) for name, m in stream_maxima(model, clips).items()}
-    after = {name: float(m.max() / m.min()) for name, m in stream_maxima(equalized, clips).items()}
-    assert after["forward_trunk"] < 0.5 * spread["forward_trunk"]
-
-
 def test_rescoring_a_kept_checkpoint_scores_it_as_loaded_and_names_its_calibration(tmp_path):
     """bench/rescore.py: the row is the saved model's score on the benchmark's clips (computed here directly),
     with the calibration time and commit of the facts file kept beside the checkpoint."""

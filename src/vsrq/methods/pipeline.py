@@ -159,9 +159,10 @@ def quantize_model(
     base = (loaded.model if inplace else copy.deepcopy(loaded.model)).eval()
     for p in base.parameters():
         p.requires_grad_(False)
-    if calib is None:
-        config = replace(config, calib=calibration_for(config.calib, loaded.degradation))
-        calib = host.default_calibration(loaded.model, config.calib, config.seed, log)
+    calib_config = config.calib
+    if calib is None:  # a BD model's default clips are degraded by BD, and its manifest says so
+        calib_config = calibration_for(config.calib, loaded.degradation)
+        calib = host.default_calibration(loaded.model, calib_config, config.seed, log)
     else:  # the host's own calibration fits the model by construction; a caller's is checked before any work
         host.check_calibration(loaded.model, calib)
     check_finite_calibration(host, calib)
@@ -171,7 +172,7 @@ def quantize_model(
         notes["equalize"] = equalize_model(host, base, calib, config.equalize)
         teacher = None if inplace else copy.deepcopy(base)
     choices, layers = swap_model(base, host, config, method)
-    config = method.config  # with the recipe's rules for this family
+    config = replace(method.config, calib=calib_config)  # with the recipe's rules for this family
     base.to(dev)
     if teacher is not None and dev.type != "cpu":
         teacher = copy.deepcopy(teacher).to(dev)
