@@ -10,7 +10,8 @@ a pair on 2 cores): E_warp (x1e-3) of the quantized and of the FP output, both w
 flow, and the tOF between the two. Rows run in the order the acceptance needs them (W8A8 MinMax, then W4A4).
 
     python bench/animesr.py                 # MinMax, OMSE, QBasicVSR, QuantVSR (paper and best), TARQ (also
-                                            # under the FAB budget), BRECQ, QDrop x W8/6/4
+                                            # under the FAB budget, and with the features equalized), BRECQ,
+                                            # QDrop x W8/6/4
     python bench/animesr.py --resume --only qbasicvsr-w4
 """
 
@@ -56,6 +57,8 @@ METHODS = (  # (label, method, options, notes)
     ("quantvsr-best", "quantvsr", BEST_ON_BASICVSR, "SVD branch + refinement + activation clip search"),
     ("tarq", "tarq", {}, ""),
     ("tarq-fab", "tarq", {}, "FAB budget of its bits, deployable (at 4 bits the ends at A6)"),
+    ("tarq-eq-fab", "tarq", {}, "FAB budget of its bits, deployable (at 4 bits the ends at A6); the cell's features "
+     "equalized first (equalize 1)"),
     ("brecq", "brecq", BLOCK_WISE_CPU, "8 units per pass, 4 windows"),
     ("qdrop", "qdrop", BLOCK_WISE_CPU, "8 units per pass, 4 windows"),
 )
@@ -183,7 +186,8 @@ def main() -> int:
         if key in done or (args.only is not None and not any(o in key for o in args.only)):
             continue
         options = row_options(label, options, bits)
-        config = QuantConfig(method=method, wbits=bits, abits=bits, calib=CALIB, options=options)
+        config = QuantConfig(method=method, wbits=bits, abits=bits, calib=CALIB, options=options,
+                             equalize=1.0 if "-eq" in label else None)
         start = time.perf_counter()
         qm = quantize_model(loaded, config, calib, log=lambda s: None, show_progress=True)
         calib_s = time.perf_counter() - start
