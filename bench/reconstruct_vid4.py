@@ -149,8 +149,8 @@ def plan() -> list[PlanRow]:
                  ("FAB budget 4.0; ablation: 5-bit weights, the state parts' at 8 bits, activations under the "
                   "budget (edge_state \"weights\"), the ends' activations at 6 bits (edge_abits 6), 8 rounding "
                   "epochs (round_epochs 8)")))
-    # ours: a per-tensor range is set by the stream's widest channel (3 to 5 times the median's on BasicVSR's
-    # trunks); rescaling each trunk's residual stream (exact in float, vsrq.quant.equalize) evens the channels out.
+    # ours: a per-tensor range is set by the stream's widest channel (the channels' ranges span 4.9x on BasicVSR's
+    # trunks: the equalized checkpoint's recorded scales); rescaling each trunk's residual stream (exact in float, vsrq.quant.equalize) evens the channels out.
     # As a cheap probe (bench/act_sensitivity.py: OMSE, W5A4, the same ends, quick frames) 25.92 dB without, 25.91 /
     # 25.95 / 26.09 / 26.25 at alpha 0.25 / 0.5 / 0.75 / 1
     rows.append(("ablation tarq-w5a4 state-weights ends-a6 rounding-8 equalize-1", "tarq", (5, 4),

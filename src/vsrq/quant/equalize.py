@@ -1,8 +1,8 @@
 """Cross-layer equalization of channel streams: an exact float reparametrization that evens out per-channel ranges
 before per-tensor activation quantization.
 
-A per-tensor activation range is set by the widest channel; on BasicVSR's residual streams the widest channel is
-3 to 5 times the median's, so at 4 bits most channels get 2 bits' worth of levels. A positive per-channel scale
+A per-tensor activation range is set by the widest channel; on BasicVSR's residual streams the channels' ranges span
+about 5x, so at 4 bits the narrow channels get 2 bits' worth of levels. A positive per-channel scale
 ``s`` moved out of the stream into the convs around it (writers' output channels divided by ``s``, readers' input
 columns multiplied) changes nothing in float (the host declares where that holds, :class:`ChannelStream`) and moves
 range from the activations into the per-channel-quantized weights, as DFQ (Nagel et al. 2019) does between two
@@ -30,29 +30,32 @@ def migration_scale(act_absmax: torch.Tensor, weight_absmax: torch.Tensor, alpha
     return act_absmax.clamp_min(EPS) ** alpha / weight_absmax.clamp_min(EPS) ** (1.0 - alpha)
 
 
-def _conv(model: nn.Module, name: str) -> nn.Conv2d:
+def _stream_convs(model: nn.Module, stream: ChannelStream) -> tuple[list[nn.Conv2d], list[tuple[nn.Conv2d, int]]]:
+    """The stream's writers and (reader, first input channel) as modules of ``model``, checked against its width."""
     modules = dict(model.named_modules())
-    conv = modules.get(name)
-    if type(conv) is not nn.Conv2d or conv.groups != 1:
-        raise VsrqError(f"channel stream layer {name} is not an ungrouped Conv2d in this model "
-                        f"(found {type(conv).__name__}): equalize before any layer is swapped or split")
-    return conv
 
+    def conv(name: str) -> nn.Conv2d:
+        found = modules.get(name)
+        if type(found) is not nn.Conv2d or found.groups != 1:
+            raise VsrqError(f"channel stream layer {name} is not an ungrouped Conv2d in this model "
+                            f"(found {type(found).__name__}): equalize before any layer is swapped or split")
+        return found
 
-def _check(model: nn.Module, stream: ChannelStream) -> None:
-    for name in stream.writers:
-        if _conv(model, name).out_channels != stream.channels:
-            raise VsrqError(f"channel stream writer {name} has {_conv(model, name).out_channels} output channels, "
+    writers = [conv(name) for name in stream.writers]
+    readers = [(conv(name), first) for name, first in stream.readers]
+    for name, w in zip(stream.writers, writers):
+        if w.out_channels != stream.channels:
+            raise VsrqError(f"channel stream writer {name} has {w.out_channels} output channels, "
                             f"not the stream's {stream.channels}")
-    for name, first in stream.readers:
-        if first < 0 or first + stream.channels > _conv(model, name).in_channels:
+    for (name, first), (r, _) in zip(stream.readers, readers):
+        if first < 0 or first + stream.channels > r.in_channels:
             raise VsrqError(f"channel stream reader {name} has no input channels {first}..{first + stream.channels}")
+    return writers, readers
 
 
 def stream_ranges(model: nn.Module, streams: tuple[ChannelStream, ...], run: Callable[[], None]) -> list[torch.Tensor]:
     """Each stream's per-channel largest magnitude over its readers' inputs while ``run`` drives ``model``."""
-    for stream in streams:
-        _check(model, stream)
+    convs = [_stream_convs(model, stream) for stream in streams]
     ranges = [torch.zeros(s.channels, dtype=torch.float64) for s in streams]
 
     def hook(i: int, first: int, channels: int) -> Callable[..., None]:
@@ -61,8 +64,8 @@ def stream_ranges(model: nn.Module, streams: tuple[ChannelStream, ...], run: Cal
             ranges[i] = torch.maximum(ranges[i], x.abs().amax(dim=(0, 2, 3)).double().cpu())
         return record
 
-    handles = [_conv(model, name).register_forward_pre_hook(hook(i, first, s.channels))
-               for i, s in enumerate(streams) for name, first in s.readers]
+    handles = [reader.register_forward_pre_hook(hook(i, first, s.channels))
+               for i, (s, (_, readers)) in enumerate(zip(streams, convs)) for reader, first in readers]
     try:
         with torch.no_grad():
             run()
@@ -81,15 +84,14 @@ def equalize_streams(model: nn.Module, streams: tuple[ChannelStream, ...], range
     scales = []
     with torch.no_grad():
         for stream, act in zip(streams, ranges):
-            _check(model, stream)
-            columns = [_conv(model, name).weight[:, first:first + stream.channels] for name, first in stream.readers]
+            writers, readers = _stream_convs(model, stream)
+            columns = [r.weight[:, first:first + stream.channels] for r, first in readers]
             weight = torch.stack([c.abs().amax(dim=(0, 2, 3)).double().cpu() for c in columns]).amax(0)
             s = migration_scale(act, weight, alpha)
             s = s / s.log().mean().exp()
             for column in columns:
                 column.mul_(s.to(column).view(1, -1, 1, 1))
-            for name in stream.writers:
-                conv = _conv(model, name)
+            for conv in writers:
                 conv.weight.div_(s.to(conv.weight).view(-1, 1, 1, 1))
                 if conv.bias is not None:
                     conv.bias.div_(s.to(conv.bias))
